@@ -1,0 +1,20 @@
+"""Model families: what each gives the shared training core, evaluator and CLI (see ``base.ModelFamily``)."""
+
+from __future__ import annotations
+
+from .base import Bounds, ModelFamily, Preset
+from .vae import VAEFamily
+
+#: every family, by the ``_class_name`` its pipeline folders carry in ``model_index.json``
+FAMILIES_BY_PIPELINE: dict[str, type[ModelFamily]] = {VAEFamily.pipeline_class.__name__: VAEFamily}
+
+
+def family_for_pipeline_class(class_name: str) -> ModelFamily:
+    if class_name not in FAMILIES_BY_PIPELINE:
+        raise ValueError(
+            f"pipeline class {class_name!r} is not an hfgen pipeline; expected one of {sorted(FAMILIES_BY_PIPELINE)}"
+        )
+    return FAMILIES_BY_PIPELINE[class_name]()
+
+
+__all__ = ["Bounds", "FAMILIES_BY_PIPELINE", "ModelFamily", "Preset", "VAEFamily", "family_for_pipeline_class"]

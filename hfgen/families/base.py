@@ -1,0 +1,75 @@
+"""What a model family gives the shared training core, the evaluator and the CLI.
+
+The training loop (``hfgen.training``) knows nothing about VAEs or diffusion: a family supplies its presets,
+builds its model, scores a batch, bounds the log-likelihood and wraps the model in its pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ModelMixin
+
+
+@dataclass
+class Preset:
+    """A named configuration: model config values and training defaults (flags left unset take these)."""
+
+    model: dict[str, Any]
+    training: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass
+class Bounds:
+    """Upper bounds on -log p(x) per image, in nats (shape ``(batch,)``): the ELBO bound and the tighter
+    importance-weighted one (equal to the ELBO bound where a family has only one bound)."""
+
+    nats_per_image_elbo: torch.Tensor
+    nats_per_image_iw: torch.Tensor
+
+
+class ModelFamily:
+    """Base class of a model family. Subclasses set the class attributes and implement the methods."""
+
+    name: str = ""
+    pipeline_class: type[DiffusionPipeline]
+    presets: dict[str, Preset] = {}
+    #: model-config keys that the family's command-line flags may override (flag names are these keys)
+    model_arguments: tuple[str, ...] = ()
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the family's own flags (model config overrides, objective settings); defaults must be None so
+        that unset flags take the preset's value."""
+
+    def build_model(self, model_config: dict[str, Any], channels: int, sample_size: int) -> ModelMixin:
+        raise NotImplementedError
+
+    def loss(
+        self, model: torch.nn.Module, images: torch.Tensor, step: int, generator: torch.Generator, config: Any
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training objective for one batch of ``uint8`` images, and per-batch means for the logs
+        (tensors, not Python floats, so that no host-device sync is forced). Must include ``bits_per_dim``."""
+        raise NotImplementedError
+
+    def bounds(
+        self, model: ModelMixin, images: torch.Tensor, importance_samples: int, generator: torch.Generator
+    ) -> Bounds:
+        raise NotImplementedError
+
+    def num_dims(self, model: ModelMixin) -> int:
+        """C * H * W of one image."""
+        return model.config.in_channels * model.config.sample_size**2
+
+    def make_pipeline(self, model: ModelMixin) -> DiffusionPipeline:
+        raise NotImplementedError
+
+    def model_of(self, pipeline: DiffusionPipeline) -> ModelMixin:
+        raise NotImplementedError
+
+    def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator, **kwargs):
+        """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``)."""
+        return pipeline(batch_size=num_images, generator=generator, **kwargs).images

@@ -1,0 +1,103 @@
+"""Convolutional building blocks shared by the VAE and the hierarchical VAE.
+
+All blocks keep the spatial size unless their name says otherwise, take and return ``(B, C, H, W)`` tensors,
+and import only torch, so that a published model folder can carry them as remote code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def num_groups_for(channels: int, max_groups: int = 32) -> int:
+    """The largest group count <= ``max_groups`` that divides ``channels`` with at least 4 channels a group
+    (1 for very narrow layers), so that GroupNorm works for any width in a config."""
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups == 0 and channels // groups >= 4:
+            return groups
+    return 1
+
+
+class SqueezeExcitation(nn.Module):
+    """Channel gating from globally pooled features (Hu et al., 2018)."""
+
+    def __init__(self, channels: int, reduction: int = 8):
+        super().__init__()
+        hidden = max(channels // reduction, 4)
+        self.gate = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channels, hidden, 1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm -> SiLU -> 3x3 conv, twice, plus a (1x1 projected when widths differ) skip connection.
+
+    The last conv of the residual branch starts at zero, so a freshly built network is the identity on its
+    residual path: deep stacks start stable, which matters for likelihood models trained without warm-up tricks.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, use_squeeze_excitation: bool = False):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.norm1 = nn.GroupNorm(num_groups_for(in_channels), in_channels, eps=1e-6)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(num_groups_for(out_channels), out_channels, eps=1e-6)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        self.squeeze_excitation = SqueezeExcitation(out_channels) if use_squeeze_excitation else nn.Identity()
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        h = self.conv2(self.act(self.norm2(h)))
+        return self.skip(x) + self.squeeze_excitation(h)
+
+
+class Downsample(nn.Module):
+    """Halve height and width with a strided 3x3 conv."""
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double height and width: nearest-neighbour upsampling, then a 3x3 conv."""
+
+    def __init__(self, channels: int, out_channels: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, out_channels or channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class CheckpointedSequential(nn.Module):
+    """Runs blocks in order; with ``gradient_checkpointing`` on (set by diffusers'
+    ``ModelMixin.enable_gradient_checkpointing``) each block's activations are recomputed in the backward pass."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x = self._gradient_checkpointing_func(block, x)
+            else:
+                x = block(x)
+        return x

@@ -1,0 +1,292 @@
+"""Pixel likelihoods p(x | decoder output) for 8-bit images, shared by the VAE and the hierarchical VAE.
+
+Every likelihood works on 8-bit data (``uint8`` tensors of shape ``(batch, channels, height, width)``) and
+returns ``log p(x)`` **per image, in nats**, as a bound on the probability of the *discrete* 8-bit image, so
+that all likelihoods (and all model families) are compared on one scale:
+
+- ``bernoulli``: the image is dynamically binarized (each pixel is 1 with probability ``x / 255``); the
+  likelihood is that of the binary image, so its bits/dim are those of binarized data (the usual
+  "dynamically binarized" benchmark), not of the 8-bit data.
+- ``discretized_logistic``: the probability mass of each of the 256 bins under a (mixture of) logistic(s),
+  PixelCNN++ style; with ``num_mixtures > 1`` and RGB data the channels are coupled by linear coefficients.
+- ``gaussian``: a continuous Gaussian density on uniformly dequantized data; ``log p`` includes the
+  change of variables from [-1, 1] back to the 8-bit grid, so it is a lower bound on the discrete
+  log-likelihood (Theis et al., 2016).
+
+The decoder emits ``num_params(channels)`` channels; ``log_prob`` reads them. Model inputs are images scaled
+to [-1, 1], produced by :meth:`PixelLikelihood.prepare`, which also draws the binarization or dequantization
+noise from the given generator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian")
+
+# Number of bins of 8-bit data, and half of one bin's width on the [-1, 1] scale.
+_NUM_BINS = 256
+_HALF_BIN = 1.0 / (_NUM_BINS - 1)
+_LOG_SCALE_MIN = -7.0
+
+
+def uint8_to_unit_interval(x_uint8: torch.Tensor) -> torch.Tensor:
+    """Map 8-bit pixels {0..255} to bin centres in [-1, 1]."""
+    return x_uint8.float() * (2.0 / 255.0) - 1.0
+
+
+def unit_interval_to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Map images in [-1, 1] to the nearest 8-bit value (clamped)."""
+    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def nats_to_bits_per_dim(nats_per_image: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
+    """Convert a negative log-likelihood in nats per image to bits per dimension."""
+    return nats_per_image / (num_dims * math.log(2.0))
+
+
+def bits_per_dim_to_nats(bits_per_dim: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
+    """Convert bits per dimension to nats per image."""
+    return bits_per_dim * num_dims * math.log(2.0)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch ready for a likelihood model.
+
+    model_input: images in [-1, 1] as the encoder sees them (binarized or dequantized where the likelihood
+        asks for it), float32, shape (B, C, H, W).
+    target: what ``log_prob`` scores: binary {0, 1} for Bernoulli, bin centres in [-1, 1] for the
+        discretized logistic, dequantized values in [-1, 1] for the Gaussian.
+    """
+
+    model_input: torch.Tensor
+    target: torch.Tensor
+
+
+class PixelLikelihood:
+    """Base class: the decoder's output parameterises ``p(x | z)`` independently per pixel (given z)."""
+
+    name: str = ""
+
+    def __init__(self, num_mixtures: int = 1):
+        if num_mixtures < 1:
+            raise ValueError(f"num_mixtures must be a positive integer, got {num_mixtures}")
+        self.num_mixtures = num_mixtures
+
+    def num_params(self, channels: int) -> int:
+        """Channels the decoder must output for an image of ``channels`` channels."""
+        raise NotImplementedError
+
+    def prepare(self, x_uint8: torch.Tensor, generator: torch.Generator | None = None) -> PreparedBatch:
+        target = uint8_to_unit_interval(x_uint8)
+        return PreparedBatch(model_input=target, target=target)
+
+    def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """log p(target | params) summed over pixels and channels: shape (B,), nats per image."""
+        raise NotImplementedError
+
+    def mean(self, params: torch.Tensor, channels: int) -> torch.Tensor:
+        """The expected image in [-1, 1] (what a sample grid usually shows)."""
+        raise NotImplementedError
+
+    def sample(self, params: torch.Tensor, channels: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One draw of every pixel, returned in [-1, 1] on the 8-bit (or binary) grid."""
+        raise NotImplementedError
+
+
+def _uniform(shape, like: torch.Tensor, generator: torch.Generator | None, low: float = 0.0, high: float = 1.0):
+    """Uniform noise on ``like``'s device, drawn from ``generator`` (which may live on the CPU)."""
+    gen_device = generator.device if generator is not None else like.device
+    u = torch.rand(shape, generator=generator, device=gen_device, dtype=torch.float32)
+    return (u.to(like.device) * (high - low) + low)
+
+
+class BernoulliLikelihood(PixelLikelihood):
+    name = "bernoulli"
+
+    def num_params(self, channels: int) -> int:
+        return channels
+
+    def prepare(self, x_uint8, generator=None):
+        probs = x_uint8.float() / 255.0
+        binary = (_uniform(probs.shape, probs, generator) < probs).float()
+        return PreparedBatch(model_input=binary * 2.0 - 1.0, target=binary)
+
+    def log_prob(self, params, target):
+        logits = params.float()
+        return -F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)
+
+    def mean(self, params, channels):
+        return torch.sigmoid(params.float()) * 2.0 - 1.0
+
+    def sample(self, params, channels, generator=None):
+        probs = torch.sigmoid(params.float())
+        return (_uniform(probs.shape, probs, generator) < probs).float() * 2.0 - 1.0
+
+
+class GaussianLikelihood(PixelLikelihood):
+    """Per-pixel Gaussian with a learned mean and log-scale on uniformly dequantized data."""
+
+    name = "gaussian"
+
+    def num_params(self, channels: int) -> int:
+        return 2 * channels
+
+    def prepare(self, x_uint8, generator=None):
+        noise = _uniform(x_uint8.shape, x_uint8.float(), generator)
+        dequantized = (x_uint8.float() + noise) * (2.0 / _NUM_BINS) - 1.0
+        return PreparedBatch(model_input=dequantized, target=dequantized)
+
+    def _split(self, params):
+        mean, log_scale = params.float().chunk(2, dim=1)
+        return mean, log_scale.clamp(min=_LOG_SCALE_MIN)
+
+    def log_prob(self, params, target):
+        mean, log_scale = self._split(params)
+        z = (target - mean) * torch.exp(-log_scale)
+        log_density = -0.5 * z.pow(2) - log_scale - 0.5 * math.log(2 * math.pi)
+        # Density on [-1, 1] -> density on the [0, 256) grid, whose unit-width bins hold the discrete mass.
+        log_density = log_density - math.log(_NUM_BINS / 2.0)
+        return log_density.flatten(1).sum(1)
+
+    def mean(self, params, channels):
+        return self._split(params)[0].clamp(-1, 1)
+
+    def sample(self, params, channels, generator=None):
+        mean, log_scale = self._split(params)
+        gen_device = generator.device if generator is not None else mean.device
+        eps = torch.randn(mean.shape, generator=generator, device=gen_device).to(mean.device)
+        return unit_interval_to_uint8(mean + eps * torch.exp(log_scale)).float() * (2.0 / 255.0) - 1.0
+
+
+class DiscretizedLogisticLikelihood(PixelLikelihood):
+    """Discretized logistic, or a mixture of ``num_mixtures`` of them, over the 256 bins of each channel.
+
+    Decoder output layout (per pixel): ``num_mixtures`` mixture logits, then ``num_mixtures * C`` means,
+    ``num_mixtures * C`` log-scales and, for RGB with a mixture, ``num_mixtures * 3`` channel-coupling
+    coefficients (green depends on red; blue on red and green), as in PixelCNN++.
+    With ``num_mixtures == 1`` there are no mixture logits and no coupling: one logistic per channel.
+    """
+
+    name = "discretized_logistic"
+
+    def _couples_channels(self, channels: int) -> bool:
+        return self.num_mixtures > 1 and channels == 3
+
+    def num_params(self, channels: int) -> int:
+        k = self.num_mixtures
+        if k == 1:
+            return 2 * channels
+        coupling = 3 if self._couples_channels(channels) else 0
+        return k + k * (2 * channels + coupling)
+
+    def _split(self, params: torch.Tensor, channels: int):
+        """Return logits (B,K,H,W), means (B,K,C,H,W), log_scales (B,K,C,H,W), coeffs (B,K,3,H,W) | None."""
+        params = params.float()
+        b, _, h, w = params.shape
+        k = self.num_mixtures
+        if k == 1:
+            means, log_scales = params.chunk(2, dim=1)
+            logits = params.new_zeros(b, 1, h, w)
+            return logits, means.unsqueeze(1), log_scales.clamp(min=_LOG_SCALE_MIN).unsqueeze(1), None
+        logits = params[:, :k]
+        rest = params[:, k:]
+        means = rest[:, : k * channels].reshape(b, k, channels, h, w)
+        log_scales = rest[:, k * channels : 2 * k * channels].reshape(b, k, channels, h, w)
+        coeffs = None
+        if self._couples_channels(channels):
+            coeffs = torch.tanh(rest[:, 2 * k * channels :].reshape(b, k, 3, h, w))
+        return logits, means, log_scales.clamp(min=_LOG_SCALE_MIN), coeffs
+
+    @staticmethod
+    def _coupled_means(means, coeffs, target):
+        """Shift the green and blue means by the (observed) red and green values, per component."""
+        if coeffs is None:
+            return means
+        x = target.unsqueeze(1)  # (B,1,3,H,W)
+        red = means[:, :, 0]
+        green = means[:, :, 1] + coeffs[:, :, 0] * x[:, :, 0]
+        blue = means[:, :, 2] + coeffs[:, :, 1] * x[:, :, 0] + coeffs[:, :, 2] * x[:, :, 1]
+        return torch.stack([red, green, blue], dim=2)
+
+    def log_prob(self, params, target):
+        channels = target.shape[1]
+        logits, means, log_scales, coeffs = self._split(params, channels)
+        means = self._coupled_means(means, coeffs, target)
+        x = target.unsqueeze(1)  # (B,1,C,H,W), bin centres in [-1, 1]
+        centred = x - means
+        inv_scale = torch.exp(-log_scales)
+        upper = inv_scale * (centred + _HALF_BIN)
+        lower = inv_scale * (centred - _HALF_BIN)
+        # log CDF at the upper edge (used for the lowest bin) and log(1 - CDF) at the lower edge (highest bin).
+        log_cdf_upper = F.logsigmoid(upper)
+        log_one_minus_cdf_lower = -F.softplus(lower)
+        # Mass of an interior bin, computed stably as sigmoid(upper) - sigmoid(lower) in log space.
+        cdf_delta = torch.sigmoid(upper) - torch.sigmoid(lower)
+        mid = inv_scale * centred
+        # Where the bin is so narrow relative to the scale that cdf_delta underflows, use density * bin width.
+        log_density_mid = mid - log_scales - 2.0 * F.softplus(mid) + math.log(2 * _HALF_BIN)
+        log_mass_interior = torch.where(
+            cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_density_mid
+        )
+        log_mass = torch.where(
+            x < -1.0 + _HALF_BIN,
+            log_cdf_upper,
+            torch.where(x > 1.0 - _HALF_BIN, log_one_minus_cdf_lower, log_mass_interior),
+        )
+        # Channels are independent given the component (coupling already applied): sum them, then mix.
+        log_mass = log_mass.sum(dim=2) + torch.log_softmax(logits, dim=1)  # (B,K,H,W)
+        return torch.logsumexp(log_mass, dim=1).flatten(1).sum(1)
+
+    def _component(self, logits, generator):
+        """Draw one mixture component per pixel (Gumbel-max), returned as a one-hot (B,K,1,H,W)."""
+        u = _uniform(logits.shape, logits, generator, 1e-5, 1.0 - 1e-5)
+        choice = torch.argmax(logits - torch.log(-torch.log(u)), dim=1)
+        return F.one_hot(choice, self.num_mixtures).permute(0, 3, 1, 2).unsqueeze(2).float()
+
+    def mean(self, params, channels):
+        logits, means, log_scales, coeffs = self._split(params, channels)
+        weights = torch.softmax(logits, dim=1).unsqueeze(2)
+        if coeffs is None:
+            return (weights * means).sum(1).clamp(-1, 1)
+        # With coupled channels the mean of green depends on red: fill the channels in order.
+        out = torch.zeros_like(means[:, 0])
+        for c in range(3):
+            coupled = self._coupled_means(means, coeffs, out)
+            out[:, c] = (weights[:, :, 0] * coupled[:, :, c]).sum(1).clamp(-1, 1)
+        return out
+
+    def sample(self, params, channels, generator=None):
+        logits, means, log_scales, coeffs = self._split(params, channels)
+        one_hot = self._component(logits, generator)
+        mean = (one_hot * means).sum(1)
+        log_scale = (one_hot * log_scales).sum(1)
+        u = _uniform(mean.shape, mean, generator, 1e-5, 1.0 - 1e-5)
+        noise = torch.exp(log_scale) * (torch.log(u) - torch.log1p(-u))
+        x = (mean + noise).clamp(-1, 1)
+        if coeffs is not None:
+            c = (one_hot * coeffs).sum(1)
+            red = x[:, 0]
+            green = (x[:, 1] + c[:, 0] * red).clamp(-1, 1)
+            blue = (x[:, 2] + c[:, 1] * red + c[:, 2] * green).clamp(-1, 1)
+            x = torch.stack([red, green, blue], dim=1)
+        return unit_interval_to_uint8(x).float() * (2.0 / 255.0) - 1.0
+
+
+def get_likelihood(name: str, num_mixtures: int = 1) -> PixelLikelihood:
+    """Build a likelihood by its config name (``bernoulli``, ``discretized_logistic`` or ``gaussian``)."""
+    classes = {
+        "bernoulli": BernoulliLikelihood,
+        "discretized_logistic": DiscretizedLogisticLikelihood,
+        "gaussian": GaussianLikelihood,
+    }
+    if name not in classes:
+        raise ValueError(f"unknown likelihood {name!r}; expected one of {', '.join(LIKELIHOODS)}")
+    if name != "discretized_logistic" and num_mixtures != 1:
+        raise ValueError(f"num_mixtures={num_mixtures} is only meaningful for 'discretized_logistic'; use 1 for {name!r}")
+    return classes[name](num_mixtures=num_mixtures)

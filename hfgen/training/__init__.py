@@ -1,0 +1,10 @@
+"""The shared training core: arguments and presets, the Accelerate loop, crash-safe checkpoints."""
+
+from .arguments import COMMON_DEFAULTS, build_parser, resolve_config
+from .checkpoints import list_checkpoints, resolve_resume_path, save_checkpoint
+from .loop import BatchSchedule, TrainingState, lr_factor, train
+
+__all__ = [
+    "BatchSchedule", "COMMON_DEFAULTS", "TrainingState", "build_parser", "list_checkpoints", "lr_factor",
+    "resolve_config", "resolve_resume_path", "save_checkpoint", "train",
+]

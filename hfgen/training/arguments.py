@@ -1,0 +1,138 @@
+"""Command-line arguments every training script shares, and how presets fill the ones left unset.
+
+Precedence, lowest first: ``COMMON_DEFAULTS`` < the family's preset (``--preset tiny|small|base``) < flags given
+on the command line. Flags that a preset may set default to ``None`` in the parser for that reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..families.base import ModelFamily
+
+#: defaults for settings that no preset sets
+COMMON_DEFAULTS: dict[str, Any] = dict(
+    train_batch_size=64,
+    learning_rate=1e-3,
+    max_train_steps=1000,
+    lr_warmup_steps=100,
+    eval_steps=0,
+    sample_steps=0,
+    checkpointing_steps=0,
+    logging_steps=10,
+    eval_max_samples=1000,
+    final_eval_max_samples=2000,
+    final_importance_samples=1,
+    num_sample_images=64,
+    ema_decay=0.999,
+    max_grad_norm=100.0,
+)
+
+
+def build_parser(family: ModelFamily, description: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``training/train_<family>.py``: the shared flags plus the family's own."""
+    parser = argparse.ArgumentParser(
+        description=description or f"Train an hfgen {family.name} with Accelerate.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    preset_help = "; ".join(f"{k}: {p.description}" for k, p in family.presets.items())
+    parser.add_argument("--preset", choices=sorted(family.presets), default="small", help=preset_help)
+    parser.add_argument("--output_dir", required=True,
+                        help="where the pipeline folder, metrics.json, samples, logs and checkpoints go")
+    parser.add_argument("--seed", type=int, default=0)
+
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", default="fashion_mnist",
+                      help="'fashion_mnist', a Hub dataset id, a folder of images, or a folder of parquet/arrow files")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--image_column", default=None)
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--eval_split", default="test")
+    data.add_argument("--sample_size", type=int, default=32, help="image height and width the model sees (pixels)")
+    data.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                      help="image channels (default: from the data)")
+    data.add_argument("--convert_channels", action="store_true",
+                      help="convert images whose channel count differs instead of stopping")
+    data.add_argument("--resize_mode", choices=("auto", "pad", "resize"), default="auto",
+                      help="pad smaller images with zeros, resize larger ones (auto), or force one")
+    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training images")
+    data.add_argument("--random_flip", action="store_true", help="random horizontal flips of training images")
+
+    opt = parser.add_argument_group("optimisation (unset flags take the preset's value)")
+    opt.add_argument("--train_batch_size", type=int, default=None, help="images per process per micro-batch")
+    opt.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    opt.add_argument("--learning_rate", type=float, default=None, help="peak learning rate")
+    opt.add_argument("--lr_scheduler", choices=("cosine", "linear", "constant"), default="cosine",
+                     help="decay after warm-up, over max_train_steps or the --max_train_minutes budget")
+    opt.add_argument("--lr_warmup_steps", type=int, default=None)
+    opt.add_argument("--adam_beta1", type=float, default=0.9)
+    opt.add_argument("--adam_beta2", type=float, default=0.999)
+    opt.add_argument("--adam_weight_decay", type=float, default=0.0)
+    opt.add_argument("--adam_epsilon", type=float, default=1e-8)
+    opt.add_argument("--max_grad_norm", type=float, default=None, help="clip the gradient norm (0: no clipping)")
+    opt.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps")
+    opt.add_argument("--max_train_minutes", type=float, default=None,
+                     help="wall-clock budget for training (evaluation and checkpoints excluded); stops at "
+                          "whichever of this and --max_train_steps comes first")
+    opt.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                     help="default: what `accelerate launch` / accelerate config says")
+    opt.add_argument("--gradient_checkpointing", action="store_true")
+    opt.add_argument("--no_ema", action="store_true", help="save the raw weights instead of an EMA of them")
+    opt.add_argument("--ema_decay", type=float, default=None)
+
+    track = parser.add_argument_group("evaluation, samples, checkpoints and logs")
+    track.add_argument("--logging_steps", type=int, default=None)
+    track.add_argument("--eval_steps", type=int, default=None, help="test-set bits/dim every N steps (0: off)")
+    track.add_argument("--eval_max_samples", type=int, default=None)
+    track.add_argument("--eval_batch_size", type=int, default=256)
+    track.add_argument("--sample_steps", type=int, default=None, help="sample grid every N steps (0: off)")
+    track.add_argument("--num_sample_images", type=int, default=None)
+    track.add_argument("--final_eval_max_samples", type=int, default=None,
+                       help="test images for the final metrics.json (0: the whole split)")
+    track.add_argument("--final_importance_samples", type=int, default=None,
+                       help="importance samples K of the final importance-weighted bound")
+    track.add_argument("--checkpointing_steps", type=int, default=None, help="save_state every N steps (0: off)")
+    track.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep at most this many checkpoints")
+    track.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    track.add_argument("--report_to", default="tensorboard", help="an Accelerate tracker name, or 'none'")
+
+    family.add_arguments(parser)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace, family: ModelFamily) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Fill unset flags from the preset, then from ``COMMON_DEFAULTS``; return (settings, model config)."""
+    preset = family.presets[args.preset]
+    resolved = argparse.Namespace(**vars(args))
+    for key, value in {**COMMON_DEFAULTS, **preset.training}.items():
+        if getattr(resolved, key, None) is None:
+            setattr(resolved, key, value)
+    model_config = dict(preset.model)
+    for key in family.model_arguments:
+        value = getattr(args, key, None)
+        if value is not None:
+            model_config[key] = value
+    _validate(resolved)
+    return resolved, model_config
+
+
+def _validate(cfg: argparse.Namespace) -> None:
+    positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "eval_batch_size",
+                "num_sample_images", "final_importance_samples", "sample_size", "logging_steps")
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
+    non_negative = ("lr_warmup_steps", "eval_steps", "sample_steps", "checkpointing_steps", "max_grad_norm",
+                    "final_eval_max_samples", "eval_max_samples")
+    for key in non_negative:
+        if getattr(cfg, key) < 0:
+            raise ValueError(f"--{key} must be >= 0, got {getattr(cfg, key)}")
+    if cfg.learning_rate <= 0:
+        raise ValueError(f"--learning_rate must be > 0, got {cfg.learning_rate}")
+    if cfg.max_train_minutes is not None and cfg.max_train_minutes <= 0:
+        raise ValueError(f"--max_train_minutes must be > 0, got {cfg.max_train_minutes}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.checkpoints_total_limit < 1:
+        raise ValueError(f"--checkpoints_total_limit must be >= 1, got {cfg.checkpoints_total_limit}")

@@ -1,0 +1,71 @@
+"""Crash-safe training checkpoints on top of ``Accelerator.save_state``.
+
+A checkpoint is first written to ``checkpoints/checkpoint-<step>.tmp`` and renamed to
+``checkpoints/checkpoint-<step>`` only once every process has finished writing, so a crash while writing leaves
+the previous checkpoint the newest complete one; leftovers ending in ``.tmp`` are never resumed from and are
+cleared by the next save. Older complete checkpoints beyond the retention limit are removed after the rename.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_dir(output_dir: str | os.PathLike) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``output_dir``, oldest first."""
+    root = checkpoint_dir(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_resume_path(output_dir: str | os.PathLike, resume_from_checkpoint: str | None) -> Path | None:
+    """The checkpoint to resume from: ``None`` for a fresh start (also for 'latest' when none exists yet)."""
+    if not resume_from_checkpoint:
+        return None
+    if resume_from_checkpoint == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume_from_checkpoint)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a folder; expected a "
+            f"checkpoint-<step> folder written by a training run, or 'latest'"
+        )
+    if path.name.endswith(".tmp"):
+        raise ValueError(f"{path} is an incomplete checkpoint (the run stopped while writing it)")
+    return path
+
+
+def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int) -> Path:
+    """Write a checkpoint for ``step`` from every process; rename it into place and prune on the main process."""
+    root = checkpoint_dir(output_dir)
+    final = root / f"checkpoint-{step}"
+    partial = root / f"checkpoint-{step}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        for leftover in root.glob("checkpoint-*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # the same step saved before (e.g. a resumed run): replace it
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        for old in list_checkpoints(output_dir)[:-total_limit]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final

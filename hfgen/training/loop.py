@@ -1,0 +1,351 @@
+"""The one training loop every hfgen family uses (Accelerate).
+
+It owns: processes and devices, mixed precision, gradient accumulation, the learning-rate warm-up and decay,
+gradient clipping, skipping (and counting) updates whose loss or gradient is not finite, EMA weights, logging to
+Accelerate's trackers and a progress bar, test-set bits/dim and sample grids every N steps, crash-safe
+checkpoints and resume, a wall-clock budget, and the final pipeline folder with ``metrics.json``,
+``samples.png`` and a model card. The family (``hfgen.families``) owns the model and its objective.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, broadcast, set_seed
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from ..data import images_to_uint8, load_image_dataset
+from ..evaluation import evaluate_likelihood
+from ..families.base import ModelFamily
+from .arguments import resolve_config
+from .checkpoints import resolve_resume_path, save_checkpoint
+
+logger = logging.getLogger("hfgen.training")
+
+
+@dataclass
+class TrainingState:
+    """Counters saved in every checkpoint (registered with ``Accelerator.register_for_checkpointing``)."""
+
+    step: int = 0
+    skipped_steps: int = 0
+    train_seconds: float = 0.0  # time spent in training steps only (no evaluation, sampling, checkpoints)
+    images_seen: int = 0  # over all processes
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str) -> float:
+    """Learning-rate multiplier: linear warm-up over ``warmup_steps``, then ``schedule`` over ``progress``
+    (the fraction of the step or time budget used, in [0, 1])."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return 1.0 - progress
+    return 1.0
+
+
+class BatchSchedule:
+    """Which training images form micro-batch ``i``: a function of (seed, i) alone, so a resumed run sees
+    exactly the batches an uninterrupted one would. Each epoch is a fresh permutation; process ``r`` of ``n``
+    takes every n-th image of it; incomplete batches at the end of an epoch are dropped."""
+
+    def __init__(self, num_images: int, batch_size: int, seed: int, process_index: int, num_processes: int):
+        self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
+        self.process_index, self.num_processes = process_index, num_processes
+        self.batches_per_epoch = (num_images // num_processes) // batch_size
+        if self.batches_per_epoch < 1:
+            raise ValueError(
+                f"{num_images} training images are too few for {num_processes} process(es) x batch size "
+                f"{batch_size}; expected at least {num_processes * batch_size}"
+            )
+        self._epoch, self._shard = -1, None
+
+    def indices(self, micro_batch: int) -> torch.Tensor:
+        epoch, offset = divmod(micro_batch, self.batches_per_epoch)
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            perm = torch.randperm(self.num_images, generator=gen)
+            self._shard = perm[self.process_index :: self.num_processes]
+            self._epoch = epoch
+        return self._shard[offset * self.batch_size : (offset + 1) * self.batch_size]
+
+
+def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, accelerator: Accelerator):
+    with accelerator.main_process_first():
+        dataset = load_image_dataset(cfg.dataset, split, config_name=cfg.dataset_config_name,
+                                     image_column=cfg.image_column, seed=cfg.seed)
+    return images_to_uint8(
+        dataset, sample_size=cfg.sample_size, channels=channels, resize_mode=cfg.resize_mode,
+        convert_channels=cfg.convert_channels, max_samples=max_samples,
+        show_progress=accelerator.is_local_main_process, description=f"{split} images",
+    )
+
+
+def _save_pipeline_folder(pipeline, output_dir: Path) -> None:
+    """``save_pretrained`` into a temporary folder, then move each entry into ``output_dir``: a crash leaves
+    either the previous entry or the new one, never a half-written weight file."""
+    staging = output_dir / ".pipeline.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    pipeline.save_pretrained(staging, safe_serialization=True)
+    for entry in staging.iterdir():
+        target = output_dir / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(entry, target)
+    staging.rmdir()
+
+
+def _write_json_atomically(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def train(family: ModelFamily, args: argparse.Namespace) -> dict:
+    """Train ``family`` as ``args`` says (see ``build_parser``); returns the final metrics (main process)."""
+    cfg, model_config = resolve_config(args, family)
+    output_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)  # model initialisation; per-step noise uses its own generators
+
+    # ---------------------------------------------------------------- data (uint8, whole split in memory)
+    train_images = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples, accelerator)
+    channels = train_images.shape[1]
+    eval_count = max(cfg.eval_max_samples, cfg.final_eval_max_samples) if cfg.final_eval_max_samples else None
+    eval_images = _load_split(cfg, cfg.eval_split, channels, eval_count, accelerator)
+    device = accelerator.device
+    if device.type == "cuda" and train_images.numel() < 4 * 2**30:
+        train_images = train_images.to(device)  # dequantisation and flips then happen on the device
+    batches = BatchSchedule(train_images.shape[0], cfg.train_batch_size, cfg.seed,
+                            accelerator.process_index, accelerator.num_processes)
+
+    # ---------------------------------------------------------------- model, optimiser, EMA, state
+    model = family.build_model(model_config, channels, cfg.sample_size)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    num_parameters = sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    ema = None
+    if not cfg.no_ema:
+        ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=type(model), model_config=model.config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    state = TrainingState()
+    if ema is not None:
+        ema.to(device)
+        accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(state)
+
+    resume_path = resolve_resume_path(output_dir, cfg.resume_from_checkpoint)
+    if resume_path is not None:
+        accelerator.print(f"resuming from {resume_path}")
+        accelerator.load_state(str(resume_path))
+    elif cfg.resume_from_checkpoint:
+        accelerator.print("no checkpoint found under --output_dir; starting a fresh run")
+
+    if accelerator.is_main_process:
+        _write_json_atomically(output_dir / "training_config.json",
+                               {"family": family.name, "model_config": model_config, **vars(cfg)})
+    if cfg.report_to != "none":
+        accelerator.init_trackers(f"hfgen-{family.name}", config={
+            k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
+
+    def evaluate(max_samples: int, importance_samples: int) -> dict:
+        images = eval_images if not max_samples else eval_images[:max_samples]
+        return evaluate_likelihood(
+            family, unwrapped, images, importance_samples=importance_samples, batch_size=cfg.eval_batch_size,
+            seed=cfg.seed, process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+            reduce_sum=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
+            show_progress=accelerator.is_local_main_process,
+        )
+
+    def sample_grid(path: Path, step: int) -> None:
+        pipeline = family.make_pipeline(unwrapped)
+        pipeline.set_progress_bar_config(disable=True)
+        images = family.sample_images(pipeline, cfg.num_sample_images,
+                                      torch.Generator(device=device).manual_seed(cfg.seed))
+        cols = int(math.ceil(math.sqrt(len(images))))
+        rows = int(math.ceil(len(images) / cols))
+        images = images + [images[0].copy().point(lambda _: 0)] * (rows * cols - len(images))
+        grid = make_image_grid(images, rows=rows, cols=cols)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        for tracker in accelerator.trackers:
+            if hasattr(tracker, "log_images") and tracker.name == "tensorboard":
+                import numpy as np
+
+                tracker.log_images({"samples": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
+
+    class ema_weights:
+        """Within this block the model holds the EMA weights (no-op without EMA)."""
+
+        def __enter__(self):
+            if ema is not None:
+                ema.store(unwrapped.parameters())
+                ema.copy_to(unwrapped.parameters())
+
+        def __exit__(self, *exc):
+            if ema is not None:
+                ema.restore(unwrapped.parameters())
+
+    # ---------------------------------------------------------------- the loop
+    budget_seconds = cfg.max_train_minutes * 60 if cfg.max_train_minutes else None
+    global_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
+    accelerator.print(
+        f"{family.name} ({cfg.preset}): {num_parameters / 1e6:.2f}M parameters, {train_images.shape[0]} training "
+        f"images {tuple(train_images.shape[1:])}, {accelerator.num_processes} process(es) on {device}, "
+        f"global batch {global_batch}, up to {cfg.max_train_steps} steps"
+        + (f" or {cfg.max_train_minutes} min" if budget_seconds else "")
+    )
+    bar = tqdm(total=cfg.max_train_steps, initial=state.step, desc="training",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    model.train()
+    last_logs: dict[str, float] = {}
+    while state.step < cfg.max_train_steps:
+        if budget_seconds is not None:
+            elapsed = torch.tensor([state.train_seconds], device=device)
+            if accelerator.num_processes > 1:  # every process must agree on the LR and on when to stop
+                elapsed = broadcast(elapsed, from_process=0)
+            state.train_seconds = float(elapsed.item())
+            if state.train_seconds >= budget_seconds:
+                break
+        step_started = time.perf_counter()
+        nonfinite_loss = torch.zeros((), device=device)
+        logs_sum: dict[str, torch.Tensor] = {}
+        for micro in range(cfg.gradient_accumulation_steps):
+            micro_index = state.step * cfg.gradient_accumulation_steps + micro
+            images = train_images[batches.indices(micro_index).to(train_images.device)].to(device, non_blocking=True)
+            generator = torch.Generator(device=device).manual_seed(
+                (cfg.seed * 1_000_003 + micro_index) * accelerator.num_processes + accelerator.process_index)
+            if cfg.random_flip:
+                flip = torch.rand(images.shape[0], generator=generator, device=device) < 0.5
+                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, logs = family.loss(model, images, state.step, generator, cfg)
+                nonfinite_loss = torch.maximum(nonfinite_loss, (~torch.isfinite(loss.detach())).float())
+                accelerator.backward(loss)
+                for key, value in {"loss": loss.detach(), **logs}.items():
+                    logs_sum[key] = logs_sum.get(key, 0.0) + value.float() / cfg.gradient_accumulation_steps
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(
+                        model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                    if accelerator.num_processes > 1:
+                        nonfinite_loss = accelerator.reduce(nonfinite_loss, "max")
+                    progress = state.step / cfg.max_train_steps
+                    if budget_seconds is not None:
+                        progress = max(progress, state.train_seconds / budget_seconds)
+                    lr = cfg.learning_rate * lr_factor(state.step, progress, cfg.lr_warmup_steps, cfg.lr_scheduler)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    # One host-device sync per optimizer step decides whether the update is applied.
+                    update_is_finite = bool((torch.isfinite(grad_norm) & (nonfinite_loss == 0)).item())
+                    if update_is_finite or accelerator.scaler is not None:
+                        optimizer.step()  # with fp16 the GradScaler itself skips non-finite updates
+                    applied = update_is_finite and not accelerator.optimizer_step_was_skipped
+                    optimizer.zero_grad(set_to_none=True)
+        if not applied:
+            state.skipped_steps += 1
+            accelerator.print(f"step {state.step}: non-finite loss or gradient; update skipped "
+                              f"({state.skipped_steps} skipped so far)")
+        elif ema is not None:
+            ema.step(unwrapped.parameters())
+        state.step += 1
+        state.images_seen += global_batch
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        state.train_seconds += time.perf_counter() - step_started
+        bar.update(1)
+
+        if state.step % cfg.logging_steps == 0 or state.step == cfg.max_train_steps:
+            last_logs = {f"train/{k}": float(v) for k, v in logs_sum.items()}
+            last_logs.update({"train/lr": lr, "train/grad_norm": float(grad_norm),
+                              "train/skipped_steps": state.skipped_steps,
+                              "train/img_per_s": state.images_seen / max(state.train_seconds, 1e-9)})
+            accelerator.log(last_logs, step=state.step)
+            bar.set_postfix(loss=f"{last_logs['train/loss']:.4f}", bpd=f"{last_logs['train/bits_per_dim']:.3f}")
+        if cfg.eval_steps and state.step % cfg.eval_steps == 0:
+            model.eval()
+            with ema_weights():
+                metrics = evaluate(cfg.eval_max_samples, 1)
+            model.train()
+            accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"]}, step=state.step)
+            accelerator.print(f"step {state.step}: test bits/dim (ELBO, {metrics['num_samples']} images) "
+                              f"{metrics['bits_per_dim_elbo']:.4f}")
+        if cfg.sample_steps and state.step % cfg.sample_steps == 0 and accelerator.is_main_process:
+            model.eval()
+            with ema_weights():
+                sample_grid(output_dir / "samples" / f"step-{state.step:07d}.png", state.step)
+            model.train()
+        if cfg.checkpointing_steps and state.step % cfg.checkpointing_steps == 0:
+            save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
+    bar.close()
+
+    # ---------------------------------------------------------------- the final folder
+    accelerator.wait_for_everyone()
+    model.eval()
+    if ema is not None:
+        ema.copy_to(unwrapped.parameters())
+    metrics = evaluate(cfg.final_eval_max_samples, cfg.final_importance_samples)
+    if accelerator.is_main_process:
+        pipeline = family.make_pipeline(unwrapped)
+        _save_pipeline_folder(pipeline, output_dir)
+        sample_grid(output_dir / "samples.png", state.step)
+        metrics.update({
+            "family": family.name,
+            "preset": cfg.preset,
+            "dataset": cfg.dataset,
+            "split": cfg.eval_split,
+            "channels": channels,
+            "sample_size": cfg.sample_size,
+            "train_steps": state.step,
+            "skipped_steps": state.skipped_steps,
+            "train_seconds": state.train_seconds,
+            "train_img_per_s": state.images_seen / max(state.train_seconds, 1e-9),
+            "images_seen": state.images_seen,
+            "num_parameters": num_parameters,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device.type),
+            "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "ema": ema is not None,
+        })
+        _write_json_atomically(output_dir / "metrics.json", metrics)
+        from ..hub import write_model_card
+
+        write_model_card(output_dir, family, metrics, model_config)
+        accelerator.print(json.dumps({k: metrics[k] for k in (
+            "bits_per_dim_elbo", "bits_per_dim_iw", "num_samples", "importance_samples", "train_steps",
+            "skipped_steps", "train_seconds", "train_img_per_s")}))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics

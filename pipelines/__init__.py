@@ -1,0 +1,5 @@
+"""Diffusers pipelines of hfgen (installed as ``hfgen.pipelines``)."""
+
+from .pipeline_vae import VAEPipeline
+
+__all__ = ["VAEPipeline"]
