@@ -102,6 +102,20 @@ def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, 
     )
 
 
+def _no_accelerator_present() -> bool:
+    """True on a machine with no GPU: Accelerate then runs several processes on the CPU (gloo) when launched
+    with ``accelerate launch --multi_gpu --num_processes N`` or ``torchrun --nproc_per_node N``."""
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    if torch.cuda.is_available() or is_mps_available() or is_xpu_available() or is_npu_available():
+        return False
+    if os.environ.get("MASTER_ADDR") and "WORLD_SIZE" not in os.environ and "LOCAL_RANK" not in os.environ:
+        logger.warning(
+            "several processes were asked for, but `accelerate launch --cpu` starts only one; on a CPU-only "
+            "machine use `accelerate launch --multi_gpu --num_processes N` (hfgen then runs N CPU processes)")
+    return True
+
+
 def _save_pipeline_folder(pipeline, output_dir: Path) -> None:
     """``save_pretrained`` into a temporary folder, then move each entry into ``output_dir``: a crash leaves
     either the previous entry or the new one, never a half-written weight file."""
@@ -127,6 +141,7 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     cfg, model_config = resolve_config(args, family)
     output_dir = Path(cfg.output_dir)
     accelerator = Accelerator(
+        cpu=_no_accelerator_present(),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         mixed_precision=cfg.mixed_precision,
         log_with=None if cfg.report_to == "none" else cfg.report_to,

@@ -1,0 +1,162 @@
+"""The shared training core, exercised through the VAE family on tiny configs (CPU)."""
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hfgen import VAEPipeline
+from hfgen.families import VAEFamily
+from hfgen.training import BatchSchedule, build_parser, list_checkpoints, lr_factor, train
+
+from conftest import PYTHON, ROOT, requires_fashion_mnist
+
+pytestmark = requires_fashion_mnist
+
+TINY_ARGS = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "256",
+             "--final_eval_max_samples", "64", "--report_to", "none"]
+
+
+def _args(output_dir, *extra):
+    return build_parser(VAEFamily()).parse_args(["--output_dir", str(output_dir), *TINY_ARGS, *extra])
+
+
+def _weights(folder):
+    return load_file(folder / "vae" / "diffusion_pytorch_model.safetensors")
+
+
+class _Wrapped(VAEFamily):
+    """The VAE family with a hook into its loss, to inject failures the way a real run meets them."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def loss(self, model, images, step, generator, config):
+        loss, logs = super().loss(model, images, step, generator, config)
+        return self.hook(model, step, loss), logs
+
+
+def test_end_to_end_folder(tmp_path):
+    out = tmp_path / "run"
+    metrics = train(VAEFamily(), _args(out, "--max_train_steps", "6", "--eval_steps", "3", "--sample_steps", "3",
+                                       "--checkpointing_steps", "2", "--report_to", "tensorboard"))
+    for name in ("model_index.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                 "samples.png", "metrics.json", "README.md", "training_config.json", "samples/step-0000003.png"):
+        assert (out / name).is_file(), name
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "tensorboard logs"
+    # retention limit 2: checkpoints 4 and 6 remain
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-4", "checkpoint-6"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics) or saved.keys() == metrics.keys()
+    for key in ("bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "nats_per_image_iw",
+                "num_samples", "importance_samples", "train_seconds", "train_img_per_s", "skipped_steps"):
+        assert key in saved, key
+    assert saved["bits_per_dim_iw"] <= saved["bits_per_dim_elbo"] + 1e-6
+    assert saved["train_steps"] == 6 and saved["skipped_steps"] == 0 and saved["num_samples"] == 64
+    pipe = VAEPipeline.from_pretrained(out)
+    assert pipe(batch_size=2, output_type="np").images.shape == (2, 32, 32, 1)
+    card = (out / "README.md").read_text()
+    assert "unconditional-image-generation" in card and "bits/dim" in card
+
+
+def test_training_lowers_the_bound(tmp_path):
+    metrics_short = train(VAEFamily(), _args(tmp_path / "a", "--max_train_steps", "1", "--no_ema"))
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    AcceleratorState._reset_state(True), GradientState._reset_state(), PartialState._reset_state()
+    metrics_long = train(VAEFamily(), _args(tmp_path / "b", "--max_train_steps", "60", "--no_ema"))
+    assert metrics_long["bits_per_dim_elbo"] < metrics_short["bits_per_dim_elbo"] - 0.5
+
+
+def _reset():
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def test_resume_after_crash_is_exact(tmp_path):
+    common = ("--max_train_steps", "8", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3")
+    straight = tmp_path / "straight"
+    train(VAEFamily(), _args(straight, *common))
+    _reset()
+
+    def crash_at_step_6(model, step, loss):
+        if step == 6:
+            raise RuntimeError("simulated crash")
+        return loss
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(_Wrapped(crash_at_step_6), _args(crashed, *common))
+    _reset()
+    assert [p.name for p in list_checkpoints(crashed)] == ["checkpoint-4"]
+    # a crash while writing a later checkpoint leaves a .tmp folder, which is never resumed from
+    (crashed / "checkpoints" / "checkpoint-7.tmp").mkdir()
+    (crashed / "checkpoints" / "checkpoint-7.tmp" / "model.safetensors").write_bytes(b"half-written")
+    train(VAEFamily(), _args(crashed, *common, "--resume_from_checkpoint", "latest"))
+    a, b = _weights(straight), _weights(crashed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=0), key
+    raw_a = load_file(straight / "checkpoints" / "checkpoint-8" / "model.safetensors")
+    raw_b = load_file(crashed / "checkpoints" / "checkpoint-8" / "model.safetensors")
+    assert max((raw_a[k] - raw_b[k]).abs().max().item() for k in raw_a) <= 1e-6
+    assert not (crashed / "checkpoints" / "checkpoint-7.tmp").exists()
+
+
+def test_non_finite_loss_is_skipped_not_applied(tmp_path):
+    snapshots = {}
+
+    def nan_at_step_3(model, step, loss):
+        if step in (3, 4):
+            snapshots[step] = [p.detach().clone() for p in model.parameters()]
+        return loss * float("nan") if step == 3 else loss
+
+    metrics = train(_Wrapped(nan_at_step_3), _args(tmp_path / "run", "--max_train_steps", "6"))
+    assert metrics["skipped_steps"] == 1
+    assert metrics["train_steps"] == 6
+    # the parameters seen at step 4 are those of step 3: the NaN update was never applied
+    for before, after in zip(snapshots[3], snapshots[4]):
+        assert torch.equal(before, after)
+    assert all(torch.isfinite(w).all() for w in _weights(tmp_path / "run").values())
+    assert metrics["bits_per_dim_elbo"] == metrics["bits_per_dim_elbo"]  # finite, not NaN
+
+
+def test_two_process_cpu_run(tmp_path, run_env):
+    out = tmp_path / "ddp"
+    # On a machine without a GPU, `--multi_gpu` starts N gloo processes on the CPU (hfgen asks Accelerate for
+    # the CPU when no accelerator is present); `--cpu` alone would start a single process.
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "training/train_vae.py",
+           "--output_dir", str(out), *TINY_ARGS, "--max_train_steps", "4", "--checkpointing_steps", "2"]
+    result = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2
+    assert metrics["images_seen"] == 4 * 2 * 16
+    assert VAEPipeline.from_pretrained(out).vae.config.in_channels == 1
+    assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_lr_schedule_and_batch_schedule():
+    assert lr_factor(0, 0.0, 4, "cosine") == 0.25
+    assert lr_factor(10, 0.0, 4, "cosine") == 1.0
+    assert abs(lr_factor(10, 1.0, 4, "cosine")) < 1e-12
+    assert lr_factor(10, 0.5, 4, "linear") == 0.5
+    two = [BatchSchedule(100, 10, seed=3, process_index=r, num_processes=2) for r in range(2)]
+    seen = torch.cat([s.indices(i) for s in two for i in range(5)])
+    assert sorted(seen.tolist()) == list(range(100))  # one epoch: every image once, no overlap
+    again = BatchSchedule(100, 10, seed=3, process_index=1, num_processes=2)
+    assert torch.equal(again.indices(7), two[1].indices(7))
+    with pytest.raises(ValueError, match="too few"):
+        BatchSchedule(10, 8, seed=0, process_index=0, num_processes=2)
+
+
+def test_bad_settings_are_named(tmp_path):
+    with pytest.raises(ValueError, match="--learning_rate must be > 0, got -1"):
+        train(VAEFamily(), _args(tmp_path / "x", "--learning_rate", "-1"))
+    with pytest.raises(FileNotFoundError, match="no-such-checkpoint"):
+        train(VAEFamily(), _args(tmp_path / "y", "--resume_from_checkpoint", str(tmp_path / "no-such-checkpoint")))
