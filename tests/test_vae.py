@@ -135,3 +135,17 @@ def test_pipeline_folder_round_trip_and_reconstruction(tmp_path):
     assert torch.allclose(from_pil, from_uint8, atol=1e-5)
     with pytest.raises(ValueError, match=r"\(batch, 1, 16, 16\)"):
         loaded.reconstruct(_images(1, size=8))
+
+
+def test_vector_latent():
+    model = VAEModel(sample_size=16, latent_dim=12, **TINY)
+    assert model.latent_shape == (12, 1, 1)
+    out = model(_images(), generator=_gen())
+    assert torch.allclose(out.elbo, -(out.reconstruction_nll + out.kl))
+    bounds = model.log_likelihood_bounds(_images(2), importance_samples=8, generator=_gen())
+    assert (bounds.nats_per_image_iw <= bounds.nats_per_image_elbo + 1e-4).all()
+    pipe = VAEPipeline(vae=model)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(batch_size=2, generator=_gen(), output_type="pt").images.shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="latent_dim must be >= 1"):
+        VAEModel(latent_dim=0)

@@ -23,17 +23,17 @@ VAE_PRESETS = {
     ),
     "small": Preset(
         description="a few minutes on two CPU cores (Fashion-MNIST 32x32)",
-        model=dict(block_out_channels=[32, 64, 64], layers_per_block=1, latent_channels=8),
+        model=dict(block_out_channels=[16, 32, 64], layers_per_block=1, latent_channels=8, latent_dim=32),
         training=dict(
-            train_batch_size=64, learning_rate=2e-3, max_train_steps=3000, lr_warmup_steps=100,
-            kl_warmup_steps=500, eval_steps=500, sample_steps=1000, checkpointing_steps=500, logging_steps=25,
-            eval_max_samples=1000, final_eval_max_samples=2000, final_importance_samples=64,
-            num_sample_images=64, ema_decay=0.999,
+            train_batch_size=64, learning_rate=2e-3, max_train_steps=1200, lr_warmup_steps=100,
+            kl_warmup_steps=300, eval_steps=400, sample_steps=400, checkpointing_steps=400, logging_steps=20,
+            eval_max_samples=1000, final_eval_max_samples=1000, final_importance_samples=16,
+            num_sample_images=64, ema_decay=0.998,
         ),
     ),
     "base": Preset(
         description="about a GPU hour (Fashion-MNIST 32x32)",
-        model=dict(block_out_channels=[64, 128, 256], layers_per_block=2, latent_channels=16),
+        model=dict(block_out_channels=[64, 128, 256], layers_per_block=2, latent_channels=16, latent_dim=64),
         training=dict(
             train_batch_size=128, learning_rate=1e-3, max_train_steps=60000, lr_warmup_steps=1000,
             kl_warmup_steps=5000, eval_steps=5000, sample_steps=5000, checkpointing_steps=5000,
@@ -48,7 +48,8 @@ class VAEFamily(ModelFamily):
     name = "vae"
     pipeline_class = VAEPipeline
     presets = VAE_PRESETS
-    model_arguments = ("block_out_channels", "layers_per_block", "latent_channels", "likelihood", "num_mixtures")
+    model_arguments = ("block_out_channels", "layers_per_block", "latent_channels", "latent_dim", "likelihood",
+                       "num_mixtures")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("VAE model (unset flags take the preset's value)")
@@ -56,6 +57,8 @@ class VAEFamily(ModelFamily):
                            help="encoder widths per resolution, full resolution first")
         group.add_argument("--layers_per_block", type=int, default=None)
         group.add_argument("--latent_channels", type=int, default=None)
+        group.add_argument("--latent_dim", type=int, default=None,
+                           help="a vector latent of this many dimensions (0: a spatial latent of latent_channels)")
         group.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
                            help="pixel likelihood (default: discretized_logistic)")
         group.add_argument("--num_mixtures", type=int, default=None,
@@ -64,7 +67,10 @@ class VAEFamily(ModelFamily):
                            help="linearly raise the KL weight from 0 to 1 over this many steps (0: off)")
 
     def build_model(self, model_config, channels, sample_size):
-        return VAEModel(in_channels=channels, sample_size=sample_size, **model_config)
+        config = dict(model_config)
+        if not config.get("latent_dim"):  # 0 on the command line: a spatial latent
+            config["latent_dim"] = None
+        return VAEModel(in_channels=channels, sample_size=sample_size, **config)
 
     def loss(self, model, images, step, generator, config):
         warmup = config.kl_warmup_steps or 0

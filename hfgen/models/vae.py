@@ -1,6 +1,6 @@
 """VAEModel: a convolutional variational autoencoder with a Gaussian latent, trained on the ELBO.
 
-    q(z | x) = N(mu(x), diag sigma(x)^2)      encoder: residual conv blocks, downsampling to a spatial latent
+    q(z | x) = N(mu(x), diag sigma(x)^2)      encoder: residual conv blocks, downsampling to the latent
     p(z)     = N(0, I)
     p(x | z)                                  decoder: residual conv blocks + a pixel likelihood (likelihoods.py)
 
@@ -39,11 +39,12 @@ class VAEOutput(BaseOutput):
     bits_per_dim: ``-elbo`` in bits per dimension.
     """
 
-    loss: torch.Tensor
-    reconstruction_nll: torch.Tensor
-    kl: torch.Tensor
-    elbo: torch.Tensor
-    bits_per_dim: torch.Tensor
+    # Defaults let Accelerate rebuild the output from a dict when it casts mixed-precision outputs to fp32.
+    loss: torch.Tensor = None
+    reconstruction_nll: torch.Tensor = None
+    kl: torch.Tensor = None
+    elbo: torch.Tensor = None
+    bits_per_dim: torch.Tensor = None
 
 
 @dataclass
@@ -55,8 +56,8 @@ class LikelihoodBoundsOutput(BaseOutput):
         never above ``nats_per_image_elbo`` and tighter as ``importance_samples`` grows.
     """
 
-    nats_per_image_elbo: torch.Tensor
-    nats_per_image_iw: torch.Tensor
+    nats_per_image_elbo: torch.Tensor = None
+    nats_per_image_iw: torch.Tensor = None
 
 
 def _standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
@@ -64,49 +65,61 @@ def _standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     return (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
 
 
-class VAEEncoder(nn.Module):
-    """x in [-1, 1] -> mean and log-variance of q(z | x), concatenated along channels."""
+def _resolution_stack(width: int, widths: list[int], layers_per_block: int, resample: type[nn.Module]):
+    """Residual blocks at each resolution of ``widths``, with ``resample`` (Downsample or Upsample) between
+    resolutions; returns the stack and its output width."""
+    blocks: list[nn.Module] = []
+    for level, out_width in enumerate(widths):
+        for _ in range(layers_per_block):
+            blocks.append(ResidualBlock(width, out_width))
+            width = out_width
+        if level < len(widths) - 1:
+            blocks.append(resample(width))
+    return CheckpointedSequential(blocks), width
 
-    def __init__(self, in_channels, block_out_channels, layers_per_block, latent_channels):
+
+class VAEEncoder(nn.Module):
+    """x in [-1, 1] -> mean and log-variance of q(z | x), concatenated along channels: ``(B, 2 * latent_channels,
+    s, s)`` for a spatial latent, or ``(B, 2 * latent_dim, 1, 1)`` through a linear layer for a vector latent."""
+
+    def __init__(self, in_channels, block_out_channels, layers_per_block, latent_channels, latent_dim, size):
         super().__init__()
-        self.conv_in = nn.Conv2d(in_channels, block_out_channels[0], 3, padding=1)
-        blocks: list[nn.Module] = []
-        width = block_out_channels[0]
-        for level, out_width in enumerate(block_out_channels):
-            for _ in range(layers_per_block):
-                blocks.append(ResidualBlock(width, out_width))
-                width = out_width
-            if level < len(block_out_channels) - 1:
-                blocks.append(Downsample(width))
-        self.blocks = CheckpointedSequential(blocks)
+        widths = list(block_out_channels)
+        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.blocks, width = _resolution_stack(widths[0], widths, layers_per_block, Downsample)
         self.norm_out = nn.GroupNorm(num_groups_for(width), width, eps=1e-6)
-        self.conv_out = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
+        if latent_dim:
+            self.conv_out = nn.Conv2d(width, latent_channels, 3, padding=1)
+            self.to_vector = nn.Linear(latent_channels * size * size, 2 * latent_dim)
+        else:
+            self.conv_out = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
+            self.to_vector = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.blocks(self.conv_in(x))
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        h = self.conv_out(nn.functional.silu(self.norm_out(h)))
+        if self.to_vector is None:
+            return h
+        return self.to_vector(nn.functional.silu(h).flatten(1))[:, :, None, None]
 
 
 class VAEDecoder(nn.Module):
-    """z -> the pixel likelihood's parameters at full resolution."""
+    """z -> the pixel likelihood's parameters at full resolution (the encoder's widths in reverse); a vector
+    latent first goes through a linear layer to a ``(latent_channels, s, s)`` feature map."""
 
-    def __init__(self, latent_channels, block_out_channels, layers_per_block, out_channels):
+    def __init__(self, latent_channels, block_out_channels, layers_per_block, out_channels, latent_dim, size):
         super().__init__()
         widths = list(reversed(block_out_channels))
+        self.from_vector = nn.Linear(latent_dim, latent_channels * size * size) if latent_dim else None
+        self.feature_shape = (latent_channels, size, size)
         self.conv_in = nn.Conv2d(latent_channels, widths[0], 3, padding=1)
-        blocks: list[nn.Module] = []
-        width = widths[0]
-        for level, out_width in enumerate(widths):
-            for _ in range(layers_per_block):
-                blocks.append(ResidualBlock(width, out_width))
-                width = out_width
-            if level < len(widths) - 1:
-                blocks.append(Upsample(width))
-        self.blocks = CheckpointedSequential(blocks)
+        self.blocks, width = _resolution_stack(widths[0], widths, layers_per_block, Upsample)
         self.norm_out = nn.GroupNorm(num_groups_for(width), width, eps=1e-6)
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.from_vector is not None:
+            z = nn.functional.silu(self.from_vector(z.flatten(1))).view(-1, *self.feature_shape)
         h = self.blocks(self.conv_in(z))
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
@@ -121,7 +134,11 @@ class VAEModel(ModelMixin, ConfigMixin):
         block_out_channels (`list[int]`): encoder widths per resolution, from full resolution down; the latent
             lives at ``sample_size / 2 ** (len(block_out_channels) - 1)`` pixels square.
         layers_per_block (`int`): residual blocks per resolution in the encoder and in the decoder.
-        latent_channels (`int`): channels of the spatial latent z.
+        latent_channels (`int`): channels of the spatial latent z, or (with ``latent_dim``) of the feature map
+            next to the linear layers.
+        latent_dim (`int`, *optional*): make z a vector of this many dimensions (linear layers between it and the
+            lowest-resolution feature map). A vector latent gives samples with global structure; a spatial latent
+            (the default, ``None``) reaches better likelihoods but its prior samples lack global coherence.
         likelihood (`str`): ``"discretized_logistic"``, ``"bernoulli"`` or ``"gaussian"``.
         num_mixtures (`int`): logistic mixture components (``discretized_logistic`` only).
     """
@@ -136,6 +153,7 @@ class VAEModel(ModelMixin, ConfigMixin):
         block_out_channels: tuple[int, ...] = (32, 64, 128),
         layers_per_block: int = 1,
         latent_channels: int = 8,
+        latent_dim: int | None = None,
         likelihood: str = "discretized_logistic",
         num_mixtures: int = 1,
     ):
@@ -155,15 +173,21 @@ class VAEModel(ModelMixin, ConfigMixin):
                 f"layers_per_block and latent_channels must be >= 1, got {layers_per_block} and {latent_channels}"
             )
         self.pixel_likelihood = get_likelihood(likelihood, num_mixtures)
-        self.encoder = VAEEncoder(in_channels, block_out_channels, layers_per_block, latent_channels)
+        if latent_dim is not None and latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1 (or None for a spatial latent), got {latent_dim}")
+        size = sample_size // factor
+        self.encoder = VAEEncoder(in_channels, block_out_channels, layers_per_block, latent_channels, latent_dim, size)
         self.decoder = VAEDecoder(
-            latent_channels, block_out_channels, layers_per_block, self.pixel_likelihood.num_params(in_channels)
+            latent_channels, block_out_channels, layers_per_block, self.pixel_likelihood.num_params(in_channels),
+            latent_dim, size,
         )
 
     # ------------------------------------------------------------------ shapes
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of z for one image."""
+        """(channels, height, width) of z for one image; ``(latent_dim, 1, 1)`` for a vector latent."""
+        if self.config.latent_dim:
+            return (self.config.latent_dim, 1, 1)
         size = self.config.sample_size // 2 ** (len(self.config.block_out_channels) - 1)
         return (self.config.latent_channels, size, size)
 
