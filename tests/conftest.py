@@ -12,15 +12,19 @@ requires_fashion_mnist = pytest.mark.skipif(
     "(scripts/setup.sh installs Debian's dataset-fashion-mnist)")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    """Each in-process training run gets its own Accelerate state (it is a process-wide singleton)."""
-    yield
+def reset_accelerate_state():
+    """Accelerate's state is a process-wide singleton: reset it between in-process training runs."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    yield
+    reset_accelerate_state()
 
 
 @pytest.fixture
