@@ -78,7 +78,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     images = images_to_uint8(dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
                              resize_mode=args.resize_mode, convert_channels=args.convert_channels,
                              max_samples=args.max_samples or None, description=f"{args.split} images")
-    model.eval()
+    model.eval().to(memory_format=torch.channels_last)
     metrics = evaluate_likelihood(family, model, images, importance_samples=args.importance_samples,
                                   batch_size=args.batch_size, seed=args.seed)
     metrics.update({"dataset": args.dataset, "split": args.split, "family": family.name})

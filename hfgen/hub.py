@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .data import FASHION_MNIST, FASHION_MNIST_HUB_ID
 from .families.base import ModelFamily
 
 _TITLES = {"vae": "Gaussian VAE"}
+
+
+def hub_dataset_id(dataset: str) -> str | None:
+    """The Hub id a card's ``datasets`` field should name for a training ``--dataset`` (None for local data)."""
+    if dataset == FASHION_MNIST:
+        return FASHION_MNIST_HUB_ID
+    if dataset.startswith((".", "/", "~")) or os.path.exists(dataset):
+        return None
+    return dataset
 
 
 def render_model_card(family: ModelFamily, metrics: dict, model_config: dict, repo_id: str = "OUTPUT_DIR") -> ModelCard:
@@ -21,7 +32,7 @@ def render_model_card(family: ModelFamily, metrics: dict, model_config: dict, re
         license="apache-2.0",
         pipeline_tag="unconditional-image-generation",
         tags=["hfgen", family.name, "unconditional-image-generation"],
-        datasets=[dataset] if "/" in dataset or dataset == "fashion_mnist" else None,
+        datasets=[hub_dataset_id(dataset)] if hub_dataset_id(dataset) else None,
     )
     template = resources.files("hfgen.model_cards").joinpath(f"{family.name}.md").read_text()
     return ModelCard.from_template(

@@ -5,7 +5,10 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$root/scripts/setup.sh"
 out=${1:-runs/vae-small}
-accelerate launch --num_processes 1 training/train_vae.py --preset small --dataset fashion_mnist --output_dir "$out"
+# Without a GPU, --cpu makes accelerate give the process every core (it defaults to one thread otherwise).
+device_flags=$(python -c "import torch; print('' if torch.cuda.is_available() else '--cpu')")
+accelerate launch $device_flags --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+  training/train_vae.py --preset small --dataset fashion_mnist --output_dir "$out"
 hfgen sample "$out" --num-images 64 --seed 0 --out "$out/grid.png"
-hfgen evaluate "$out" --dataset fashion_mnist --split test --importance-samples 16
+hfgen evaluate "$out" --dataset fashion_mnist --split test --importance-samples 8
 echo "samples: $out/grid.png   model folder: $out" >&2
