@@ -89,9 +89,10 @@ def _sampling_options(args: argparse.Namespace, family, pipeline) -> dict:
         options["scheduler"] = args.scheduler
     if args.steps is not None:
         options["num_inference_steps"] = args.steps
-    accepted = set(inspect.signature(family.sample_images).parameters) | set(
-        inspect.signature(pipeline.__call__).parameters)
-    refused = [key for key in options if key not in accepted]
+    call = inspect.signature(pipeline.__call__).parameters
+    accepted = set(inspect.signature(family.sample_images).parameters) | set(call)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in call.values())
+    refused = [] if takes_any else [key for key in options if key not in accepted]
     if refused:
         flags = {"temperature": "--temperature", "scheduler": "--scheduler", "num_inference_steps": "--steps"}
         raise ValueError(f"the {family.name} family's sampler does not take {', '.join(flags[k] for k in refused)}")
