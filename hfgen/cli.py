@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset-config-name", default=None)
     evaluate.add_argument("--image-column", default=None)
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--max-samples", type=int, default=0, help="evaluate the first N images (0: all)")
+    evaluate.add_argument("--max-samples", type=int, default=0,
+                          help="evaluate the first N images (0: all); also the reference images of fd, kid and pr")
     evaluate.add_argument("--importance-samples", type=int, default=1,
                           help="K of the importance-weighted bound (1: the ELBO only)")
     evaluate.add_argument("--batch-size", type=int, default=256)
