@@ -2,6 +2,7 @@
 
     hfgen sample DIR --num-images 64 --seed 0 --out grid.png [--temperature 0.8]
     hfgen evaluate DIR --dataset fashion_mnist --split test [--max-samples N] [--importance-samples K]
+    hfgen evaluate DIR --metrics bpd,fd,kid,pr --num-samples N [--batch-size B] [--scheduler S --steps K]
 
 ``evaluate`` prints one JSON object on stdout (progress bars go to stderr).
 """
@@ -66,21 +67,79 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+EVALUATE_METRICS = ("bpd", "fd", "kid", "pr")
+
+
+def _parse_metrics(text: str) -> list[str]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in EVALUATE_METRICS]
+    if unknown or not names:
+        raise ValueError(f"--metrics {text!r}: expected a comma-separated list of {', '.join(EVALUATE_METRICS)}")
+    return names
+
+
+def _sampling_options(args: argparse.Namespace, family, pipeline) -> dict:
+    """Sampling options given on the command line, checked against what the family's sampler accepts."""
+    import inspect
+
+    options = {}
+    if args.temperature is not None:
+        options["temperature"] = args.temperature
+    if args.scheduler is not None:
+        options["scheduler"] = args.scheduler
+    if args.steps is not None:
+        options["num_inference_steps"] = args.steps
+    call = inspect.signature(pipeline.__call__).parameters
+    accepted = set(inspect.signature(family.sample_images).parameters) | set(call)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in call.values())
+    refused = [] if takes_any else [key for key in options if key not in accepted]
+    if refused:
+        flags = {"temperature": "--temperature", "scheduler": "--scheduler", "num_inference_steps": "--steps"}
+        raise ValueError(f"the {family.name} family's sampler does not take {', '.join(flags[k] for k in refused)}")
+    return options
+
+
+def _sample_quality(args, pipeline, family, model, names: list[str], images) -> dict:
+    from .metrics import evaluate_samples, load_feature_net, reference_statistics
+
+    if args.inception_weights:
+        raise ValueError(f"fid_inception (Inception-v3 features from {args.inception_weights}) is not implemented "
+                         f"yet; use fd_fmnist (--metrics fd), which uses hfgen's own feature network")
+    options = _sampling_options(args, family, pipeline)
+    net = load_feature_net("fmnist", pipeline.device)
+    reference = reference_statistics(
+        args.dataset, args.split, sample_size=model.config.sample_size, channels=model.config.in_channels,
+        resize_mode=args.resize_mode, convert_channels=args.convert_channels, max_samples=args.max_samples or None,
+        net=net, images=images, config_name=args.dataset_config_name, image_column=args.image_column)
+    figures = evaluate_samples(family, pipeline, reference, num_samples=args.num_samples, metrics=names,
+                               batch_size=args.batch_size, seed=args.seed, net=net, **options)
+    figures["sampling"] = {"seed": args.seed, "batch_size": args.batch_size, **options}
+    figures["reference"] = {"dataset": args.dataset, "split": args.split, "from_cache": reference.from_cache}
+    return figures
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import images_to_uint8, load_image_dataset
     from .evaluation import evaluate_likelihood
 
+    requested = _parse_metrics(args.metrics)
     device = _device(args.device)
     pipeline, family = load_pipeline(args.model, device)
     model = family.model_of(pipeline)
-    dataset = load_image_dataset(args.dataset, args.split, config_name=args.dataset_config_name,
-                                 image_column=args.image_column)
-    images = images_to_uint8(dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
-                             resize_mode=args.resize_mode, convert_channels=args.convert_channels,
-                             max_samples=args.max_samples or None, description=f"{args.split} images")
-    model.eval().to(memory_format=torch.channels_last)
-    metrics = evaluate_likelihood(family, model, images, importance_samples=args.importance_samples,
-                                  batch_size=args.batch_size, seed=args.seed)
+    metrics, images = {}, None
+    if "bpd" in requested:
+        dataset = load_image_dataset(args.dataset, args.split, config_name=args.dataset_config_name,
+                                     image_column=args.image_column)
+        images = images_to_uint8(dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
+                                 resize_mode=args.resize_mode, convert_channels=args.convert_channels,
+                                 max_samples=args.max_samples or None, description=f"{args.split} images")
+        model.eval().to(memory_format=torch.channels_last)
+        metrics = evaluate_likelihood(family, model, images, importance_samples=args.importance_samples,
+                                      batch_size=args.batch_size, seed=args.seed)
+    quality = [name for name in requested if name != "bpd"]
+    if quality:
+        model.eval()
+        metrics.update(_sample_quality(args, pipeline, family, model, quality, images))
     metrics.update({"dataset": args.dataset, "split": args.split, "family": family.name})
     print(json.dumps(metrics))
     return 0
@@ -100,13 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     sample.set_defaults(func=cmd_sample)
 
-    evaluate = sub.add_parser("evaluate", help="likelihood bounds on a data set split, as JSON")
+    evaluate = sub.add_parser("evaluate", help="likelihood bounds and sample quality on a data set split, as JSON")
     evaluate.add_argument("model", help="a pipeline folder written by an hfgen training script, or a Hub repo id")
     evaluate.add_argument("--dataset", default="fashion_mnist")
     evaluate.add_argument("--dataset-config-name", default=None)
     evaluate.add_argument("--image-column", default=None)
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--max-samples", type=int, default=0, help="evaluate the first N images (0: all)")
+    evaluate.add_argument("--max-samples", type=int, default=0,
+                          help="evaluate the first N images (0: all); also the reference images of fd, kid and pr")
     evaluate.add_argument("--importance-samples", type=int, default=1,
                           help="K of the importance-weighted bound (1: the ELBO only)")
     evaluate.add_argument("--batch-size", type=int, default=256)
@@ -114,13 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resize-mode", choices=("auto", "pad", "resize"), default="auto")
     evaluate.add_argument("--convert-channels", action="store_true")
     evaluate.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    evaluate.add_argument("--metrics", default="bpd",
+                          help="comma-separated: bpd (likelihood bounds), fd (fd_fmnist), kid (kid_fmnist), "
+                               "pr (precision/recall); fd, kid and pr compare generated images with the split")
+    evaluate.add_argument("--num-samples", type=int, default=10000, help="images to generate for fd, kid and pr")
+    evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
+    evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
+    evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (num_inference_steps)")
+    evaluate.add_argument("--inception-weights", default=None,
+                          help="a local Inception-v3 weight file for fid_inception (never downloaded)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for key in ("num_images", "importance_samples", "batch_size"):
+    for key in ("num_images", "importance_samples", "batch_size", "num_samples"):
         if getattr(args, key, 1) < 1:
             print(f"hfgen: error: --{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}", file=sys.stderr)
             return 2

@@ -27,6 +27,8 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     num_sample_images=64,
     ema_decay=0.999,
     max_grad_norm=100.0,
+    fd_steps=0,
+    fd_num_samples=2000,
 )
 
 
@@ -94,6 +96,10 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
                        help="test images for the final metrics.json (0: the whole split)")
     track.add_argument("--final_importance_samples", type=int, default=None,
                        help="importance samples K of the final importance-weighted bound")
+    track.add_argument("--fd_steps", type=int, default=None,
+                       help="fd_fmnist of --fd_num_samples generated images every N steps, and at the end into "
+                            "metrics.json (0: off; Fashion-MNIST-like data only: 1 channel, sample_size 32)")
+    track.add_argument("--fd_num_samples", type=int, default=None, help="generated images per fd_fmnist")
     track.add_argument("--checkpointing_steps", type=int, default=None, help="save_state every N steps (0: off)")
     track.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep at most this many checkpoints")
     track.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
@@ -121,12 +127,12 @@ def resolve_config(args: argparse.Namespace, family: ModelFamily) -> tuple[argpa
 
 def _validate(cfg: argparse.Namespace) -> None:
     positive = ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "eval_batch_size",
-                "num_sample_images", "final_importance_samples", "sample_size", "logging_steps")
+                "num_sample_images", "final_importance_samples", "sample_size", "logging_steps", "fd_num_samples")
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
     non_negative = ("lr_warmup_steps", "eval_steps", "sample_steps", "checkpointing_steps", "max_grad_norm",
-                    "final_eval_max_samples", "eval_max_samples")
+                    "final_eval_max_samples", "eval_max_samples", "fd_steps")
     for key in non_negative:
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0, got {getattr(cfg, key)}")

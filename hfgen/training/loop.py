@@ -213,6 +213,29 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             show_progress=accelerator.is_local_main_process,
         )
 
+    fd_net = fd_reference = None
+    if cfg.fd_steps:
+        if (channels, cfg.sample_size) != (1, 32):
+            raise ValueError(f"--fd_steps needs Fashion-MNIST-like data (1 channel, sample_size 32) for the fd_fmnist "
+                             f"feature network; got {channels} channel(s), sample_size {cfg.sample_size}")
+        if accelerator.is_main_process:
+            from ..metrics import load_feature_net, reference_statistics
+
+            fd_net = load_feature_net("fmnist", device)
+            fd_reference = reference_statistics(
+                cfg.dataset, cfg.eval_split, sample_size=cfg.sample_size, channels=channels,
+                resize_mode=cfg.resize_mode, convert_channels=cfg.convert_channels, net=fd_net,
+                config_name=cfg.dataset_config_name, image_column=cfg.image_column, show_progress=False)
+
+    def sample_fd() -> float:
+        """fd_fmnist of cfg.fd_num_samples images sampled from the model as it is now (main process only)."""
+        from ..metrics import extract_features, generate_uint8, sample_quality
+
+        images = generate_uint8(family, family.make_pipeline(unwrapped), cfg.fd_num_samples,
+                                batch_size=cfg.eval_batch_size, seed=cfg.seed, show_progress=False, channels=channels)
+        features = extract_features(fd_net, images, show_progress=False)
+        return sample_quality(features, fd_reference, ("fd",))["fd_fmnist"]
+
     def sample_grid(path: Path, step: int) -> None:
         pipeline = family.make_pipeline(unwrapped)
         pipeline.set_progress_bar_config(disable=True)
@@ -323,9 +346,17 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             with ema_weights():
                 metrics = evaluate(cfg.eval_max_samples, 1)
             model.train()
-            accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"]}, step=state.step)
+            accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+                             "eval/train_seconds": state.train_seconds}, step=state.step)
             accelerator.print(f"step {state.step}: test bits/dim (ELBO, {metrics['num_samples']} images) "
                               f"{metrics['bits_per_dim_elbo']:.4f}")
+        if cfg.fd_steps and state.step % cfg.fd_steps == 0 and accelerator.is_main_process:
+            model.eval()
+            with ema_weights():
+                fd = sample_fd()
+            model.train()
+            accelerator.log({"eval/fd_fmnist": fd, "eval/train_seconds": state.train_seconds}, step=state.step)
+            accelerator.print(f"step {state.step}: fd_fmnist ({cfg.fd_num_samples} samples) {fd:.3f}")
         if cfg.sample_steps and state.step % cfg.sample_steps == 0 and accelerator.is_main_process:
             model.eval()
             with ema_weights():
@@ -363,6 +394,8 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             "mixed_precision": accelerator.mixed_precision,
             "ema": ema is not None,
         })
+        if cfg.fd_steps:
+            metrics.update({"fd_fmnist": sample_fd(), "fd_num_samples": cfg.fd_num_samples})
         _write_json_atomically(output_dir / "metrics.json", metrics)
         from ..hub import write_model_card
 

@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""A markdown table and PNG plots comparing trained hfgen folders.
+
+    python benchmarks/report.py runs/vae-small-cpu [runs/ddpm ...] --out docs/report --num-samples 10000
+
+For each folder: the training figures of its metrics.json (family, parameters, device, time, images/s, test
+bits/dim ELBO and IW), and the sample-quality figures measured here against the Fashion-MNIST test split
+(fd_fmnist, kid_fmnist, precision/recall, sampling images/s on this machine). Writes to --out:
+
+  README.md              the table, the command, and the plots below
+  results.json           every figure, per folder (reused with --reuse instead of sampling again)
+  samples.png            a grid of samples per folder, side by side
+  bpd_vs_time.png        bits/dim against training wall-clock, from the tensorboard logs (DIR/logs)
+  fd_vs_steps.png        DDPM folders only: fd_fmnist against sampling steps, one line per scheduler
+
+A folder without weights (metrics.json only) gets its training figures and dashes. Needs matplotlib
+(``pip install -e ".[report]"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() and path.stat().st_size else {}
+
+
+def scalar_series(folder: Path) -> dict[str, list[tuple[float, int, float]]]:
+    """{tag: [(wall_time, step, value)]} from the tensorboard event files under folder/logs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    series: dict[str, list[tuple[float, int, float]]] = {}
+    for events in sorted((folder / "logs").rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags().get("scalars", []):
+            series.setdefault(tag, []).extend((e.wall_time, e.step, e.value) for e in accumulator.Scalars(tag))
+    return {tag: sorted(values) for tag, values in series.items()}
+
+
+def measure(folder: Path, args, reference, net) -> dict:
+    from hfgen.cli import load_pipeline
+    from hfgen.metrics import evaluate_samples, generate_uint8
+
+    device = torch.device(args.device) if args.device else torch.device("cpu")
+    pipeline, family = load_pipeline(str(folder), device)
+    family.model_of(pipeline).eval()
+    out = {"family": family.name}
+    figures = evaluate_samples(family, pipeline, reference, num_samples=args.num_samples, batch_size=args.batch_size,
+                               seed=args.seed, net=net)
+    out.update(figures)
+    grid = generate_uint8(family, pipeline, 64, batch_size=64, seed=args.seed + 1, show_progress=False)
+    save_grid(grid, args.out / f"grid-{folder.resolve().name}.png")
+    if family.name == "ddpm":
+        curve = {}
+        for scheduler in args.ddpm_schedulers:
+            for steps in args.ddpm_steps:
+                try:
+                    result = evaluate_samples(family, pipeline, reference, num_samples=args.ddpm_num_samples,
+                                              metrics=("fd",), batch_size=args.batch_size, seed=args.seed, net=net,
+                                              scheduler=scheduler, num_inference_steps=steps)
+                except (TypeError, ValueError) as error:
+                    print(f"report: {folder}: scheduler {scheduler!r} with {steps} steps: {error}", file=sys.stderr)
+                    break
+                curve.setdefault(scheduler, []).append([steps, result["fd_fmnist"], result["sample_img_per_s"]])
+        out["fd_vs_steps"] = curve
+    return out
+
+
+def fmt(value, spec=".3f", missing="–"):
+    return missing if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    header = ("| folder | family (preset) | parameters | trained on | training time | train img/s | bits/dim ELBO | "
+              "bits/dim IW (K) | fd_fmnist | KID | precision | recall | sampling img/s |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        m, q = r["metrics"], r.get("quality", {})
+        device = m.get("device", "?")
+        if m.get("num_processes", 1) > 1:
+            device = f"{m['num_processes']} x {device}"
+        if m.get("mixed_precision") not in (None, "no"):
+            device += f", {m['mixed_precision']}"
+        kid = (f"{q['kid_fmnist']:.4f} ± {q['kid_fmnist_std']:.4f}" if "kid_fmnist" in q else "–")
+        if r.get("real"):
+            lines.append(f"| {r['name']} | real images | | | | | | | {fmt(q.get('fd_fmnist'), '.2f')} | {kid} | "
+                         f"{fmt(q.get('precision'))} | {fmt(q.get('recall'))} | |")
+            continue
+        lines.append(" | ".join([
+            f"| `{r['name']}`", f"{m.get('family', q.get('family', '?'))} ({m.get('preset', '?')})",
+            f"{m['num_parameters'] / 1e6:.2f}M" if "num_parameters" in m else "–", device,
+            f"{m['train_seconds'] / 60:.1f} min, {m.get('train_steps', '?')} steps" if "train_seconds" in m else "–",
+            fmt(m.get("train_img_per_s"), ".0f"), fmt(m.get("bits_per_dim_elbo")),
+            f"{fmt(m.get('bits_per_dim_iw'))} ({m.get('importance_samples', '?')})", fmt(q.get("fd_fmnist"), ".2f"),
+            kid, fmt(q.get("precision")), fmt(q.get("recall")), fmt(q.get("sample_img_per_s"), ".0f") + " |"]))
+    return "\n".join(lines)
+
+
+def save_grid(images: torch.Tensor, path: Path) -> None:
+    """uint8 (N, C, H, W) -> one PNG grid (square, row-major)."""
+    import PIL.Image
+
+    n, c, h, w = images.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    canvas = torch.zeros(c, rows * h, cols * w, dtype=torch.uint8)
+    for i in range(n):
+        y, x = divmod(i, cols)
+        canvas[:, y * h:(y + 1) * h, x * w:(x + 1) * w] = images[i]
+    array = canvas[0].numpy() if c == 1 else canvas.permute(1, 2, 0).numpy()
+    PIL.Image.fromarray(array).save(path)
+
+
+def plot_samples(rows, out: Path, plt) -> bool:
+    import numpy as np
+    import PIL.Image
+
+    grids = [(r["name"] if not r.get("real") else "Fashion-MNIST (real)", out / r.get("grid", f"grid-{r['name']}.png"))
+             for r in rows]
+    grids = [(name, np.asarray(PIL.Image.open(path))) for name, path in grids if path.is_file()]
+    if not grids:
+        return False
+    fig, axes = plt.subplots(1, len(grids), figsize=(4 * len(grids), 4.3), squeeze=False)
+    for ax, (name, canvas) in zip(axes[0], grids):
+        ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "samples.png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_bpd_vs_time(rows, out: Path, plt) -> bool:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drawn = False
+    for index, r in enumerate(rows):
+        series = r.get("series") or {}
+        train = series.get("train/bits_per_dim", [])
+        evals = series.get("eval/bits_per_dim_elbo", [])
+        if not train and not evals:
+            continue
+        start = min(s[0][0] for s in (train, evals) if s)
+        color = f"C{index}"
+        if train:
+            ax.plot([(t - start) / 60 for t, _, _ in train], [v for _, _, v in train], color=color, alpha=0.35,
+                    lw=1, label=f"{r['name']} train (batch)")
+        if evals:
+            ax.plot([(t - start) / 60 for t, _, _ in evals], [v for _, _, v in evals], "o-", color=color,
+                    label=f"{r['name']} test ELBO")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("wall-clock since the first log entry (minutes; evaluation and checkpoints included)")
+    ax.set_ylabel("bits/dim (ELBO bound)")
+    ax.set_ylim(top=min(ax.get_ylim()[1], 6))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "bpd_vs_time.png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_fd_vs_steps(rows, out: Path, plt) -> bool:
+    curves = [(r["name"], r["quality"]["fd_vs_steps"]) for r in rows if r.get("quality", {}).get("fd_vs_steps")]
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves:
+        for scheduler, points in curve.items():
+            ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{name}: {scheduler}")
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("fd_fmnist")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fd_vs_steps.png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("docs/report"))
+    parser.add_argument("--num-samples", type=int, default=10000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="test", help="Fashion-MNIST split of the reference features")
+    parser.add_argument("--device", default=None, help="default: cpu")
+    parser.add_argument("--ddpm-schedulers", nargs="+", default=["ddpm", "ddim"])
+    parser.add_argument("--ddpm-steps", nargs="+", type=int, default=[10, 25, 50, 100, 250, 1000])
+    parser.add_argument("--ddpm-num-samples", type=int, default=2000)
+    parser.add_argument("--real-baseline", type=int, default=None,
+                        help="score this many real training images as a 'model' too, the floor of each figure "
+                             "(default: --num-samples; 0: off)")
+    parser.add_argument("--reuse", action="store_true", help="reuse results.json figures of folders measured before")
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hfgen.metrics import load_feature_net, reference_statistics
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    previous = read_json(args.out / "results.json") if args.reuse else {}
+    net = reference = None
+    rows = []
+    for folder in args.folders:
+        name = folder.resolve().name
+        row = {"name": name, "metrics": read_json(folder / "metrics.json")}
+        if not row["metrics"]:
+            print(f"report: {folder} has no metrics.json; skipped", file=sys.stderr)
+            continue
+        row["series"] = scalar_series(folder) if (folder / "logs").is_dir() else {}
+        if args.reuse and previous.get(name, {}).get("quality"):
+            row["quality"] = previous[name]["quality"]
+        elif (folder / "model_index.json").is_file() and any(folder.glob("*/*.safetensors")):
+            if reference is None:
+                net = load_feature_net("fmnist")
+                reference = reference_statistics("fashion_mnist", args.split, net=net)
+            started = time.perf_counter()
+            row["quality"] = measure(folder, args, reference, net)
+            row["quality"]["measure_seconds"] = time.perf_counter() - started
+        else:
+            print(f"report: {folder} has no weights; training figures only", file=sys.stderr)
+        rows.append(row)
+
+    if args.real_baseline is None:
+        args.real_baseline = args.num_samples
+    if args.real_baseline:
+        from hfgen.data import images_to_uint8, load_image_dataset
+        from hfgen.metrics import extract_features, sample_quality
+
+        if reference is None:
+            net = load_feature_net("fmnist")
+            reference = reference_statistics("fashion_mnist", args.split, net=net)
+        real = images_to_uint8(load_image_dataset("fashion_mnist", "train"), sample_size=32, channels=1,
+                               max_samples=args.real_baseline)
+        quality = sample_quality(extract_features(net, real), reference, seed=args.seed)
+        quality["num_generated"] = int(real.shape[0])
+        name = f"train split, first {real.shape[0]}"
+        rows.insert(0, {"name": name, "metrics": {}, "quality": quality, "real": True})
+        test = images_to_uint8(load_image_dataset("fashion_mnist", args.split), sample_size=32, channels=1,
+                               max_samples=64, show_progress=False)
+        save_grid(test, args.out / f"grid-fashion_mnist-{args.split}.png")
+        rows[0]["grid"] = f"grid-fashion_mnist-{args.split}.png"
+
+    plots = {"samples.png": plot_samples(rows, args.out, plt), "bpd_vs_time.png": plot_bpd_vs_time(rows, args.out, plt),
+             "fd_vs_steps.png": plot_fd_vs_steps(rows, args.out, plt)}
+    results = {r["name"]: {"metrics": r["metrics"], "quality": r.get("quality")} for r in rows if not r.get("real")}
+    results.update({r["name"]: {"real": True, "quality": r["quality"]} for r in rows if r.get("real")})
+    (args.out / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    command = "python benchmarks/report.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    cpu = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), torch {torch.__version__}"
+    text = [
+        "# hfgen report", "",
+        f"Generated by `{command}`.", "",
+        table(rows), "",
+        f"Sample quality: {args.num_samples} generated images per folder (seed {args.seed}) against the "
+        f"{args.split} split of Fashion-MNIST (all of it), in the features of hfgen's own Fashion-MNIST network "
+        "(`hfgen.metrics.load_feature_net(\"fmnist\")`); fd_fmnist is a Fréchet distance in those features, not "
+        "FID, and is not comparable with published FIDs. KID: unbiased polynomial-kernel MMD² over 100 subsets of "
+        "1000 (mean ± std over subsets). Precision/recall: k-NN manifolds with k = 3 (Kynkäänniemi et al. 2019). "
+        f"Sampling images/s measured here ({cpu}; the machine was shared). Training figures and bits/dim come "
+        "from each folder's metrics.json (bits/dim over 32x32 padded images, not comparable with 28x28 figures). "
+        "The first row scores real training images the same way: the best a model can expect with this many images.",
+        "",
+    ]
+    for file, caption in (("samples.png", "Samples (temperature 1)"),
+                          ("bpd_vs_time.png", "Bits/dim against training wall-clock"),
+                          ("fd_vs_steps.png", "fd_fmnist against DDPM sampling steps")):
+        if plots[file]:
+            text += [f"## {caption}", "", f"![{caption}]({file})", ""]
+    if not plots["fd_vs_steps.png"]:
+        text += ["No DDPM folder was given, so there is no fd-against-sampling-steps plot.", ""]
+    (args.out / "README.md").write_text("\n".join(text))
+    print(json.dumps({r["name"]: {k: r.get("quality", {}).get(k) for k in (
+        "fd_fmnist", "kid_fmnist", "kid_fmnist_std", "precision", "recall", "sample_img_per_s")} for r in rows}))
+
+
+if __name__ == "__main__":
+    main()

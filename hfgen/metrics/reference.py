@@ -1,0 +1,116 @@
+"""Reference features of a data set split, computed once and cached.
+
+The cache file is keyed by the data set, the split, the preprocessing (sample size, channels, resize mode,
+number of images) and the feature network's hash, under ``$HFGEN_CACHE`` (default ``~/.cache/hfgen``) in
+``reference/``. It holds the features themselves (KID and precision/recall need them), their mean and
+covariance (float64) and the k-NN radii for precision/recall.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .feature_net import FeatureNet, extract_features, feature_net_hash, load_feature_net
+from .frechet import feature_statistics
+from .precision_recall import knn_radii
+
+CACHE_ENV = "HFGEN_CACHE"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hfgen").expanduser()
+
+
+@dataclass
+class ReferenceStatistics:
+    features: torch.Tensor  # (N, D) float32
+    mean: torch.Tensor  # (D,) float64
+    cov: torch.Tensor  # (D, D) float64
+    knn_radii: torch.Tensor  # (N,) float64, for precision/recall with k = `k`
+    k: int
+    key: dict
+    from_cache: bool = False
+
+    @classmethod
+    def from_features(cls, features: torch.Tensor, k: int = 3, key: dict | None = None) -> "ReferenceStatistics":
+        mean, cov = feature_statistics(features)
+        return cls(features.float(), mean, cov, knn_radii(features, k), k, key or {})
+
+
+def reference_key(dataset: str, split: str, *, sample_size: int = 32, channels: int = 1, resize_mode: str = "auto",
+                  max_samples: int | None = None, feature_net: str = "fmnist", k: int = 3) -> dict:
+    if dataset and os.path.exists(dataset):
+        dataset = str(Path(dataset).resolve())
+    return {"dataset": dataset, "split": split, "sample_size": sample_size, "channels": channels,
+            "resize_mode": resize_mode, "max_samples": max_samples or None, "feature_net": feature_net,
+            "feature_net_hash": feature_net_hash(feature_net), "k": k}
+
+
+def cache_path(key: dict, directory: Path | None = None) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(key["dataset"]).name or "data")[:40]
+    return (directory or cache_dir()) / "reference" / f"{stem}-{key['split']}-{digest}.safetensors"
+
+
+def reference_statistics(
+    dataset: str = "fashion_mnist",
+    split: str = "test",
+    *,
+    sample_size: int = 32,
+    channels: int = 1,
+    resize_mode: str = "auto",
+    convert_channels: bool = False,
+    max_samples: int | None = None,
+    net: FeatureNet | None = None,
+    feature_net: str = "fmnist",
+    k: int = 3,
+    batch_size: int = 500,
+    use_cache: bool = True,
+    cache_directory: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    images: torch.Tensor | None = None,
+    config_name: str | None = None,
+    image_column: str | None = None,
+) -> ReferenceStatistics:
+    """Features and statistics of a split, from the cache when present (else computed and cached).
+
+    ``images`` may pass the split's uint8 tensor when the caller has already loaded it (it must be the images
+    the key describes). A local-path data set is keyed by its resolved path, not its content: clear the cache
+    after changing the files.
+    """
+    key = reference_key(dataset, split, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
+                        max_samples=max_samples, feature_net=feature_net, k=k)
+    if config_name or image_column:
+        key.update(config_name=config_name, image_column=image_column)
+    path = cache_path(key, Path(cache_directory).expanduser() if cache_directory else None)
+    if use_cache and path.is_file():
+        tensors = load_file(str(path))
+        return ReferenceStatistics(tensors["features"], tensors["mean"], tensors["cov"], tensors["knn_radii"], k,
+                                   key, from_cache=True)
+    if images is None:
+        from ..data import images_to_uint8, load_image_dataset
+
+        data = load_image_dataset(dataset, split, config_name=config_name, image_column=image_column)
+        images = images_to_uint8(data, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
+                                 convert_channels=convert_channels, max_samples=max_samples or None,
+                                 show_progress=show_progress, description=f"{split} images")
+    elif max_samples:
+        images = images[:max_samples]
+    net = net if net is not None else load_feature_net(feature_net)
+    features = extract_features(net, images, batch_size, show_progress, description=f"features ({split})")
+    stats = ReferenceStatistics.from_features(features, k, key)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"features": stats.features.contiguous(), "mean": stats.mean, "cov": stats.cov,
+                   "knn_radii": stats.knn_radii}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
+        os.replace(tmp, path)
+    return stats
