@@ -1,6 +1,7 @@
 """The ``hfgen`` command: sample from and evaluate trained pipeline folders.
 
     hfgen sample DIR --num-images 64 --seed 0 --out grid.png [--temperature 0.8]
+    hfgen sample DDPM_DIR --scheduler ddim|dpm-solver++|ddpm --steps 50
     hfgen evaluate DIR --dataset fashion_mnist --split test [--max-samples N] [--importance-samples K]
 
 ``evaluate`` prints one JSON object on stdout (progress bars go to stderr).
@@ -54,6 +55,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     pipeline, family = load_pipeline(args.model, device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     options = {"temperature": args.temperature} if args.temperature is not None else {}
+    options.update({k: getattr(args, k) for k in ("scheduler", "steps") if getattr(args, k) is not None})
     images = family.sample_images(pipeline, args.num_images, generator, **options)
     cols = args.cols or int(math.ceil(math.sqrt(len(images))))
     rows = int(math.ceil(len(images) / cols))
@@ -96,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
     sample.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
+    sample.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
+                        help="sampler for the trained network (DDPM family; default: the folder's own)")
+    sample.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (DDPM family; default: T for ddpm, 50 for ddim and dpm-solver++)")
     sample.add_argument("--cols", type=int, default=None, help="grid columns (default: a square grid)")
     sample.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     sample.set_defaults(func=cmd_sample)
