@@ -188,3 +188,22 @@ def test_fast_path_and_plain_path_agree(tmp_path):
     # same batches, timesteps and noise; only the memory format differs: float rounding, not noise
     assert np.allclose(fast, plain, rtol=1e-3, atol=1e-4), (fast, plain)
     assert fast_bpd == pytest.approx(plain_bpd, rel=1e-3)
+
+
+@pytest.mark.parametrize("prediction_type,snr_gamma", [("epsilon", 5.0), ("v_prediction", 5.0), ("sample", None)])
+def test_objectives_train_and_log_a_finite_bound(prediction_type, snr_gamma):
+    family = DDPMFamily()
+    config = dict(DDPMFamily.presets["tiny"].model, prediction_type=prediction_type, beta_schedule="squaredcos_cap_v2")
+    model = family.build_model(config, channels=3, sample_size=16)
+    images = torch.randint(0, 256, (4, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    settings = build_parser(family).parse_args(["--output_dir", "x", "--preset", "tiny"] + (
+        ["--snr_gamma", str(snr_gamma)] if snr_gamma else []))
+    loss, logs = family.loss(model, images, 0, torch.Generator().manual_seed(1), settings)
+    loss.backward()
+    assert torch.isfinite(loss) and set(logs) == {"bits_per_dim", "mse"}
+    assert torch.isfinite(logs["bits_per_dim"]) and logs["bits_per_dim"] > 0
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    pipeline = family.make_pipeline(model)
+    assert pipeline.scheduler.config.prediction_type == prediction_type
+    bound = family.bounds(model.eval(), images, 3, torch.Generator().manual_seed(2)).nats_per_image_elbo
+    assert bound.shape == (4,) and torch.isfinite(bound).all()

@@ -42,6 +42,9 @@ class ModelFamily:
     model_arguments: tuple[str, ...] = ()
     #: the options ``sample_images`` (and ``hfgen sample``) accept; others are refused with a ValueError
     sampling_options: tuple[str, ...] = ("temperature",)
+    #: whether ``bounds`` holds K importance samples per image in memory at once (the evaluator then shrinks
+    #: its batches as K grows)
+    importance_samples_in_batch: bool = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the family's own flags (model config overrides, objective settings); defaults must be None so

@@ -51,14 +51,15 @@ DDPM_PRESETS = {
         ),
     ),
     "small": Preset(
-        description="minutes on two CPU cores (Fashion-MNIST 32x32, T = 1000)",
+        description="10 minutes of training on two CPU cores (Fashion-MNIST 32x32, T = 1000)",
         model=dict(block_out_channels=[32, 64, 64], layers_per_block=1, attention_resolutions=[8],
                    norm_num_groups=16, dropout=0.0, num_train_timesteps=1000, beta_schedule="linear",
                    prediction_type="epsilon", variance_type="fixed_small"),
         training=dict(
-            train_batch_size=64, learning_rate=1e-3, max_train_steps=2000, lr_warmup_steps=100, eval_steps=1000,
-            sample_steps=1000, checkpointing_steps=500, logging_steps=20, eval_max_samples=200,
-            final_eval_max_samples=500, final_importance_samples=16, num_sample_images=16, ema_decay=0.995,
+            train_batch_size=64, learning_rate=1e-3, max_train_steps=3000, max_train_minutes=10.0,
+            lr_warmup_steps=50, eval_steps=250, sample_steps=0, checkpointing_steps=250, logging_steps=20,
+            eval_max_samples=100, final_eval_max_samples=500, final_importance_samples=16, num_sample_images=16,
+            ema_decay=0.995,
         ),
     ),
     "ddpm-cifar": Preset(
@@ -84,6 +85,8 @@ class DDPMFamily(ModelFamily):
     model_arguments = ("block_out_channels", "layers_per_block", "attention_resolutions", "dropout",
                        "norm_num_groups", "num_train_timesteps", "beta_schedule", "prediction_type", "variance_type")
     sampling_options = ("scheduler", "steps")
+    # bounds() runs its K timesteps one after another over the batch: the evaluator need not shrink batches
+    importance_samples_in_batch = False
 
     def __init__(self):
         # The scheduler belongs to the pipeline folder, not to the network: the family keeps the one of the
