@@ -21,6 +21,16 @@ from conftest import PYTHON, ROOT, requires_fashion_mnist, reset_accelerate_stat
 TINY_ARGS = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "256", "--report_to", "none"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks gain nothing from several threads, and on a shared machine the threads of one process spin
+    waiting for each other: the in-process runs here use one (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _args(output_dir, *extra):
     return build_parser(DDPMFamily()).parse_args(["--output_dir", str(output_dir), *TINY_ARGS, *extra])
 
@@ -134,7 +144,8 @@ def test_evaluate_prints_the_bound_in_bits_per_dim(trained, capsys):
 
 @requires_fashion_mnist
 def test_bound_drops_with_training(trained, tmp_path):
-    untrained = train(DDPMFamily(), _args(tmp_path / "one", "--max_train_steps", "1", "--no_ema"))
+    untrained = train(DDPMFamily(), _args(tmp_path / "one", "--max_train_steps", "1", "--no_ema",
+                                          "--num_sample_images", "1"))
     trained_metrics = json.loads((trained / "metrics.json").read_text())  # 40 steps; same eval images and seed
     assert np.isfinite(untrained["bits_per_dim_elbo"])
     assert trained_metrics["bits_per_dim_elbo"] < untrained["bits_per_dim_elbo"] - 1.0
@@ -180,7 +191,7 @@ def test_fast_path_and_plain_path_agree(tmp_path):
         family = Recording()
         family.curve = []
         metrics = train(family, _args(tmp_path / name, "--max_train_steps", "12", "--final_eval_max_samples", "16",
-                                      *extra))
+                                      "--num_sample_images", "1", *extra))
         reset_accelerate_state()
         curves[name] = (np.array(family.curve), metrics["bits_per_dim_elbo"])
     (fast, fast_bpd), (plain, plain_bpd) = curves["fast"], curves["plain"]
