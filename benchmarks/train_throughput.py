@@ -203,8 +203,7 @@ def main(argv=None) -> dict:
         baseline_seconds = run(baseline_step, per_round)
         peak_baseline = _peak_memory_gb(device)
         del base_model, base_opt, base_ema, loader, lr_sched
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        accelerator.free_memory()  # the Accelerator holds references to everything it prepared
     model, optimizer, ema, unwrapped, hfgen_step = build_hfgen()
     run(hfgen_step, args.warmup_steps)
     if device.type == "cuda":
@@ -242,7 +241,8 @@ def main(argv=None) -> dict:
         "img_per_s_hfgen": round(img_per_s_hfgen, 2), "img_per_s_baseline": round(img_per_s_baseline, 2),
         "ratio": round(ratio, 3), "gflop_per_img": round(gflop_per_img, 4), "tflop_per_s": round(tflop_per_s, 4),
         "peak_memory_gb": round(peak_hfgen, 3), "peak_memory_gb_baseline": round(peak_baseline, 3),
-        "preset": args.preset, "batch_size": args.batch_size, "steps": timed_steps, "rounds": args.rounds, "device": str(device.type),
+        "preset": args.preset, "batch_size": args.batch_size, "steps": timed_steps, "rounds": args.rounds,
+        "device": str(device.type),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "mixed_precision": args.mixed_precision, "torch_compile": args.torch_compile,
         "num_parameters": num_parameters, "torch_threads": torch.get_num_threads(),

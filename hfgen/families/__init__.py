@@ -19,4 +19,5 @@ def family_for_pipeline_class(class_name: str) -> ModelFamily:
     return FAMILIES_BY_PIPELINE[class_name]()
 
 
-__all__ = ["Bounds", "DDPMFamily", "FAMILIES_BY_PIPELINE", "ModelFamily", "Preset", "VAEFamily", "family_for_pipeline_class"]
+__all__ = ["Bounds", "DDPMFamily", "FAMILIES_BY_PIPELINE", "ModelFamily", "Preset", "VAEFamily",
+           "family_for_pipeline_class"]

@@ -83,7 +83,8 @@ class DiffusionTables:
     def __init__(self, scheduler: DDPMScheduler, device: torch.device | str):
         cfg = scheduler.config
         if cfg.variance_type not in VARIANCE_TYPES and cfg.variance_type not in ("fixed_small_log", "fixed_large_log"):
-            raise ValueError(f"the L_vlb needs a fixed variance; this scheduler has variance_type {cfg.variance_type!r}")
+            raise ValueError(f"the L_vlb needs a fixed variance; this scheduler's variance_type is "
+                             f"{cfg.variance_type!r}")
         if getattr(cfg, "thresholding", False):
             raise ValueError("the L_vlb of a scheduler with dynamic thresholding is not supported")
         betas = scheduler.betas.double()
@@ -130,7 +131,8 @@ def training_target(tables: DiffusionTables, x0: torch.Tensor, noise: torch.Tens
     return _at(tables.sqrt_alphas_cumprod, t) * noise - _at(tables.sqrt_one_minus_alphas_cumprod, t) * x0
 
 
-def predicted_x0(tables: DiffusionTables, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def predicted_x0(tables: DiffusionTables, model_output: torch.Tensor, x_t: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:
     """The network's estimate of ``x_0``, clipped as the scheduler's sampler clips it."""
     a, s = _at(tables.sqrt_alphas_cumprod, t), _at(tables.sqrt_one_minus_alphas_cumprod, t)
     if tables.prediction_type == "epsilon":
