@@ -190,6 +190,18 @@ def vlb_term_nats(tables: DiffusionTables, x0: torch.Tensor, x_t: torch.Tensor, 
     return torch.where(t == 0, decoder, kl)
 
 
+def stratum_edges(num_timesteps: int, strata: int) -> list[tuple[int, int]]:
+    """``strata`` contiguous, non-empty strata ``[lo, hi)`` covering ``1 .. T-1``, geometrically spaced: the KL
+    terms are largest and change fastest at small t, so small t get narrow strata (lower variance than equal
+    strata); each stratum's one draw is weighted by its width, which keeps the estimate unbiased."""
+    T = num_timesteps
+    edges = torch.logspace(0, math.log10(T), strata + 1, dtype=torch.float64).round().long().tolist()
+    edges[0], edges[-1] = 1, T
+    for i in range(1, strata):  # strictly increasing, leaving room for the strata still to come
+        edges[i] = min(max(edges[i], edges[i - 1] + 1), T - (strata - i))
+    return list(zip(edges[:-1], edges[1:]))
+
+
 @dataclass
 class VLBEstimate:
     """Per-image L_vlb in nats (``nats_per_image``) and how it was obtained."""
@@ -206,8 +218,8 @@ def variational_bound(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch
 
     ``L_T`` and the decoder term ``L_0`` are always computed exactly (one network pass for ``L_0``). The sum of
     the ``T - 1`` KL terms is summed exactly when ``timesteps >= T - 1``; otherwise it is estimated by
-    stratified sampling: ``{1 .. T-1}`` is cut into ``timesteps`` contiguous strata of (near) equal size and one
-    timestep is drawn uniformly from each, weighted by its stratum's size. Each image's estimate is unbiased and
+    stratified sampling: ``{1 .. T-1}`` is cut into ``timesteps`` contiguous, geometrically spaced strata
+    (``stratum_edges``) and one timestep is drawn uniformly from each, weighted by its stratum's size. Each image's estimate is unbiased and
     independent of the others', so the standard error over images that ``hfgen evaluate`` reports includes the
     timestep-sampling variance. Each image also draws its own ``x_t ~ q(x_t | x_0)`` per term (one sample), as in
     Ho et al.'s and Nichol & Dhariwal's bits/dim evaluations; that part is a Monte Carlo estimate even when exact.
@@ -230,8 +242,7 @@ def variational_bound(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch
         for s in range(1, T):
             total = total + term(torch.full((batch,), s, dtype=torch.long, device=device))
     else:
-        edges = torch.linspace(1, T, timesteps + 1, dtype=torch.float64).round().long().tolist()
-        for lo, hi in zip(edges[:-1], edges[1:]):  # stratum [lo, hi), never empty since timesteps < T - 1
+        for lo, hi in stratum_edges(T, timesteps):
             u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
             t = (lo + (u * (hi - lo)).floor().long()).clamp(max=hi - 1)
             total = total + (hi - lo) * term(t)
