@@ -68,7 +68,7 @@ def measure(folder: Path, args, reference, net) -> dict:
                 try:
                     result = evaluate_samples(family, pipeline, reference, num_samples=args.ddpm_num_samples,
                                               metrics=("fd",), batch_size=args.batch_size, seed=args.seed, net=net,
-                                              scheduler=scheduler, num_inference_steps=steps)
+                                              scheduler=scheduler, steps=steps)
                 except (TypeError, ValueError) as error:
                     print(f"report: {folder}: scheduler {scheduler!r} with {steps} steps: {error}", file=sys.stderr)
                     break

@@ -1,6 +1,7 @@
 """The ``hfgen`` command: sample from and evaluate trained pipeline folders.
 
     hfgen sample DIR --num-images 64 --seed 0 --out grid.png [--temperature 0.8]
+    hfgen sample DDPM_DIR --scheduler ddim|dpm-solver++|ddpm --steps 50
     hfgen evaluate DIR --dataset fashion_mnist --split test [--max-samples N] [--importance-samples K]
     hfgen evaluate DIR --metrics bpd,fd,kid,pr --num-samples N [--batch-size B] [--scheduler S --steps K]
 
@@ -54,7 +55,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
     pipeline, family = load_pipeline(args.model, device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    options = {"temperature": args.temperature} if args.temperature is not None else {}
+    options = _sampling_options(args, family)
     images = family.sample_images(pipeline, args.num_images, generator, **options)
     cols = args.cols or int(math.ceil(math.sqrt(len(images))))
     rows = int(math.ceil(len(images) / cols))
@@ -78,24 +79,15 @@ def _parse_metrics(text: str) -> list[str]:
     return names
 
 
-def _sampling_options(args: argparse.Namespace, family, pipeline) -> dict:
-    """Sampling options given on the command line, checked against what the family's sampler accepts."""
-    import inspect
-
-    options = {}
-    if args.temperature is not None:
-        options["temperature"] = args.temperature
-    if args.scheduler is not None:
-        options["scheduler"] = args.scheduler
-    if args.steps is not None:
-        options["num_inference_steps"] = args.steps
-    call = inspect.signature(pipeline.__call__).parameters
-    accepted = set(inspect.signature(family.sample_images).parameters) | set(call)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in call.values())
-    refused = [] if takes_any else [key for key in options if key not in accepted]
+def _sampling_options(args: argparse.Namespace, family) -> dict:
+    """Sampling options given on the command line, checked against the ones the family's sampler takes
+    (``ModelFamily.sampling_options``: ``temperature`` for the VAEs, ``scheduler`` and ``steps`` for DDPM)."""
+    given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps}
+    options = {key: value for key, value in given.items() if value is not None}
+    refused = [f"--{key}" for key in options if key not in family.sampling_options]
     if refused:
-        flags = {"temperature": "--temperature", "scheduler": "--scheduler", "num_inference_steps": "--steps"}
-        raise ValueError(f"the {family.name} family's sampler does not take {', '.join(flags[k] for k in refused)}")
+        raise ValueError(f"the {family.name} family's sampler does not take {', '.join(refused)}; it takes "
+                         f"{', '.join('--' + key for key in family.sampling_options)}")
     return options
 
 
@@ -105,7 +97,7 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
     if args.inception_weights:
         raise ValueError(f"fid_inception (Inception-v3 features from {args.inception_weights}) is not implemented "
                          f"yet; use fd_fmnist (--metrics fd), which uses hfgen's own feature network")
-    options = _sampling_options(args, family, pipeline)
+    options = _sampling_options(args, family)
     net = load_feature_net("fmnist", pipeline.device)
     reference = reference_statistics(
         args.dataset, args.split, sample_size=model.config.sample_size, channels=model.config.in_channels,
@@ -155,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
     sample.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
+    sample.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
+                        help="sampler for the trained network (DDPM family; default: the folder's own)")
+    sample.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (DDPM family; default: T for ddpm, 50 for ddim and dpm-solver++)")
     sample.add_argument("--cols", type=int, default=None, help="grid columns (default: a square grid)")
     sample.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     sample.set_defaults(func=cmd_sample)
@@ -180,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--num-samples", type=int, default=10000, help="images to generate for fd, kid and pr")
     evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
-    evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (num_inference_steps)")
+    evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (families that take them)")
     evaluate.add_argument("--inception-weights", default=None,
                           help="a local Inception-v3 weight file for fid_inception (never downloaded)")
     evaluate.set_defaults(func=cmd_evaluate)

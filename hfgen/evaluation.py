@@ -47,7 +47,8 @@ def evaluate_likelihood(
     if importance_samples < 1:
         raise ValueError(f"importance_samples must be >= 1, got {importance_samples}")
     device = model.device
-    if importance_samples > 1:  # keep roughly batch_size decoder passes in flight
+    if importance_samples > 1 and getattr(family, "importance_samples_in_batch", True):
+        # keep roughly batch_size decoder passes in flight
         batch_size = max(1, min(batch_size, 4096 // importance_samples))
     batch_starts = list(range(0, images.shape[0], batch_size))
     mine = batch_starts[process_index::num_processes]

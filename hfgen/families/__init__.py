@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .base import Bounds, ModelFamily, Preset
+from .ddpm import DDPMFamily
 from .vae import VAEFamily
 
 #: every family, by the ``_class_name`` its pipeline folders carry in ``model_index.json``
 FAMILIES_BY_PIPELINE: dict[str, type[ModelFamily]] = {VAEFamily.pipeline_class.__name__: VAEFamily}
+FAMILIES_BY_PIPELINE[DDPMFamily.pipeline_class.__name__] = DDPMFamily  # a stock diffusers DDPMPipeline folder
 
 
 def family_for_pipeline_class(class_name: str) -> ModelFamily:
@@ -17,4 +19,5 @@ def family_for_pipeline_class(class_name: str) -> ModelFamily:
     return FAMILIES_BY_PIPELINE[class_name]()
 
 
-__all__ = ["Bounds", "FAMILIES_BY_PIPELINE", "ModelFamily", "Preset", "VAEFamily", "family_for_pipeline_class"]
+__all__ = ["Bounds", "DDPMFamily", "FAMILIES_BY_PIPELINE", "ModelFamily", "Preset", "VAEFamily",
+           "family_for_pipeline_class"]

@@ -40,6 +40,11 @@ class ModelFamily:
     presets: dict[str, Preset] = {}
     #: model-config keys that the family's command-line flags may override (flag names are these keys)
     model_arguments: tuple[str, ...] = ()
+    #: the options ``sample_images`` (and ``hfgen sample``) accept; others are refused with a ValueError
+    sampling_options: tuple[str, ...] = ("temperature",)
+    #: whether ``bounds`` holds K importance samples per image in memory at once (the evaluator then shrinks
+    #: its batches as K grows)
+    importance_samples_in_batch: bool = True
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the family's own flags (model config overrides, objective settings); defaults must be None so
@@ -72,4 +77,8 @@ class ModelFamily:
 
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator, **kwargs):
         """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``)."""
+        unknown = sorted(set(kwargs) - set(self.sampling_options))
+        if unknown:
+            raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
+                             f"{list(self.sampling_options)}")
         return pipeline(batch_size=num_images, generator=generator, **kwargs).images

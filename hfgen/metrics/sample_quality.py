@@ -39,7 +39,7 @@ def pil_to_uint8(images) -> torch.Tensor:
 def generate_uint8(family, pipeline, num_images: int, *, batch_size: int = 256, seed: int = 0,
                    show_progress: bool = True, channels: int | None = None, **options) -> torch.Tensor:
     """``num_images`` samples as uint8 ``(N, C, H, W)`` through ``family.sample_images`` in batches; batch ``b``
-    uses a generator seeded from ``(seed, b)``. ``options`` (e.g. ``temperature``, ``num_inference_steps``) go
+    uses a generator seeded from ``(seed, b)``. ``options`` (e.g. ``temperature``; ``scheduler`` and ``steps`` for DDPM) go
     to the family's sampler."""
     device = getattr(pipeline, "device", torch.device("cpu"))
     if hasattr(pipeline, "set_progress_bar_config"):

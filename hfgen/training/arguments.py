@@ -82,6 +82,8 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     opt.add_argument("--gradient_checkpointing", action="store_true")
     opt.add_argument("--no_channels_last", action="store_true",
                      help="keep the default memory format (channels_last is faster for these conv nets)")
+    opt.add_argument("--torch_compile", action="store_true",
+                     help="torch.compile the model for training steps (first steps are slower while it compiles)")
     opt.add_argument("--no_ema", action="store_true", help="save the raw weights instead of an EMA of them")
     opt.add_argument("--ema_decay", type=float, default=None)
 

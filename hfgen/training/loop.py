@@ -138,6 +138,49 @@ def _write_json_atomically(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, cfg, train_images: torch.Tensor,
+               batches: BatchSchedule, step: int, lr: float, ema: EMAModel | None = None, ema_model=None):
+    """One optimizer step (``cfg.gradient_accumulation_steps`` micro-batches) of the loop, factored out so that
+    benchmarks time exactly what ``train`` runs: batches indexed from the uint8 split, the family's loss under
+    autocast, backward, clipping, learning rate ``lr``, the update unless its loss or gradient is not finite, and
+    the EMA step (of ``ema_model``'s parameters). One host-device sync. Returns ``(applied, grad_norm,
+    logs_sum)`` where ``logs_sum`` holds the micro-batch means of ``loss`` and the family's logs (tensors)."""
+    device = accelerator.device
+    nonfinite_loss = torch.zeros((), device=device)
+    logs_sum: dict[str, torch.Tensor] = {}
+    for micro in range(cfg.gradient_accumulation_steps):
+        micro_index = step * cfg.gradient_accumulation_steps + micro
+        images = train_images[batches.indices(micro_index).to(train_images.device)].to(device, non_blocking=True)
+        generator = torch.Generator(device=device).manual_seed(
+            (cfg.seed * 1_000_003 + micro_index) * accelerator.num_processes + accelerator.process_index)
+        if cfg.random_flip:
+            flip = torch.rand(images.shape[0], generator=generator, device=device) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, logs = family.loss(model, images, step, generator, cfg)
+            nonfinite_loss = torch.maximum(nonfinite_loss, (~torch.isfinite(loss.detach())).float())
+            accelerator.backward(loss)
+            for key, value in {"loss": loss.detach(), **logs}.items():
+                logs_sum[key] = logs_sum.get(key, 0.0) + value.float() / cfg.gradient_accumulation_steps
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(
+                    model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                if accelerator.num_processes > 1:
+                    nonfinite_loss = accelerator.reduce(nonfinite_loss, "max")
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                # One host-device sync per optimizer step decides whether the update is applied.
+                update_is_finite = bool((torch.isfinite(grad_norm) & (nonfinite_loss == 0)).item())
+                if update_is_finite or accelerator.scaler is not None:
+                    optimizer.step()  # with fp16 the GradScaler itself skips non-finite updates
+                applied = update_is_finite and not accelerator.optimizer_step_was_skipped
+                optimizer.zero_grad(set_to_none=True)
+    if applied and ema is not None:
+        ema.step(ema_model.parameters())
+    return applied, grad_norm, logs_sum
+
+
 def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     """Train ``family`` as ``args`` says (see ``build_parser``); returns the final metrics (main process)."""
     cfg, model_config = resolve_config(args, family)
@@ -182,6 +225,8 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
                        model_config=model.config)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
+    if cfg.torch_compile:  # opt-in; `unwrapped` stays the eager module (EMA, evaluation, sampling, saving)
+        model = torch.compile(model)
     state = TrainingState()
     if ema is not None:
         ema.to(device)
@@ -287,46 +332,16 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             if state.train_seconds >= budget_seconds:
                 break
         step_started = time.perf_counter()
-        nonfinite_loss = torch.zeros((), device=device)
-        logs_sum: dict[str, torch.Tensor] = {}
-        for micro in range(cfg.gradient_accumulation_steps):
-            micro_index = state.step * cfg.gradient_accumulation_steps + micro
-            images = train_images[batches.indices(micro_index).to(train_images.device)].to(device, non_blocking=True)
-            generator = torch.Generator(device=device).manual_seed(
-                (cfg.seed * 1_000_003 + micro_index) * accelerator.num_processes + accelerator.process_index)
-            if cfg.random_flip:
-                flip = torch.rand(images.shape[0], generator=generator, device=device) < 0.5
-                images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, logs = family.loss(model, images, state.step, generator, cfg)
-                nonfinite_loss = torch.maximum(nonfinite_loss, (~torch.isfinite(loss.detach())).float())
-                accelerator.backward(loss)
-                for key, value in {"loss": loss.detach(), **logs}.items():
-                    logs_sum[key] = logs_sum.get(key, 0.0) + value.float() / cfg.gradient_accumulation_steps
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(
-                        model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
-                    if accelerator.num_processes > 1:
-                        nonfinite_loss = accelerator.reduce(nonfinite_loss, "max")
-                    progress = state.step / cfg.max_train_steps
-                    if budget_seconds is not None:
-                        progress = max(progress, state.train_seconds / budget_seconds)
-                    lr = cfg.learning_rate * lr_factor(state.step, progress, cfg.lr_warmup_steps, cfg.lr_scheduler)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    # One host-device sync per optimizer step decides whether the update is applied.
-                    update_is_finite = bool((torch.isfinite(grad_norm) & (nonfinite_loss == 0)).item())
-                    if update_is_finite or accelerator.scaler is not None:
-                        optimizer.step()  # with fp16 the GradScaler itself skips non-finite updates
-                    applied = update_is_finite and not accelerator.optimizer_step_was_skipped
-                    optimizer.zero_grad(set_to_none=True)
+        progress = state.step / cfg.max_train_steps
+        if budget_seconds is not None:
+            progress = max(progress, state.train_seconds / budget_seconds)
+        lr = cfg.learning_rate * lr_factor(state.step, progress, cfg.lr_warmup_steps, cfg.lr_scheduler)
+        applied, grad_norm, logs_sum = train_step(family, model, optimizer, accelerator, cfg, train_images, batches,
+                                                  state.step, lr, ema=ema, ema_model=unwrapped)
         if not applied:
             state.skipped_steps += 1
             accelerator.print(f"step {state.step}: non-finite loss or gradient; update skipped "
                               f"({state.skipped_steps} skipped so far)")
-        elif ema is not None:
-            ema.step(unwrapped.parameters())
         state.step += 1
         state.images_seen += global_batch
         if device.type == "cuda":

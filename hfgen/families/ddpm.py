@@ -1,0 +1,196 @@
+"""The DDPM family: diffusers' ``UNet2DModel`` + ``DDPMScheduler``, saved as a stock ``DDPMPipeline`` folder.
+
+Objective: the simple loss of Ho et al. (2020), mean squared error of the network's prediction (``epsilon``,
+``v_prediction`` or ``sample``) at a uniformly drawn timestep, optionally with Min-SNR-gamma weights
+(Hang et al. 2023, via ``diffusers.training_utils.compute_snr``).
+
+Logs: ``bits_per_dim`` is an unbiased single-timestep estimate of L_vlb, not a stand-in: from the same
+forward pass as the loss (no extra network call), each image's term at its training timestep ``t`` (drawn
+uniformly, so the importance weight is ``T``) plus its exact prior term ``L_T``. It is noisy (the decoder term
+``L_0`` enters with weight ``T`` in about ``B / T`` of the images of a batch): smooth it over steps, and read the
+evaluation's bound (many timesteps per image) for a figure to report. ``mse`` is the unweighted simple loss.
+
+Bounds: ``L_vlb`` (``hfgen.models.ddpm.variational_bound``); ``importance_samples`` K is the number of
+stratified timesteps per image (``K >= T - 1``: every term summed). A DDPM has no importance-weighted bound
+here, so both ``Bounds`` fields hold the same L_vlb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+
+import torch
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.training_utils import compute_snr
+
+from ..models.ddpm import (
+    BETA_SCHEDULES, PREDICTION_TYPES, SCHEDULER_KEYS, VARIANCE_TYPES, DiffusionTables, add_noise, build_scheduler,
+    build_unet, prior_nats, training_target, variational_bound, vlb_term_nats,
+)
+from ..models.likelihoods import uint8_to_unit_interval
+from .base import Bounds, ModelFamily, Preset
+
+#: ``hfgen sample --scheduler`` choices: the scheduler class and its extra settings
+SAMPLERS = {
+    "ddpm": (DDPMScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++"}),
+}
+
+DDPM_PRESETS = {
+    "tiny": Preset(
+        description="seconds on a CPU; for tests (T = 100)",
+        model=dict(block_out_channels=[16, 32], layers_per_block=1, attention_resolutions=[16], norm_num_groups=8,
+                   dropout=0.0, num_train_timesteps=100, beta_schedule="linear", prediction_type="epsilon",
+                   variance_type="fixed_small"),
+        training=dict(
+            train_batch_size=16, learning_rate=2e-3, max_train_steps=20, lr_warmup_steps=2, eval_steps=0,
+            sample_steps=0, checkpointing_steps=0, logging_steps=5, eval_max_samples=32, final_eval_max_samples=32,
+            final_importance_samples=8, num_sample_images=4, ema_decay=0.9,
+        ),
+    ),
+    "small": Preset(
+        description="10 minutes of training on two CPU cores (Fashion-MNIST 32x32, T = 1000)",
+        model=dict(block_out_channels=[32, 64, 64], layers_per_block=1, attention_resolutions=[8],
+                   norm_num_groups=16, dropout=0.0, num_train_timesteps=1000, beta_schedule="linear",
+                   prediction_type="epsilon", variance_type="fixed_small"),
+        training=dict(
+            train_batch_size=64, learning_rate=1e-3, max_train_steps=3000, max_train_minutes=10.0,
+            lr_warmup_steps=50, eval_steps=250, sample_steps=0, checkpointing_steps=250, logging_steps=20,
+            eval_max_samples=100, final_eval_max_samples=500, final_importance_samples=16, num_sample_images=16,
+            ema_decay=0.995,
+        ),
+    ),
+    "ddpm-cifar": Preset(
+        description="the DDPM paper's 35.7M CIFAR-10 network (Ho et al. 2020): GPU days",
+        model=dict(block_out_channels=[128, 256, 256, 256], layers_per_block=2, attention_resolutions=[16],
+                   norm_num_groups=32, dropout=0.1, downsample_padding=0, flip_sin_to_cos=False, freq_shift=1,
+                   norm_eps=1e-6, num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon",
+                   variance_type="fixed_small"),
+        training=dict(
+            train_batch_size=128, learning_rate=2e-4, max_train_steps=800000, lr_warmup_steps=5000,
+            max_grad_norm=1.0, eval_steps=50000, sample_steps=10000, checkpointing_steps=10000, logging_steps=100,
+            eval_max_samples=1000, final_eval_max_samples=10000, final_importance_samples=1000,
+            num_sample_images=64, ema_decay=0.9999,
+        ),
+    ),
+}
+
+
+class DDPMFamily(ModelFamily):
+    name = "ddpm"
+    pipeline_class = DDPMPipeline
+    presets = DDPM_PRESETS
+    model_arguments = ("block_out_channels", "layers_per_block", "attention_resolutions", "dropout",
+                       "norm_num_groups", "num_train_timesteps", "beta_schedule", "prediction_type", "variance_type")
+    sampling_options = ("scheduler", "steps")
+    # bounds() runs its K timesteps one after another over the batch: the evaluator need not shrink batches
+    importance_samples_in_batch = False
+
+    def __init__(self):
+        # The scheduler belongs to the pipeline folder, not to the network: the family keeps the one of the
+        # model it built or was given (build_model / model_of), and its constant tables per device.
+        self.scheduler: DDPMScheduler | None = None
+        self._tables: dict[str, DiffusionTables] = {}
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("DDPM model and objective (unset flags take the preset's value)")
+        group.add_argument("--block_out_channels", type=int, nargs="+", default=None,
+                           help="UNet widths per resolution, full resolution first")
+        group.add_argument("--layers_per_block", type=int, default=None)
+        group.add_argument("--attention_resolutions", type=int, nargs="*", default=None,
+                           help="feature-map sizes (pixels) whose level has self-attention")
+        group.add_argument("--dropout", type=float, default=None)
+        group.add_argument("--norm_num_groups", type=int, default=None)
+        group.add_argument("--num_train_timesteps", type=int, default=None, help="T")
+        group.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default=None)
+        group.add_argument("--prediction_type", choices=PREDICTION_TYPES, default=None)
+        group.add_argument("--variance_type", choices=VARIANCE_TYPES, default=None,
+                           help="the reverse process's fixed variance (sampler and L_vlb)")
+        group.add_argument("--snr_gamma", type=float, default=None,
+                           help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; unset: plain MSE")
+
+    # ------------------------------------------------------------------ model, pipeline
+    def build_model(self, model_config, channels, sample_size):
+        self.scheduler = build_scheduler({k: v for k, v in model_config.items() if k in SCHEDULER_KEYS})
+        self._tables = {}
+        return build_unet({k: v for k, v in model_config.items() if k not in SCHEDULER_KEYS}, channels, sample_size)
+
+    def make_pipeline(self, model):
+        return DDPMPipeline(unet=model, scheduler=self._require_scheduler())
+
+    def model_of(self, pipeline):
+        self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self._tables = {}
+        return pipeline.unet
+
+    def _require_scheduler(self) -> DDPMScheduler:
+        if self.scheduler is None:
+            raise ValueError("the DDPM family has no noise schedule yet: call build_model or model_of first")
+        return self.scheduler
+
+    def tables(self, device: torch.device) -> DiffusionTables:
+        key = str(device)
+        if key not in self._tables:
+            self._tables[key] = DiffusionTables(self._require_scheduler(), device)
+        return self._tables[key]
+
+    # ------------------------------------------------------------------ objective
+    def loss(self, model, images, step, generator, config):
+        device = images.device
+        tables = self.tables(device)
+        x0 = uint8_to_unit_interval(images)
+        batch = x0.shape[0]
+        t = torch.randint(0, tables.num_timesteps, (batch,), generator=generator, device=device)
+        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+        x_t = add_noise(tables, x0, noise, t)
+        output = model(x_t, t).sample
+        target = training_target(tables, x0, noise, t)
+        mse = (output.float() - target).pow(2).flatten(1).mean(1)
+        gamma = getattr(config, "snr_gamma", None)
+        if gamma:
+            snr = compute_snr(types.SimpleNamespace(alphas_cumprod=tables.alphas_cumprod), t)
+            clipped = torch.clamp(snr, max=gamma)
+            if tables.prediction_type == "epsilon":
+                weight = clipped / snr
+            elif tables.prediction_type == "v_prediction":
+                weight = clipped / (snr + 1.0)
+            else:
+                weight = clipped
+            loss = (weight * mse).mean()
+        else:
+            loss = mse.mean()
+        with torch.no_grad():
+            # Unbiased one-timestep estimate of L_vlb per image: t ~ Uniform{0..T-1}, importance weight T.
+            nats = prior_nats(tables, x0) + tables.num_timesteps * vlb_term_nats(tables, x0, x_t, t, output.detach())
+            bits_per_dim = nats.mean() / (x0[0].numel() * 0.6931471805599453)
+        return loss, {"bits_per_dim": bits_per_dim, "mse": mse.mean().detach()}
+
+    def bounds(self, model, images, importance_samples, generator):
+        scheduler = self._require_scheduler()
+        estimate = variational_bound(model, scheduler, images, importance_samples, generator,
+                                     tables=self.tables(images.device))
+        return Bounds(estimate.nats_per_image, estimate.nats_per_image)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_images(self, pipeline, num_images, generator, **kwargs):
+        """PIL images. Options: ``scheduler`` (``ddpm``, ``ddim`` or ``dpm-solver++``; default: the folder's
+        DDPM scheduler) and ``steps`` (default: T for ddpm, 50 for the others). The trained network is reused;
+        ``pipeline`` itself is left unchanged."""
+        unknown = sorted(set(kwargs) - set(self.sampling_options))
+        if unknown:
+            raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
+                             f"{list(self.sampling_options)}")
+        name = kwargs.get("scheduler") or "ddpm"
+        if name not in SAMPLERS:
+            raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
+        config = pipeline.scheduler.config
+        steps = kwargs.get("steps") or (config.num_train_timesteps if name == "ddpm" else 50)
+        if not 1 <= steps <= config.num_train_timesteps:
+            raise ValueError(f"steps must be in [1, {config.num_train_timesteps}], got {steps}")
+        scheduler_class, extra = SAMPLERS[name]
+        scheduler = scheduler_class.from_config(config, **extra)
+        sampler = DDPMPipeline(unet=pipeline.unet, scheduler=scheduler)
+        sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
+        return sampler(batch_size=num_images, generator=generator, num_inference_steps=steps).images
