@@ -13,6 +13,7 @@ from .data import FASHION_MNIST, FASHION_MNIST_HUB_ID
 from .families.base import ModelFamily
 
 _TITLES = {"vae": "Gaussian VAE"}
+_TITLES["hvae"] = "hierarchical VAE"
 
 
 def hub_dataset_id(dataset: str) -> str | None:

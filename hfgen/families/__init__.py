@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from .base import Bounds, ModelFamily, Preset
+from .hvae import HVAEFamily
 from .vae import VAEFamily
 
 #: every family, by the ``_class_name`` its pipeline folders carry in ``model_index.json``
 FAMILIES_BY_PIPELINE: dict[str, type[ModelFamily]] = {VAEFamily.pipeline_class.__name__: VAEFamily}
+FAMILIES_BY_PIPELINE[HVAEFamily.pipeline_class.__name__] = HVAEFamily
 
 
 def family_for_pipeline_class(class_name: str) -> ModelFamily:
@@ -18,3 +20,4 @@ def family_for_pipeline_class(class_name: str) -> ModelFamily:
 
 
 __all__ = ["Bounds", "FAMILIES_BY_PIPELINE", "ModelFamily", "Preset", "VAEFamily", "family_for_pipeline_class"]
+__all__ += ["HVAEFamily"]
