@@ -38,13 +38,15 @@ HVAE_PRESETS = {
             ema_decay=0.9,
         ),
     ),
+    # About twice the VAE small preset's compute per image (latent groups at 4, 8, 16 and 32 pixels); warm-ups are
+    # short because a 10-minute CPU budget gives only several hundred steps.
     "small": Preset(
         description="a few minutes on two CPU cores (Fashion-MNIST 32x32)",
         model=dict(block_out_channels=[16, 32, 32, 64], encoder_blocks_per_scale=1, groups_per_scale=[1, 2, 2, 2],
                    decoder_blocks_per_group=1, output_blocks=0, latent_channels=4),
         training=dict(
-            train_batch_size=64, learning_rate=2e-3, max_train_steps=1200, lr_warmup_steps=100,
-            kl_warmup_steps=300, kl_balancing=True, free_nats_per_group=0.0, spectral_reg_coeff=0.0,
+            train_batch_size=64, learning_rate=2e-3, max_train_steps=1200, lr_warmup_steps=50,
+            kl_warmup_steps=200, kl_balancing=True, free_nats_per_group=0.0, spectral_reg_coeff=0.0,
             skip_grad_norm_factor=20.0, skip_grad_norm_warmup=20, eval_steps=400, sample_steps=400,
             checkpointing_steps=400, logging_steps=20, eval_max_samples=1000, final_eval_max_samples=1000,
             final_importance_samples=16, num_sample_images=64, ema_decay=0.998,
