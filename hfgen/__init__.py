@@ -8,7 +8,8 @@
 __version__ = "0.1.0"
 
 from .models import LikelihoodBoundsOutput, VAEModel, VAEOutput, get_likelihood, nats_to_bits_per_dim
-from .pipelines import VAEPipeline
+from .models import HierarchicalVAEModel, HierarchicalVAEOutput
+from .pipelines import HierarchicalVAEPipeline, VAEPipeline
 
 __all__ = [
     "LikelihoodBoundsOutput",
@@ -18,3 +19,4 @@ __all__ = [
     "get_likelihood",
     "nats_to_bits_per_dim",
 ]
+__all__ += ["HierarchicalVAEModel", "HierarchicalVAEOutput", "HierarchicalVAEPipeline"]

@@ -14,6 +14,7 @@ from .families.base import ModelFamily
 
 _TITLES = {"vae": "Gaussian VAE"}
 _TITLES["ddpm"] = "DDPM"
+_TITLES["hvae"] = "hierarchical VAE"
 
 
 def hub_dataset_id(dataset: str) -> str | None:

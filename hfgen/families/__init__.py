@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .base import Bounds, ModelFamily, Preset
 from .ddpm import DDPMFamily
+from .hvae import HVAEFamily
 from .vae import VAEFamily
 
 #: every family, by the ``_class_name`` its pipeline folders carry in ``model_index.json``
-FAMILIES_BY_PIPELINE: dict[str, type[ModelFamily]] = {VAEFamily.pipeline_class.__name__: VAEFamily}
-FAMILIES_BY_PIPELINE[DDPMFamily.pipeline_class.__name__] = DDPMFamily  # a stock diffusers DDPMPipeline folder
+FAMILIES_BY_PIPELINE: dict[str, type[ModelFamily]] = {
+    family.pipeline_class.__name__: family for family in (VAEFamily, HVAEFamily, DDPMFamily)
+}  # DDPM folders are stock diffusers DDPMPipeline folders
 
 
 def family_for_pipeline_class(class_name: str) -> ModelFamily:
@@ -19,5 +21,5 @@ def family_for_pipeline_class(class_name: str) -> ModelFamily:
     return FAMILIES_BY_PIPELINE[class_name]()
 
 
-__all__ = ["Bounds", "DDPMFamily", "FAMILIES_BY_PIPELINE", "ModelFamily", "Preset", "VAEFamily",
+__all__ = ["Bounds", "DDPMFamily", "FAMILIES_BY_PIPELINE", "HVAEFamily", "ModelFamily", "Preset", "VAEFamily",
            "family_for_pipeline_class"]

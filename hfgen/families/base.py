@@ -75,6 +75,12 @@ class ModelFamily:
     def model_of(self, pipeline: DiffusionPipeline) -> ModelMixin:
         raise NotImplementedError
 
+    def diagnostics(self, model: ModelMixin, images: torch.Tensor) -> dict[str, Any]:
+        """Extra figures about a trained model on ``uint8`` test ``images`` (e.g. KL and active units per latent
+        group): JSON values (numbers or lists of numbers). The loop logs them at every evaluation and merges them
+        into ``metrics.json`` at the end (with the EMA weights). Default: none."""
+        return {}
+
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator, **kwargs):
         """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``)."""
         unknown = sorted(set(kwargs) - set(self.sampling_options))

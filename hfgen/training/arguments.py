@@ -29,6 +29,8 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     max_grad_norm=100.0,
     fd_steps=0,
     fd_num_samples=2000,
+    skip_grad_norm_factor=0.0,
+    skip_grad_norm_warmup=20,
 )
 
 
@@ -73,6 +75,11 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     opt.add_argument("--adam_weight_decay", type=float, default=0.0)
     opt.add_argument("--adam_epsilon", type=float, default=1e-8)
     opt.add_argument("--max_grad_norm", type=float, default=None, help="clip the gradient norm (0: no clipping)")
+    opt.add_argument("--skip_grad_norm_factor", type=float, default=None,
+                     help="skip (and count) an update whose gradient norm is above this many times its running mean "
+                          "(adaptive, never more than a few updates in a row; 0: off)")
+    opt.add_argument("--skip_grad_norm_warmup", type=int, default=None,
+                     help="gradient norms seen before --skip_grad_norm_factor starts skipping")
     opt.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps")
     opt.add_argument("--max_train_minutes", type=float, default=None,
                      help="wall-clock budget for training (evaluation and checkpoints excluded); stops at "
@@ -134,7 +141,8 @@ def _validate(cfg: argparse.Namespace) -> None:
         if getattr(cfg, key) < 1:
             raise ValueError(f"--{key} must be >= 1, got {getattr(cfg, key)}")
     non_negative = ("lr_warmup_steps", "eval_steps", "sample_steps", "checkpointing_steps", "max_grad_norm",
-                    "final_eval_max_samples", "eval_max_samples", "fd_steps")
+                    "final_eval_max_samples", "eval_max_samples", "fd_steps",
+                    "skip_grad_norm_factor", "skip_grad_norm_warmup")
     for key in non_negative:
         if getattr(cfg, key) < 0:
             raise ValueError(f"--{key} must be >= 0, got {getattr(cfg, key)}")

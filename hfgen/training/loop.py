@@ -43,6 +43,9 @@ class TrainingState:
     skipped_steps: int = 0
     train_seconds: float = 0.0  # time spent in training steps only (no evaluation, sampling, checkpoints)
     images_seen: int = 0  # over all processes
+    grad_norm_mean: float = 0.0  # running mean of the (pre-clipping) gradient norm, see grad_norm_spike
+    grad_norm_count: int = 0  # finite gradient norms seen
+    consecutive_skips: int = 0  # updates skipped in a row as gradient-norm spikes
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +66,43 @@ def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str) -> f
     if schedule == "linear":
         return 1.0 - progress
     return 1.0
+
+
+#: a gradient-norm spike is never skipped more than this many steps in a row: the update is then applied (clipped)
+MAX_CONSECUTIVE_SPIKE_SKIPS = 10
+
+
+def grad_norm_spike(state: TrainingState, grad_norm: float, factor: float, warmup: int) -> bool:
+    """Whether an update with gradient norm ``grad_norm`` is a spike to skip (``--skip_grad_norm_factor``), and
+    update the running statistics in ``state``.
+
+    A spike is a norm above ``factor`` times the running mean of the norms, once ``warmup`` norms have been
+    seen. The mean takes every finite norm, each capped at ``factor`` times the mean, so a lasting rise of the
+    gradient norm raises the threshold within tens of steps; and at most ``MAX_CONSECUTIVE_SPIKE_SKIPS``
+    updates in a row are skipped. Skipping therefore adapts and can never stop training. ``factor`` 0: off
+    (statistics only)."""
+    if not math.isfinite(grad_norm):
+        return False
+    armed = factor > 0 and state.grad_norm_count >= warmup
+    spike = (armed and grad_norm > factor * state.grad_norm_mean
+             and state.consecutive_skips < MAX_CONSECUTIVE_SPIKE_SKIPS)
+    capped = min(grad_norm, factor * state.grad_norm_mean) if armed else grad_norm
+    decay = min(0.99, state.grad_norm_count / (state.grad_norm_count + 1))  # a plain mean at first, then an EMA
+    state.grad_norm_mean = decay * state.grad_norm_mean + (1 - decay) * capped
+    state.grad_norm_count += 1
+    state.consecutive_skips = state.consecutive_skips + 1 if spike else 0
+    return spike
+
+
+def _flatten_for_logs(prefix: str, values: dict) -> dict[str, float]:
+    """Scalars and lists of scalars of a diagnostics dict as tracker entries (``prefix/key`` or ``prefix/key_i``)."""
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, (int, float)):
+            flat[f"{prefix}/{key}"] = float(value)
+        elif isinstance(value, (list, tuple)):
+            flat.update({f"{prefix}/{key}_{i:02d}": float(v) for i, v in enumerate(value)})
+    return flat
 
 
 class BatchSchedule:
@@ -139,12 +179,16 @@ def _write_json_atomically(path: Path, data: dict) -> None:
 
 
 def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, cfg, train_images: torch.Tensor,
-               batches: BatchSchedule, step: int, lr: float, ema: EMAModel | None = None, ema_model=None):
+               batches: BatchSchedule, step: int, lr: float, ema: EMAModel | None = None, ema_model=None,
+               state: TrainingState | None = None):
     """One optimizer step (``cfg.gradient_accumulation_steps`` micro-batches) of the loop, factored out so that
     benchmarks time exactly what ``train`` runs: batches indexed from the uint8 split, the family's loss under
     autocast, backward, clipping, learning rate ``lr``, the update unless its loss or gradient is not finite, and
-    the EMA step (of ``ema_model``'s parameters). One host-device sync. Returns ``(applied, grad_norm,
-    logs_sum)`` where ``logs_sum`` holds the micro-batch means of ``loss`` and the family's logs (tensors)."""
+    the EMA step (of ``ema_model``'s parameters). With ``state``, an update whose gradient norm is a spike
+    (``grad_norm_spike``, ``--skip_grad_norm_factor``) is skipped too and ``state`` keeps the running statistics.
+    One host-device sync. Returns ``(applied, grad_norm, logs_sum, skip_reason)`` where ``logs_sum`` holds the
+    micro-batch means of ``loss`` and the family's logs (tensors) and ``skip_reason`` says why an update was not
+    applied (``None`` when it was)."""
     device = accelerator.device
     nonfinite_loss = torch.zeros((), device=device)
     logs_sum: dict[str, torch.Tensor] = {}
@@ -171,14 +215,26 @@ def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, 
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 # One host-device sync per optimizer step decides whether the update is applied.
-                update_is_finite = bool((torch.isfinite(grad_norm) & (nonfinite_loss == 0)).item())
-                if update_is_finite or accelerator.scaler is not None:
+                finite, grad_norm_value = torch.stack([
+                    (torch.isfinite(grad_norm) & (nonfinite_loss == 0)).float(), grad_norm.float()]).tolist()
+                update_is_finite = bool(finite)
+                spike = update_is_finite and state is not None and grad_norm_spike(
+                    state, grad_norm_value, cfg.skip_grad_norm_factor, cfg.skip_grad_norm_warmup)
+                if spike and accelerator.scaler is not None:
+                    accelerator.scaler.update()  # after unscaling, the GradScaler expects a step or an update
+                elif (update_is_finite and not spike) or accelerator.scaler is not None:
                     optimizer.step()  # with fp16 the GradScaler itself skips non-finite updates
-                applied = update_is_finite and not accelerator.optimizer_step_was_skipped
+                applied = update_is_finite and not spike and not accelerator.optimizer_step_was_skipped
                 optimizer.zero_grad(set_to_none=True)
+    skip_reason = None
+    if spike:
+        skip_reason = (f"gradient norm {grad_norm_value:.3g} > {cfg.skip_grad_norm_factor:g} x its running mean "
+                       f"{state.grad_norm_mean:.3g}")
+    elif not applied:
+        skip_reason = "non-finite loss or gradient"
     if applied and ema is not None:
         ema.step(ema_model.parameters())
-    return applied, grad_norm, logs_sum
+    return applied, grad_norm, logs_sum, skip_reason
 
 
 def train(family: ModelFamily, args: argparse.Namespace) -> dict:
@@ -336,12 +392,12 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
         if budget_seconds is not None:
             progress = max(progress, state.train_seconds / budget_seconds)
         lr = cfg.learning_rate * lr_factor(state.step, progress, cfg.lr_warmup_steps, cfg.lr_scheduler)
-        applied, grad_norm, logs_sum = train_step(family, model, optimizer, accelerator, cfg, train_images, batches,
-                                                  state.step, lr, ema=ema, ema_model=unwrapped)
+        applied, grad_norm, logs_sum, skip_reason = train_step(
+            family, model, optimizer, accelerator, cfg, train_images, batches, state.step, lr, ema=ema,
+            ema_model=unwrapped, state=state)
         if not applied:
             state.skipped_steps += 1
-            accelerator.print(f"step {state.step}: non-finite loss or gradient; update skipped "
-                              f"({state.skipped_steps} skipped so far)")
+            accelerator.print(f"step {state.step}: {skip_reason}; update skipped ({state.skipped_steps} skipped so far)")
         state.step += 1
         state.images_seen += global_batch
         if device.type == "cuda":
@@ -352,7 +408,7 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
         if state.step % cfg.logging_steps == 0 or state.step == cfg.max_train_steps:
             last_logs = {f"train/{k}": float(v) for k, v in logs_sum.items()}
             last_logs.update({"train/lr": lr, "train/grad_norm": float(grad_norm),
-                              "train/skipped_steps": state.skipped_steps,
+                              "train/skipped_steps": state.skipped_steps, "train/grad_norm_mean": state.grad_norm_mean,
                               "train/img_per_s": state.images_seen / max(state.train_seconds, 1e-9)})
             accelerator.log(last_logs, step=state.step)
             bar.set_postfix(loss=f"{last_logs['train/loss']:.4f}", bpd=f"{last_logs['train/bits_per_dim']:.3f}")
@@ -360,9 +416,12 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             model.eval()
             with ema_weights():
                 metrics = evaluate(cfg.eval_max_samples, 1)
+                diagnostics = (family.diagnostics(unwrapped, eval_images[: cfg.eval_max_samples or None])
+                               if accelerator.is_main_process else {})
             model.train()
             accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
-                             "eval/train_seconds": state.train_seconds}, step=state.step)
+                             "eval/train_seconds": state.train_seconds,
+                             **_flatten_for_logs("diagnostics", diagnostics)}, step=state.step)
             accelerator.print(f"step {state.step}: test bits/dim (ELBO, {metrics['num_samples']} images) "
                               f"{metrics['bits_per_dim_elbo']:.4f}")
         if cfg.fd_steps and state.step % cfg.fd_steps == 0 and accelerator.is_main_process:
@@ -408,9 +467,12 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
             "ema": ema is not None,
+            "grad_norm_mean": state.grad_norm_mean,
         })
         if cfg.fd_steps:
             metrics.update({"fd_fmnist": sample_fd(), "fd_num_samples": cfg.fd_num_samples})
+        # the family's own end-of-training figures (e.g. KL and active units per latent group), EMA weights
+        metrics.update(family.diagnostics(unwrapped, eval_images[: cfg.final_eval_max_samples or None]))
         _write_json_atomically(output_dir / "metrics.json", metrics)
         from ..hub import write_model_card
 

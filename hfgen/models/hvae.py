@@ -1,0 +1,436 @@
+"""HierarchicalVAEModel: a VAE with a hierarchy of latent groups over several scales (NVAE / VDVAE class).
+
+    bottom-up   x -> residual cells at each scale (full resolution first); the activation at every scale is kept
+    top-down    a learned constant at the lowest scale, then for each group i = 1..m (top first):
+                    h <- cells_i(h)
+                    p(z_i | z_<i)      = N(mu_p(h), sigma_p(h)^2)            (the prior: top-down state only)
+                    q(z_i | z_<i, x)   from h and the bottom-up activation at the same scale, either
+                        "product":  N(mu_p, sigma_p^2) x N(mu_e, sigma_e^2), normalised (precision-weighted,
+                                     Ladder VAE), or
+                        "residual": N(mu_p + dmu, (sigma_p * exp(dlog_sigma))^2) (NVAE's residual normal)
+                    h <- h + W z_i
+                and upsampling between scales; generation runs the same top-down path with z_i drawn from the prior.
+    p(x | z)    a pixel likelihood (``likelihoods.py``) on the full-resolution top-down state.
+
+Groups are numbered top-down: group 0 is the top (lowest resolution) one, and ``kl_per_group[:, i]`` is
+``KL(q(z_i | z_<i, x) || p(z_i | z_<i))`` in nats per image for the sampled upper latents. All log-likelihood
+figures are per image, in nats, over the 8-bit image; ``bits_per_dim`` divides by ``C * H * W * ln 2``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .blocks import CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
+from .likelihoods import get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
+from .vae import LikelihoodBoundsOutput
+
+POSTERIORS = ("residual", "product")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class HierarchicalVAEOutput(BaseOutput):
+    """Output of ``HierarchicalVAEModel.forward``; per-image tensors have shape ``(batch,)``.
+
+    loss: scalar, the batch mean of ``(reconstruction_nll + kl_weight * kl) / num_dims`` (nats per dimension).
+    reconstruction_nll: ``-log p(x | z)`` for one posterior sample, nats per image.
+    kl: the sum of ``kl_per_group`` over groups, nats per image.
+    kl_per_group: ``(batch, num_groups)``, analytic KL of each group given the sampled upper groups, nats, top first.
+    elbo: ``-(reconstruction_nll + kl)``, a lower bound on ``log p(x)``, nats per image.
+    bits_per_dim: ``-elbo`` in bits per dimension.
+    """
+
+    # Defaults let Accelerate rebuild the output from a dict when it casts mixed-precision outputs to fp32.
+    loss: torch.Tensor = None
+    reconstruction_nll: torch.Tensor = None
+    kl: torch.Tensor = None
+    kl_per_group: torch.Tensor = None
+    elbo: torch.Tensor = None
+    bits_per_dim: torch.Tensor = None
+
+
+@dataclass
+class _GroupStats:
+    """What one pass records for one latent group (per image unless said otherwise)."""
+
+    kl: torch.Tensor  # analytic KL(q || p), (B,)
+    log_q_minus_log_p: torch.Tensor | None  # at the sample, (B,)
+    posterior_mean: torch.Tensor  # (B, C, H, W)
+
+
+def _soft_clamp(x: torch.Tensor, bound: float) -> torch.Tensor:
+    """``bound * tanh(x / bound)``: smooth, identity near 0, never beyond +-bound (0 switches it off)."""
+    return bound * torch.tanh(x / bound) if bound > 0 else x
+
+
+def _gaussian_log_density(z, mean, log_scale):
+    """log N(z; mean, exp(log_scale)^2) summed over all but the first dimension."""
+    return (-0.5 * ((z - mean) * torch.exp(-log_scale)).pow(2) - log_scale - 0.5 * _LOG_2PI).flatten(1).sum(1)
+
+
+def _gaussian_kl(mean_q, log_scale_q, mean_p, log_scale_p):
+    """KL(N(mean_q, s_q^2) || N(mean_p, s_p^2)) summed over all but the first dimension."""
+    ratio = torch.exp(2 * (log_scale_q - log_scale_p))
+    diff = (mean_q - mean_p) * torch.exp(-log_scale_p)
+    return (0.5 * (ratio + diff.pow(2) - 1) - (log_scale_q - log_scale_p)).flatten(1).sum(1)
+
+
+def _as_list(value, length: int, name: str) -> list[int]:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * length
+    if len(values) != length or any(int(v) < 0 for v in values):
+        raise ValueError(f"{name} must be one non-negative integer or a list of {length}, got {value}")
+    return [int(v) for v in values]
+
+
+class _LatentGroup(nn.Module):
+    """One group of the top-down path: residual cells, the prior, the posterior and the projection of z back."""
+
+    def __init__(self, width, latent_channels, num_cells, use_se):
+        super().__init__()
+        self.cells = CheckpointedSequential([ResidualBlock(width, width, use_se) for _ in range(num_cells)])
+        self.prior = nn.Sequential(nn.SiLU(), nn.Conv2d(width, 2 * latent_channels, 3, padding=1))
+        self.posterior = nn.Sequential(
+            nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 2 * latent_channels, 3, padding=1))
+        self.z_proj = nn.Conv2d(latent_channels, width, 1)
+        # Start with p = N(0, I) and (residual form) q = p: the KL starts at 0 and grows only as it pays off.
+        for conv in (self.prior[1], self.posterior[2]):
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+
+class _BottomUp(nn.Module):
+    def __init__(self, in_channels, widths, blocks_per_scale, use_se):
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
+        self.stages = nn.ModuleList(
+            CheckpointedSequential([ResidualBlock(w, w, use_se) for _ in range(n)])
+            for w, n in zip(widths, blocks_per_scale))
+        self.downsample = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(len(widths) - 1))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activation at every scale, full resolution first."""
+        h = self.conv_in(x)
+        activations = []
+        for i, stage in enumerate(self.stages):
+            h = stage(h)
+            activations.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        return activations
+
+
+class HierarchicalVAEModel(ModelMixin, ConfigMixin):
+    r"""A hierarchical VAE for images: groups of Gaussian latents over several scales, a shared top-down path for
+    inference and generation, and a choice of pixel likelihood.
+
+    Parameters:
+        in_channels (`int`, defaults to 1): image channels.
+        sample_size (`int`, defaults to 32): image height and width; divisible by ``2 ** (len(block_out_channels) - 1)``.
+        block_out_channels (`list[int]`): width of each scale, full resolution first (scale ``s`` has
+            ``sample_size / 2 ** s`` pixels square); the bottom-up and top-down paths share them.
+        encoder_blocks_per_scale (`int` or `list[int]`): bottom-up residual cells at each scale.
+        groups_per_scale (`int` or `list[int]`): latent groups at each scale, full resolution first (0 allowed
+            except at the lowest scale).
+        decoder_blocks_per_group (`int`): top-down residual cells before each group.
+        output_blocks (`int`): residual cells at full resolution after the last group.
+        latent_channels (`int`): channels of each latent group.
+        posterior (`str`): ``"residual"`` (NVAE) or ``"product"`` (precision-weighted, Ladder VAE).
+        use_squeeze_excitation (`bool`): squeeze-excitation in every residual cell.
+        log_scale_bound (`float`): soft bound ``b * tanh(. / b)`` on every predicted log-scale (0: none).
+        likelihood (`str`), num_mixtures (`int`): the pixel likelihood, as in ``VAEModel``.
+    """
+
+    _supports_gradient_checkpointing = True
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 1,
+        sample_size: int = 32,
+        block_out_channels: tuple[int, ...] = (32, 32, 64, 64),
+        encoder_blocks_per_scale: int | tuple[int, ...] = 1,
+        groups_per_scale: int | tuple[int, ...] = (1, 2, 2, 2),
+        decoder_blocks_per_group: int = 1,
+        output_blocks: int = 1,
+        latent_channels: int = 8,
+        posterior: str = "residual",
+        use_squeeze_excitation: bool = False,
+        log_scale_bound: float = 5.0,
+        likelihood: str = "discretized_logistic",
+        num_mixtures: int = 1,
+    ):
+        super().__init__()
+        widths = [int(w) for w in block_out_channels]
+        num_scales = len(widths)
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
+        if not widths or any(w < 1 for w in widths):
+            raise ValueError(f"block_out_channels must be a non-empty list of positive widths, got {block_out_channels}")
+        factor = 2 ** (num_scales - 1)
+        if sample_size < factor or sample_size % factor:
+            raise ValueError(f"sample_size={sample_size} must be a multiple of {factor} "
+                             f"(2 ** (len(block_out_channels) - 1) for block_out_channels={widths})")
+        if posterior not in POSTERIORS:
+            raise ValueError(f"posterior must be one of {POSTERIORS}, got {posterior!r}")
+        if latent_channels < 1 or decoder_blocks_per_group < 0 or output_blocks < 0:
+            raise ValueError("latent_channels must be >= 1, decoder_blocks_per_group and output_blocks >= 0")
+        enc_blocks = _as_list(encoder_blocks_per_scale, num_scales, "encoder_blocks_per_scale")
+        groups = _as_list(groups_per_scale, num_scales, "groups_per_scale")
+        if groups[-1] < 1:
+            raise ValueError(f"the lowest scale needs at least one latent group, got groups_per_scale={groups}")
+        self.pixel_likelihood = get_likelihood(likelihood, num_mixtures)
+
+        self.bottom_up = _BottomUp(in_channels, widths, enc_blocks, use_squeeze_excitation)
+        top_size = sample_size // factor
+        self.top_state = nn.Parameter(torch.zeros(1, widths[-1], top_size, top_size))
+        # Top-down, lowest scale first: the groups of each scale, then an upsampling to the next scale.
+        self.group_scale: list[int] = []  # the scale index (0 = full resolution) of each group, top first
+        td_groups, upsample = [], []
+        for scale in reversed(range(num_scales)):
+            for _ in range(groups[scale]):
+                td_groups.append(_LatentGroup(widths[scale], latent_channels, decoder_blocks_per_group,
+                                              use_squeeze_excitation))
+                self.group_scale.append(scale)
+            if scale > 0:
+                upsample.append(Upsample(widths[scale], widths[scale - 1]))
+        self.groups = nn.ModuleList(td_groups)
+        self.upsample = nn.ModuleList(upsample)
+        self.output_cells = CheckpointedSequential(
+            [ResidualBlock(widths[0], widths[0], use_squeeze_excitation) for _ in range(output_blocks)])
+        self.norm_out = nn.GroupNorm(num_groups_for(widths[0]), widths[0], eps=1e-6)
+        self.conv_out = nn.Conv2d(widths[0], self.pixel_likelihood.num_params(in_channels), 3, padding=1)
+        self._power_iteration_vectors: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    @property
+    def num_dims(self) -> int:
+        """C * H * W of one image: the D in bits per dimension."""
+        return self.config.in_channels * self.config.sample_size**2
+
+    def group_shapes(self) -> list[tuple[int, int, int]]:
+        """(channels, height, width) of each latent group, top first."""
+        size = self.config.sample_size
+        return [(self.config.latent_channels, size // 2**s, size // 2**s) for s in self.group_scale]
+
+    def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
+        """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded)."""
+        expected = (self.config.in_channels, self.config.sample_size, self.config.sample_size)
+        if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
+            raise ValueError(
+                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"(channels, height, width from the model config), got {tuple(sample.shape)}")
+        return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
+
+    def _temperatures(self, temperature) -> list[float]:
+        if isinstance(temperature, (int, float)):
+            temps = [float(temperature)] * self.num_groups
+        else:
+            temps = [float(t) for t in temperature]
+        if len(temps) != self.num_groups or any(t < 0 for t in temps):
+            raise ValueError(f"temperature must be one number >= 0 or a list of {self.num_groups} (one per group), "
+                             f"got {temperature}")
+        return temps
+
+    # ------------------------------------------------------------------ the top-down path
+    def _split(self, params: torch.Tensor):
+        mean, log_scale = params.float().chunk(2, dim=1)
+        return mean, _soft_clamp(log_scale, self.config.log_scale_bound)
+
+    def _posterior(self, group: _LatentGroup, h, bottom_up, prior_mean, prior_log_scale):
+        mean_e, log_scale_e = self._split(group.posterior(torch.cat([h, bottom_up], dim=1)))
+        if self.config.posterior == "residual":
+            return prior_mean + mean_e, prior_log_scale + log_scale_e
+        # Product of the prior and the encoder's Gaussian factor: precisions add, means are precision-weighted.
+        prec_p, prec_e = torch.exp(-2 * prior_log_scale), torch.exp(-2 * log_scale_e)
+        precision = prec_p + prec_e
+        mean = (prior_mean * prec_p + mean_e * prec_e) / precision
+        return mean, -0.5 * torch.log(precision)
+
+    def _top_down(self, batch_size, activations=None, generator=None, temperatures=None, top_latent=None,
+                  use_mean=False, want_log_ratio=False):
+        """Run the top-down path: with ``activations`` (inference) z_i ~ q, else z_i ~ p at ``temperatures``.
+        Returns the likelihood parameters and one ``_GroupStats`` per group (inference only)."""
+        h = self.top_state.expand(batch_size, -1, -1, -1).to(self.dtype)
+        stats: list[_GroupStats] = []
+        up = iter(self.upsample)
+        scale = self.group_scale[0]
+        for i, group in enumerate(self.groups):
+            if self.group_scale[i] != scale:
+                h = next(up)(h)
+                scale = self.group_scale[i]
+            h = group.cells(h)
+            prior_mean, prior_log_scale = self._split(group.prior(h))
+            if activations is not None:
+                mean, log_scale = self._posterior(group, h, activations[scale], prior_mean, prior_log_scale)
+                if use_mean:
+                    z = mean
+                else:
+                    eps = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+                    z = mean + torch.exp(log_scale) * eps
+                log_ratio = None
+                if want_log_ratio:
+                    log_ratio = (_gaussian_log_density(z, mean, log_scale)
+                                 - _gaussian_log_density(z, prior_mean, prior_log_scale))
+                kl = _gaussian_kl(mean, log_scale, prior_mean, prior_log_scale)
+                stats.append(_GroupStats(kl=kl, log_q_minus_log_p=log_ratio, posterior_mean=mean))
+            elif i == 0 and top_latent is not None:
+                z = top_latent.to(device=prior_mean.device, dtype=prior_mean.dtype)
+            else:
+                z = prior_mean
+                if temperatures[i] > 0:
+                    eps = randn_tensor(prior_mean.shape, generator=generator, device=prior_mean.device,
+                                       dtype=prior_mean.dtype)
+                    z = prior_mean + temperatures[i] * torch.exp(prior_log_scale) * eps
+            h = h + group.z_proj(z.to(h.dtype))
+        for rest in up:  # scales below the last group's
+            h = rest(h)
+        h = self.output_cells(h)
+        params = self.conv_out(nn.functional.silu(self.norm_out(h)))
+        return params, stats
+
+    # ------------------------------------------------------------------ objective
+    def forward(
+        self,
+        sample: torch.Tensor,
+        generator: torch.Generator | None = None,
+        kl_weight: float = 1.0,
+        return_dict: bool = True,
+    ) -> HierarchicalVAEOutput | tuple:
+        """One-sample ELBO for images (``uint8``, or float in [-1, 1]); see ``HierarchicalVAEOutput``.
+        ``kl_weight`` scales the KL in ``loss`` only (KL warm-up)."""
+        batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
+        x = batch.model_input.to(self.dtype)
+        params, stats = self._top_down(x.shape[0], self.bottom_up(x), generator)
+        reconstruction_nll = -self.pixel_likelihood.log_prob(params, batch.target)
+        kl_per_group = torch.stack([s.kl for s in stats], dim=1)
+        kl = kl_per_group.sum(1)
+        elbo = -(reconstruction_nll + kl)
+        loss = ((reconstruction_nll + kl_weight * kl) / self.num_dims).mean()
+        out = HierarchicalVAEOutput(loss=loss, reconstruction_nll=reconstruction_nll, kl=kl, kl_per_group=kl_per_group,
+                                    elbo=elbo, bits_per_dim=nats_to_bits_per_dim(-elbo, self.num_dims))
+        return out if return_dict else out.to_tuple()
+
+    @torch.no_grad()
+    def log_likelihood_bounds(
+        self,
+        sample: torch.Tensor,
+        importance_samples: int = 1,
+        generator: torch.Generator | None = None,
+        max_decode_batch: int = 1024,
+    ) -> LikelihoodBoundsOutput:
+        """ELBO and importance-weighted bounds on ``-log p(x)`` per image (nats) from ``importance_samples``
+        posterior samples per image (log w = log p(x|z) + sum_i [log p(z_i|z_<i) - log q(z_i|z_<i,x)])."""
+        if importance_samples < 1:
+            raise ValueError(f"importance_samples must be >= 1, got {importance_samples}")
+        batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
+        x = batch.model_input.to(self.dtype)
+        activations = self.bottom_up(x)
+        num_images, k = x.shape[0], importance_samples
+        log_weights = torch.empty(num_images, k, device=x.device)
+        images_per_chunk = max(1, max_decode_batch // k)
+        for start in range(0, num_images, images_per_chunk):
+            stop = min(start + images_per_chunk, num_images)
+            n = stop - start
+            # rows i, n + i, 2n + i, ... are the K samples of image i
+            acts = [a[start:stop].repeat(k, 1, 1, 1) for a in activations]
+            params, stats = self._top_down(n * k, acts, generator, want_log_ratio=True)
+            log_px = self.pixel_likelihood.log_prob(params, batch.target[start:stop].repeat(k, 1, 1, 1))
+            log_w = log_px - torch.stack([s.log_q_minus_log_p for s in stats], dim=1).sum(1)
+            log_weights[start:stop] = log_w.view(k, n).t()
+        nll_elbo = -log_weights.mean(dim=1)
+        nll_iw = -(torch.logsumexp(log_weights, dim=1) - math.log(k))
+        return LikelihoodBoundsOutput(nats_per_image_elbo=nll_elbo, nats_per_image_iw=nll_iw)
+
+    # ------------------------------------------------------------------ generation and reconstruction
+    @torch.no_grad()
+    def top_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-scale of p(z_1), each ``(1, *group_shapes()[0])``: the top group depends on no other latent."""
+        h = self.groups[0].cells(self.top_state.to(self.dtype))
+        return self._split(self.groups[0].prior(h))
+
+    @torch.no_grad()
+    def sample_top_latent(self, batch_size: int, generator=None, temperature: float = 1.0) -> torch.Tensor:
+        """z_1 ~ p(z_1) with its standard deviation scaled by ``temperature``."""
+        mean, log_scale = self.top_prior()
+        eps = randn_tensor((batch_size, *mean.shape[1:]), generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + temperature * torch.exp(log_scale) * eps
+
+    @torch.no_grad()
+    def generate_parameters(self, batch_size: int, generator=None, temperature=1.0, top_latent=None) -> torch.Tensor:
+        """The pixel likelihood's parameters for ``batch_size`` images drawn from the prior; ``temperature``
+        scales each group's prior standard deviation (one number, or a list with one per group, top first);
+        ``top_latent`` fixes z_1 (then temperature 0 for the other groups makes the result deterministic)."""
+        return self._top_down(batch_size, temperatures=self._temperatures(temperature), generator=generator,
+                              top_latent=top_latent)[0]
+
+    @torch.no_grad()
+    def reconstruct_parameters(self, sample: torch.Tensor, generator=None, use_posterior_mean: bool = True):
+        """The pixel likelihood's parameters after encoding images (``uint8`` or [-1, 1]) with every group at its
+        posterior mean (or one posterior sample)."""
+        x = (self.to_uint8(sample).float() * (2.0 / 255.0) - 1.0).to(device=self.device, dtype=self.dtype)
+        return self._top_down(x.shape[0], self.bottom_up(x), generator, use_mean=use_posterior_mean)[0]
+
+    def decode_image(self, params: torch.Tensor, sample_pixels: bool = False, generator=None) -> torch.Tensor:
+        """Images in [-1, 1]: the likelihood's mean, or one pixel sample if ``sample_pixels``."""
+        if sample_pixels:
+            return self.pixel_likelihood.sample(params, self.config.in_channels, generator)
+        return self.pixel_likelihood.mean(params, self.config.in_channels)
+
+    # ------------------------------------------------------------------ diagnostics and regularisation
+    @torch.no_grad()
+    def posterior_statistics(self, sample: torch.Tensor, generator=None, threshold: float = 0.01,
+                             batch_size: int = 250) -> dict:
+        """KL per group (mean nats per image, upper groups sampled from q) and active units per group: latent
+        units whose posterior mean varies over the images, Cov_x(E_q[z]) > ``threshold`` (Burda et al., 2016;
+        upper groups at their posterior means). A group with no active units has collapsed to its prior."""
+        kl_sum = torch.zeros(self.num_groups, dtype=torch.float64)
+        means: list[list[torch.Tensor]] = [[] for _ in range(self.num_groups)]
+        for start in range(0, sample.shape[0], batch_size):
+            batch = self.pixel_likelihood.prepare(self.to_uint8(sample[start : start + batch_size]), generator)
+            x = batch.model_input.to(self.dtype)
+            activations = self.bottom_up(x)
+            _, sampled = self._top_down(x.shape[0], activations, generator)
+            _, at_mean = self._top_down(x.shape[0], activations, generator, use_mean=True)
+            kl_sum += torch.stack([s.kl.double().sum().cpu() for s in sampled])
+            for i, s in enumerate(at_mean):
+                means[i].append(s.posterior_mean.flatten(1).float().cpu())
+        num_images = sample.shape[0]
+        variances = [torch.cat(m).var(0) if num_images > 1 else torch.cat(m)[0] * 0 for m in means]
+        return {
+            "kl_per_group": (kl_sum / max(num_images, 1)).tolist(),
+            "active_units_per_group": [int((v > threshold).sum()) for v in variances],
+            "units_per_group": [int(v.numel()) for v in variances],
+        }
+
+    def spectral_penalty(self, iterations: int = 1) -> torch.Tensor:
+        """Sum over conv layers of the largest singular value of the (out, in * k * k) weight matrix, estimated
+        by power iteration whose vectors persist between calls (not saved: they re-converge in a few steps)."""
+        total = torch.zeros((), device=self.device)
+        for name, module in self.named_modules():
+            if not isinstance(module, nn.Conv2d) or module.weight.shape[1] * module.weight[0, 0].numel() < 2:
+                continue
+            w = module.weight.flatten(1).float()
+            u = self._power_iteration_vectors.get(name)
+            if u is None or u.device != w.device:
+                u = nn.functional.normalize(torch.randn(w.shape[0], device=w.device), dim=0)
+            with torch.no_grad():
+                for _ in range(iterations):
+                    v = nn.functional.normalize(w.t() @ u, dim=0, eps=1e-8)
+                    u = nn.functional.normalize(w @ v, dim=0, eps=1e-8)
+            self._power_iteration_vectors[name] = u
+            total = total + torch.dot(u, w @ v)
+        return total
