@@ -136,9 +136,7 @@ def plot_samples(rows, out: Path, plt) -> bool:
         ax.imshow(canvas, cmap="gray" if canvas.ndim == 2 else None, vmin=0, vmax=255)
         ax.set_title(name, fontsize=10)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out / "samples.png", dpi=110)
-    plt.close(fig)
+    _save_figure(fig, out / "samples.png", plt)
     return True
 
 
@@ -166,12 +164,18 @@ def plot_bpd_vs_time(rows, out: Path, plt) -> bool:
     ax.set_xlabel("wall-clock since the first log entry (minutes; evaluation and checkpoints included)")
     ax.set_ylabel("bits/dim (ELBO bound)")
     ax.set_ylim(top=min(ax.get_ylim()[1], 6))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "bpd_vs_time.png", dpi=110)
-    plt.close(fig)
+    _save_figure(fig, out / "bpd_vs_time.png", plt, ax)
     return True
+
+
+def _save_figure(fig, path: Path, plt, ax=None) -> None:
+    """Write ``fig`` to ``path`` (PNG) and close it; a line plot's ``ax`` gets the report's grid and legend."""
+    if ax is not None:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_fd_vs_steps(rows, out: Path, plt) -> bool:
@@ -185,11 +189,7 @@ def plot_fd_vs_steps(rows, out: Path, plt) -> bool:
     ax.set_xscale("log")
     ax.set_xlabel("sampling steps")
     ax.set_ylabel("fd_fmnist")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "fd_vs_steps.png", dpi=110)
-    plt.close(fig)
+    _save_figure(fig, out / "fd_vs_steps.png", plt, ax)
     return True
 
 
