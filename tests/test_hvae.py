@@ -60,6 +60,23 @@ def test_forward_parts_add_up_and_kl_is_the_sum_over_groups(posterior):
     assert torch.allclose(model(x, generator=_gen()).elbo, model(x.float() / 127.5 - 1, generator=_gen()).elbo)
 
 
+def test_active_units_count_only_units_whose_posterior_differs_from_the_prior():
+    """A group whose residual posterior equals its prior has no active units, although its posterior mean still
+    varies with the image through the upper latents (the case Cov_x(E_q[z]) would count as active)."""
+    model = _model("residual")
+    collapsed = model.groups[2]  # the 8x8 group, below the two 4x4 groups
+    with torch.no_grad():
+        collapsed.posterior[2].weight.zero_()
+        collapsed.posterior[2].bias.zero_()
+    stats = model.posterior_statistics(_images(n=12), generator=_gen())
+    assert stats["units_per_group"] == [2 * 4 * 4, 2 * 4 * 4, 2 * 8 * 8, 2 * 16 * 16]
+    assert stats["kl_per_group"][2] == pytest.approx(0.0, abs=1e-6)
+    assert stats["active_units_per_group"][2] == 0
+    assert all(stats["active_units_per_group"][i] > 0 for i in (0, 1, 3))
+    assert stats["kl_per_group"] == pytest.approx(
+        model(_images(n=12), generator=_gen()).kl_per_group.mean(0).tolist(), rel=0.5)
+
+
 def test_config_errors_are_named():
     with pytest.raises(ValueError, match="posterior must be one of"):
         HierarchicalVAEModel(posterior="mixture")

@@ -155,7 +155,7 @@ class HVAEFamily(ModelFamily):
         return Bounds(out.nats_per_image_elbo, out.nats_per_image_iw)
 
     def diagnostics(self, model, images):
-        """KL per group (mean nats per image), active units per group (Cov_x(E_q[z]) > 0.01) and units per group,
+        """KL per group (mean nats per image), active units per group (mean KL(q || p) of the unit > 0.01 nats) and units per group,
         over at most 1000 test images, groups top first."""
         model = _unwrap(model)
         generator = torch.Generator(device=model.device).manual_seed(0)

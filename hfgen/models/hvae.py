@@ -65,7 +65,7 @@ class _GroupStats:
 
     kl: torch.Tensor  # analytic KL(q || p), (B,)
     log_q_minus_log_p: torch.Tensor | None  # at the sample, (B,)
-    posterior_mean: torch.Tensor  # (B, C, H, W)
+    kl_per_unit: torch.Tensor | None  # analytic KL(q || p) of each unit, (B, C, H, W); only when asked for
 
 
 def _soft_clamp(x: torch.Tensor, bound: float) -> torch.Tensor:
@@ -78,11 +78,16 @@ def _gaussian_log_density(z, mean, log_scale):
     return (-0.5 * ((z - mean) * torch.exp(-log_scale)).pow(2) - log_scale - 0.5 * _LOG_2PI).flatten(1).sum(1)
 
 
-def _gaussian_kl(mean_q, log_scale_q, mean_p, log_scale_p):
-    """KL(N(mean_q, s_q^2) || N(mean_p, s_p^2)) summed over all but the first dimension."""
+def _gaussian_kl_per_unit(mean_q, log_scale_q, mean_p, log_scale_p):
+    """KL(N(mean_q, s_q^2) || N(mean_p, s_p^2)) of each latent unit (nats), the shape of its arguments."""
     ratio = torch.exp(2 * (log_scale_q - log_scale_p))
     diff = (mean_q - mean_p) * torch.exp(-log_scale_p)
-    return (0.5 * (ratio + diff.pow(2) - 1) - (log_scale_q - log_scale_p)).flatten(1).sum(1)
+    return 0.5 * (ratio + diff.pow(2) - 1) - (log_scale_q - log_scale_p)
+
+
+def _gaussian_kl(mean_q, log_scale_q, mean_p, log_scale_p):
+    """KL(N(mean_q, s_q^2) || N(mean_p, s_p^2)) summed over all but the first dimension (nats per image)."""
+    return _gaussian_kl_per_unit(mean_q, log_scale_q, mean_p, log_scale_p).flatten(1).sum(1)
 
 
 def _as_list(value, length: int, name: str) -> list[int]:
@@ -261,7 +266,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         return mean, -0.5 * torch.log(precision)
 
     def _top_down(self, batch_size, activations=None, generator=None, temperatures=None, top_latent=None,
-                  use_mean=False, want_log_ratio=False):
+                  use_mean=False, want_log_ratio=False, want_kl_per_unit=False):
         """Run the top-down path: with ``activations`` (inference) z_i ~ q, else z_i ~ p at ``temperatures``.
         Returns the likelihood parameters and one ``_GroupStats`` per group (inference only)."""
         h = self.top_state.expand(batch_size, -1, -1, -1).to(self.dtype)
@@ -285,8 +290,9 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
                 if want_log_ratio:
                     log_ratio = (_gaussian_log_density(z, mean, log_scale)
                                  - _gaussian_log_density(z, prior_mean, prior_log_scale))
-                kl = _gaussian_kl(mean, log_scale, prior_mean, prior_log_scale)
-                stats.append(_GroupStats(kl=kl, log_q_minus_log_p=log_ratio, posterior_mean=mean))
+                kl_per_unit = _gaussian_kl_per_unit(mean, log_scale, prior_mean, prior_log_scale)
+                stats.append(_GroupStats(kl=kl_per_unit.flatten(1).sum(1), log_q_minus_log_p=log_ratio,
+                                         kl_per_unit=kl_per_unit if want_kl_per_unit else None))
             elif i == 0 and top_latent is not None:
                 z = top_latent.to(device=prior_mean.device, dtype=prior_mean.dtype)
             else:
@@ -394,26 +400,30 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def posterior_statistics(self, sample: torch.Tensor, generator=None, threshold: float = 0.01,
                              batch_size: int = 250) -> dict:
-        """KL per group (mean nats per image, upper groups sampled from q) and active units per group: latent
-        units whose posterior mean varies over the images, Cov_x(E_q[z]) > ``threshold`` (Burda et al., 2016;
-        upper groups at their posterior means). A group with no active units has collapsed to its prior."""
+        """KL per group (mean nats per image) and active units per group, upper groups sampled from q.
+
+        A unit is active when its KL(q || p), averaged over the images, exceeds ``threshold`` nats: the posterior
+        then says something about the image that the prior does not. (Burda et al.'s Cov_x(E_q[z]) test does not
+        carry over to a hierarchy: below the top group the prior mean itself varies with the image through the
+        upper latents, so a group whose posterior equals its prior would still count as active.) A group with no
+        active units has collapsed to its prior.
+        """
         kl_sum = torch.zeros(self.num_groups, dtype=torch.float64)
-        means: list[list[torch.Tensor]] = [[] for _ in range(self.num_groups)]
+        kl_per_unit_sum: list[torch.Tensor | None] = [None] * self.num_groups
         for start in range(0, sample.shape[0], batch_size):
             batch = self.pixel_likelihood.prepare(self.to_uint8(sample[start : start + batch_size]), generator)
             x = batch.model_input.to(self.dtype)
-            activations = self.bottom_up(x)
-            _, sampled = self._top_down(x.shape[0], activations, generator)
-            _, at_mean = self._top_down(x.shape[0], activations, generator, use_mean=True)
-            kl_sum += torch.stack([s.kl.double().sum().cpu() for s in sampled])
-            for i, s in enumerate(at_mean):
-                means[i].append(s.posterior_mean.flatten(1).float().cpu())
-        num_images = sample.shape[0]
-        variances = [torch.cat(m).var(0) if num_images > 1 else torch.cat(m)[0] * 0 for m in means]
+            _, stats = self._top_down(x.shape[0], self.bottom_up(x), generator, want_kl_per_unit=True)
+            for i, s in enumerate(stats):
+                kl_sum[i] += s.kl.double().sum().cpu()
+                unit_sum = s.kl_per_unit.double().sum(0).flatten().cpu()
+                kl_per_unit_sum[i] = unit_sum if kl_per_unit_sum[i] is None else kl_per_unit_sum[i] + unit_sum
+        num_images = max(sample.shape[0], 1)
+        mean_kl_per_unit = [total / num_images for total in kl_per_unit_sum]
         return {
-            "kl_per_group": (kl_sum / max(num_images, 1)).tolist(),
-            "active_units_per_group": [int((v > threshold).sum()) for v in variances],
-            "units_per_group": [int(v.numel()) for v in variances],
+            "kl_per_group": (kl_sum / num_images).tolist(),
+            "active_units_per_group": [int((kl > threshold).sum()) for kl in mean_kl_per_unit],
+            "units_per_group": [int(kl.numel()) for kl in mean_kl_per_unit],
         }
 
     def spectral_penalty(self, iterations: int = 1) -> torch.Tensor:
