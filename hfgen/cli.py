@@ -3,6 +3,7 @@
     hfgen sample DIR --num-images 64 --seed 0 --out grid.png [--temperature 0.8]
     hfgen sample DDPM_DIR --scheduler ddim|dpm-solver++|ddpm --steps 50
     hfgen evaluate DIR --dataset fashion_mnist --split test [--max-samples N] [--importance-samples K]
+                       [--progress-file F]   (resumable: run the same command again after a stop)
     hfgen evaluate DIR --metrics bpd,fd,kid,pr --num-samples N [--batch-size B] [--scheduler S --steps K]
 
 ``evaluate`` prints one JSON object on stdout (progress bars go to stderr).
@@ -127,7 +128,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                  max_samples=args.max_samples or None, description=f"{args.split} images")
         model.eval().to(memory_format=torch.channels_last)
         metrics = evaluate_likelihood(family, model, images, importance_samples=args.importance_samples,
-                                      batch_size=args.batch_size, seed=args.seed)
+                                      batch_size=args.batch_size, seed=args.seed, progress_file=args.progress_file)
     quality = [name for name in requested if name != "bpd"]
     if quality:
         model.eval()
@@ -166,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--importance-samples", type=int, default=1,
                           help="K of the importance-weighted bound (1: the ELBO only)")
     evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--progress-file", default=None,
+                          help="save the likelihood sums after every batch to this JSON file and resume from it "
+                               "when run again: a long evaluation (e.g. K=1000) survives being stopped")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--resize-mode", choices=("auto", "pad", "resize"), default="auto")
     evaluate.add_argument("--convert-channels", action="store_true")

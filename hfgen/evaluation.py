@@ -6,7 +6,11 @@ All figures are means over images of upper bounds on the negative log-likelihood
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -34,6 +38,7 @@ def evaluate_likelihood(
     num_processes: int = 1,
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     show_progress: bool = True,
+    progress_file: str | Path | None = None,
 ) -> dict:
     """Mean ELBO and importance-weighted bounds over ``images`` (``uint8``, ``(N, C, H, W)``).
 
@@ -41,6 +46,13 @@ def evaluate_likelihood(
     ``lambda t: accelerator.reduce(t, "sum")``) adds the per-process sums. Returns a dict with
     ``bits_per_dim_elbo``, ``bits_per_dim_iw``, ``nats_per_image_elbo``, ``nats_per_image_iw``, their standard
     errors over images (``*_stderr``), ``num_samples``, ``importance_samples`` and ``num_dims``.
+
+    With ``progress_file`` (one process only) the sums of every finished batch are saved there (atomically, after
+    each batch) and batches already in the file are not evaluated again, so a long evaluation (K=1000 on a whole
+    test split) that is stopped resumes where it was. Because each batch's noise depends only on
+    (seed, batch index) and the sums are added in batch order, a resumed evaluation gives exactly the figures of an
+    uninterrupted one. The file records the model's weights, the images, K, the seed and the batch size; a file
+    written for anything else is refused, not reused.
     """
     if images.ndim != 4 or images.dtype != torch.uint8:
         raise ValueError(f"expected uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -52,20 +64,78 @@ def evaluate_likelihood(
         batch_size = max(1, min(batch_size, 4096 // importance_samples))
     batch_starts = list(range(0, images.shape[0], batch_size))
     mine = batch_starts[process_index::num_processes]
-    # sums over images of: elbo, elbo^2, iw, iw^2 (nats), and the count
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
-    bar = tqdm(mine, desc=f"evaluating (K={importance_samples})", disable=not show_progress, leave=False)
-    for start in bar:
+    # per batch: sums over its images of elbo, elbo^2, iw, iw^2 (nats), and the count
+    batch_sums: dict[int, list[float]] = {}
+    progress = None
+    if progress_file is not None:
+        if num_processes != 1:
+            raise ValueError(f"progress_file works with one process, got num_processes={num_processes}")
+        key = {"model_sha256": _weights_sha256(model), "images_sha256": _tensor_sha256(images),
+               "num_images": int(images.shape[0]), "importance_samples": importance_samples,
+               "batch_size": batch_size, "seed": seed}
+        progress = _EvaluationProgress(Path(progress_file), key)
+        batch_sums = progress.load()
+    todo = [start for start in mine if start // batch_size not in batch_sums]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"evaluating (K={importance_samples})",
+               disable=not show_progress, leave=False)
+    for start in todo:
         x = images[start : start + batch_size].to(device)
         gen = _batch_generator(seed, start // batch_size, device)
         bounds: Bounds = family.bounds(model, x, importance_samples, gen)
         elbo = bounds.nats_per_image_elbo.double()
         iw = bounds.nats_per_image_iw.double()
-        sums += torch.stack([elbo.sum(), elbo.pow(2).sum(), iw.sum(), iw.pow(2).sum(),
-                             torch.tensor(float(x.shape[0]), dtype=torch.float64, device=device)])
+        sums = torch.stack([elbo.sum(), elbo.pow(2).sum(), iw.sum(), iw.pow(2).sum()]).cpu().tolist()
+        batch_sums[start // batch_size] = [*sums, float(x.shape[0])]
+        if progress is not None:
+            progress.save(batch_sums)
+        bar.update(1)
+    bar.close()
+    totals = [0.0] * 5
+    for index in sorted(batch_sums):  # batch order, whatever order the batches were computed in
+        totals = [total + value for total, value in zip(totals, batch_sums[index])]
     if reduce_sum is not None:
-        sums = reduce_sum(sums)
-    return summarize_bounds(sums.cpu().tolist(), family.num_dims(model), importance_samples)
+        totals = reduce_sum(torch.tensor(totals, dtype=torch.float64, device=device)).cpu().tolist()
+    return summarize_bounds(totals, family.num_dims(model), importance_samples)
+
+
+def _tensor_sha256(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def _weights_sha256(model) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _EvaluationProgress:
+    """The per-batch sums of an evaluation in a JSON file, with the key that says what they were computed for."""
+
+    def __init__(self, path: Path, key: dict):
+        self.path, self.key = path, key
+
+    def load(self) -> dict[int, list[float]]:
+        if not self.path.is_file():
+            return {}
+        try:
+            saved = json.loads(self.path.read_text())
+            saved_key, batches = saved["key"], saved["batch_sums"]
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{self.path} is not an hfgen evaluation progress file ({error}); remove it or pass "
+                             f"another path") from error
+        different = sorted(name for name in self.key if saved_key.get(name) != self.key[name])
+        if different:
+            raise ValueError(f"{self.path} holds an evaluation of something else (different {', '.join(different)}); "
+                             f"remove it or pass another path")
+        return {int(index): values for index, values in batches.items()}
+
+    def save(self, batch_sums: dict[int, list[float]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": self.key, "batch_sums": {str(i): v for i, v in batch_sums.items()}}))
+        os.replace(tmp, self.path)
 
 
 def summarize_bounds(sums: list[float], num_dims: int, importance_samples: int) -> dict:
