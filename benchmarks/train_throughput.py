@@ -88,6 +88,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-images", type=int, default=4096, help="training images to load")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the baseline")
     parser.add_argument("--torch-compile", action="store_true", help="torch.compile hfgen's model")
+    parser.add_argument("--torch-compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
+                        default="default", help="torch.compile mode (reduce-overhead: CUDA graphs on GPUs)")
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--sample-size", type=int, default=32)
     args = parser.parse_args(argv)
@@ -166,7 +168,7 @@ def main(argv=None) -> dict:
         unwrapped = accelerator.unwrap_model(model)
         ema.to(device)
         if args.torch_compile:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=args.torch_compile_mode)
         train_images = uint8.to(device)
         schedule = BatchSchedule(train_images.shape[0], args.batch_size, cfg.seed, 0, 1)
         counter = {"step": 0}
@@ -245,6 +247,7 @@ def main(argv=None) -> dict:
         "device": str(device.type),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "mixed_precision": args.mixed_precision, "torch_compile": args.torch_compile,
+        "torch_compile_mode": args.torch_compile_mode if args.torch_compile else None,
         "num_parameters": num_parameters, "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(result))

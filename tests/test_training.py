@@ -168,3 +168,15 @@ def test_wall_clock_budget_stops_the_run(tmp_path):
                                        "--max_train_minutes", "0.002"))
     assert 1 <= metrics["train_steps"] < 100000
     assert (tmp_path / "run" / "model_index.json").is_file()
+
+
+def test_torch_compile_trains_the_same_weights_as_eager(tmp_path):
+    """--torch_compile (inductor on CPU; the first step compiles, about a minute here) takes the same steps."""
+    common = ("--max_train_steps", "3", "--no_ema", "--final_eval_max_samples", "16")
+    train(VAEFamily(), _args(tmp_path / "eager", *common))
+    reset_accelerate_state()
+    metrics = train(VAEFamily(), _args(tmp_path / "compiled", *common, "--torch_compile"))
+    assert metrics["train_steps"] == 3 and metrics["skipped_steps"] == 0
+    eager, compiled = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    for key in eager:
+        assert torch.allclose(eager[key], compiled[key], atol=1e-5, rtol=0), key

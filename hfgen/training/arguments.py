@@ -91,6 +91,9 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
                      help="keep the default memory format (channels_last is faster for these conv nets)")
     opt.add_argument("--torch_compile", action="store_true",
                      help="torch.compile the model for training steps (first steps are slower while it compiles)")
+    opt.add_argument("--torch_compile_mode", choices=("default", "reduce-overhead", "max-autotune"),
+                     default="default", help="torch.compile mode; reduce-overhead replays CUDA graphs on GPUs, "
+                     "which pays for small models whose steps are bound by kernel launches")
     opt.add_argument("--no_ema", action="store_true", help="save the raw weights instead of an EMA of them")
     opt.add_argument("--ema_decay", type=float, default=None)
 

@@ -282,7 +282,7 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
     if cfg.torch_compile:  # opt-in; `unwrapped` stays the eager module (EMA, evaluation, sampling, saving)
-        model = torch.compile(model)
+        model = torch.compile(model, mode=cfg.torch_compile_mode)
     state = TrainingState()
     if ema is not None:
         ema.to(device)
