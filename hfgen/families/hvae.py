@@ -38,9 +38,9 @@ HVAE_PRESETS = {
             ema_decay=0.9,
         ),
     ),
-    # About 1.4x the VAE small preset's compute per image (latent groups at 4, 8, 16 and 32 pixels); warm-ups are
-    # short because a 10-minute CPU budget gives only several hundred steps. 3-minute runs on 2 shared CPU cores:
-    # 2.685 bits/dim ELBO, 2.653 IW (K=16), against 2.898 / 2.873 for the VAE small preset with the same command.
+    # About 1.5x the VAE small preset's compute per image (latent groups at 4, 8, 16 and 32 pixels); warm-ups are
+    # short so that a few CPU minutes train a useful model. 10 minutes on 2 CPU cores (about 3,200 steps): 2.376
+    # bits/dim test ELBO against 2.542 for the VAE small preset (docs/baselines.md).
     "small": Preset(
         description="a few minutes on two CPU cores (Fashion-MNIST 32x32)",
         model=dict(block_out_channels=[16, 32, 32, 64], encoder_blocks_per_scale=1, groups_per_scale=[1, 2, 2, 2],
