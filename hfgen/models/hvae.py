@@ -111,6 +111,20 @@ class _LatentGroup(nn.Module):
         for conv in (self.prior[1], self.posterior[2]):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
+        self.gradient_checkpointing = False  # set by ModelMixin.enable_gradient_checkpointing
+
+    def prior_parameters(self, h: torch.Tensor) -> torch.Tensor:
+        return self._maybe_checkpointed(self.prior, h)
+
+    def posterior_parameters(self, h: torch.Tensor, bottom_up: torch.Tensor) -> torch.Tensor:
+        return self._maybe_checkpointed(lambda a, b: self.posterior(torch.cat([a, b], dim=1)), h, bottom_up)
+
+    def _maybe_checkpointed(self, function, *inputs):
+        """With gradient checkpointing on, the activations inside ``function`` (deterministic) are recomputed in
+        the backward pass instead of stored."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return self._gradient_checkpointing_func(function, *inputs)
+        return function(*inputs)
 
 
 class _BottomUp(nn.Module):
@@ -256,7 +270,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         return mean, _soft_clamp(log_scale, self.config.log_scale_bound)
 
     def _posterior(self, group: _LatentGroup, h, bottom_up, prior_mean, prior_log_scale):
-        mean_e, log_scale_e = self._split(group.posterior(torch.cat([h, bottom_up], dim=1)))
+        mean_e, log_scale_e = self._split(group.posterior_parameters(h, bottom_up))
         if self.config.posterior == "residual":
             return prior_mean + mean_e, prior_log_scale + log_scale_e
         # Product of the prior and the encoder's Gaussian factor: precisions add, means are precision-weighted.
@@ -278,7 +292,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
                 h = next(up)(h)
                 scale = self.group_scale[i]
             h = group.cells(h)
-            prior_mean, prior_log_scale = self._split(group.prior(h))
+            prior_mean, prior_log_scale = self._split(group.prior_parameters(h))
             if activations is not None:
                 mean, log_scale = self._posterior(group, h, activations[scale], prior_mean, prior_log_scale)
                 if use_mean:
