@@ -298,7 +298,7 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     elif cfg.resume_from_checkpoint:
         accelerator.print("no checkpoint found under --output_dir; starting a fresh run")
 
-    if cfg.push_to_hub and accelerator.is_main_process:
+    if getattr(cfg, "push_to_hub", False) and accelerator.is_main_process:
         # before any training: a missing token or a repo that cannot be created stops the run now, not at the end
         from ..hub import create_repo
 
@@ -483,11 +483,11 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
 
         write_model_card(output_dir, family, metrics,
                          {"family": family.name, "model_config": model_config, **vars(cfg)},
-                         repo_id=cfg.hub_model_id if cfg.push_to_hub else None)
+                         repo_id=cfg.hub_model_id if getattr(cfg, "push_to_hub", False) else None)
         accelerator.print(json.dumps({k: metrics[k] for k in (
             "bits_per_dim_elbo", "bits_per_dim_iw", "num_samples", "importance_samples", "train_steps",
             "skipped_steps", "train_seconds", "train_img_per_s")}))
-        if cfg.push_to_hub:
+        if getattr(cfg, "push_to_hub", False):
             from ..hub import publish
 
             commit = publish(output_dir, cfg.hub_model_id, private=cfg.hub_private_repo, revision=cfg.hub_revision,
