@@ -11,7 +11,10 @@ repo_id=${2:-hfgen-examples/$(basename "$run")}
 work=$(mktemp -d)
 port=$(python -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 server=
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null; rm -rf "$work"; }
+cleanup() {
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 echo "== hfgen publish $run --repo-id $repo_id --dry-run"
@@ -51,12 +54,29 @@ for _ in $(seq 100); do
 done
 echo "== olah serves $repo_id at $HF_ENDPOINT"
 
-echo "== hfgen sample $repo_id --num-images 16 --seed 0 --out $work/grid.png"
-hfgen sample "$repo_id" --num-images 16 --seed 0 --out "$work/grid.png" 2>/dev/null
+# DDPM: 50 DDPM steps instead of all T, to keep the demonstration short
+ddpm=$(python -c "import json, sys; print(int('DDPM' in json.dumps(json.load(open(sys.argv[1]))['_class_name'])))" \
+       "$run/model_index.json")
+steps_flags=""; [ "$ddpm" = 1 ] && steps_flags="--scheduler ddpm --steps 50"
+echo "== hfgen sample $repo_id --num-images 16 --seed 0 --out $work/grid.png $steps_flags"
+hfgen sample "$repo_id" --num-images 16 --seed 0 --out "$work/grid.png" $steps_flags 2>/dev/null
+
+echo "== hfgen, by repo id: 4 images, seed 0"
+python - "$repo_id" "$ddpm" <<'EOF' 2>&1 | grep -v -e "it/s]" -e "^$"
+import hashlib, sys
+import torch
+from hfgen.cli import load_pipeline
+
+pipe, family = load_pipeline(sys.argv[1])
+steps = {"num_inference_steps": 50} if sys.argv[2] == "1" else {}
+images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0), output_type="np", **steps).images
+print("hfgen:", type(pipe).__module__ + "." + type(pipe).__name__, "| images", images.shape,
+      "sha256", hashlib.sha256(images.tobytes()).hexdigest()[:16])
+EOF
 
 echo "== plain diffusers (hfgen not importable), without and with trust_remote_code"
-python -I - "$repo_id" <<'EOF' 2>&1 | grep -v -e "it/s]" -e "^$"
-import sys
+python -I - "$repo_id" "$ddpm" <<'EOF' 2>&1 | grep -v -e "it/s]" -e "^$"
+import hashlib, sys
 
 class BlockHfgen:
     def find_spec(self, name, path=None, target=None):
@@ -76,12 +96,14 @@ repo_id = sys.argv[1]
 # revision="main": olah's offline mode resolves a repo's head only through /revision/main (the Hub needs no revision)
 try:
     DiffusionPipeline.from_pretrained(repo_id, revision="main")
-    print("loaded without trust_remote_code")
+    print("loaded without trust_remote_code (the repo carries no code)")
 except ValueError as error:
     print("without trust_remote_code:", str(error).splitlines()[0])
 pipe = DiffusionPipeline.from_pretrained(repo_id, revision="main", trust_remote_code=True)
-images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0), output_type="np").images
-print("with trust_remote_code:", type(pipe).__module__ + "." + type(pipe).__name__, "| component:",
-      type(pipe.components[next(iter(pipe.components))]).__module__, "| images", images.shape,
-      "mean %.4f" % images.mean())
+steps = {"num_inference_steps": 50} if sys.argv[2] == "1" else {}
+images = pipe(batch_size=4, generator=torch.Generator().manual_seed(0), output_type="np", **steps).images
+model = pipe.unet if sys.argv[2] == "1" else pipe.vae
+print("with trust_remote_code:", type(pipe).__module__ + "." + type(pipe).__name__, "| model:",
+      type(model).__module__ + "." + type(model).__name__, "| images", images.shape,
+      "sha256", hashlib.sha256(images.tobytes()).hexdigest()[:16])
 EOF
