@@ -103,10 +103,11 @@ def _compute(metrics: dict) -> dict:
 
 
 def render_model_card(family: ModelFamily, metrics: dict, training_config: dict | None = None,
-                      repo_id: str = "OUTPUT_DIR") -> ModelCard:
+                      repo_id: str = "OUTPUT_DIR", has_samples: bool = True) -> ModelCard:
     """A card for a trained folder: YAML metadata with a ``model-index`` of every metric in ``metrics``, and a body
     (sample grid, how to load, metrics table, training configuration, compute, limits) from the family's template.
-    ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``)."""
+    ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``); ``has_samples``: the
+    folder has the ``samples.png`` grid the card shows."""
     training_config = dict(training_config or {})
     model_config = training_config.get("model_config", {})
     dataset = metrics.get("dataset", training_config.get("dataset", "unknown"))
@@ -140,7 +141,7 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         compute=_compute(metrics),
         model_config_json=json.dumps(model_config, indent=2, sort_keys=True),
         training_config_json=json.dumps(settings, indent=2),
-        has_samples=True,
+        has_samples=has_samples,
         pipeline_module=Path(pipeline_class_file(family)).stem if family.name != "ddpm" else "",
         model_module=component_file(family),
         temperature_example=", temperature=0.8" if "temperature" in family.sampling_options else "",
@@ -181,7 +182,8 @@ def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict,
     """Render the card of a trained folder into ``output_dir/README.md`` (``repo_id``: what the card tells users to
     load; default the folder's path)."""
     path = Path(output_dir) / "README.md"
-    render_model_card(family, metrics, training_config, repo_id or str(output_dir)).save(path)
+    has_samples = (Path(output_dir) / "samples.png").is_file()
+    render_model_card(family, metrics, training_config, repo_id or str(output_dir), has_samples).save(path)
     return path
 
 

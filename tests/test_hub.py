@@ -226,6 +226,17 @@ def test_cli_publish_hands_the_selection_to_huggingface_hub(folders, tmp_path, m
     assert "missing" in capsys.readouterr().err and len(hub.calls) == 3
 
 
+def test_save_pretrained_push_to_hub_publishes_the_saved_folder(folders, tmp_path, monkeypatch):
+    hub = HubCalls(monkeypatch)
+    pipe = HierarchicalVAEPipeline.from_pretrained(folders["hvae"])
+    pipe.save_pretrained(tmp_path / "hvae", push_to_hub=True, repo_id="someone/hvae", private=True)
+    assert [call[0] for call in hub.calls] == ["create_repo", "upload_folder"]
+    assert hub.calls[0][2]["private"] is True
+    assert hub.calls[1][2]["allow_patterns"] == publish_files(tmp_path / "hvae") == [
+        "model_index.json", "pipeline_hvae.py", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+        "vae/modeling_hvae.py"]
+
+
 # ---------------------------------------------------------------------------------------------- training + card
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory):
