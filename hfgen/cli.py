@@ -137,8 +137,14 @@ def cmd_publish(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({**summary, "dry_run": True}, indent=2))
         return 0
-    commit = publish(args.folder, args.repo_id, private=args.private, revision=args.revision,
-                     commit_message=args.commit_message, include_logs=args.include_logs)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        commit = publish(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                         commit_message=args.commit_message, include_logs=args.include_logs)
+    except HfHubHTTPError as error:
+        raise ValueError(f"the Hub refused to publish to {args.repo_id!r}: {str(error).splitlines()[0]}; expected a "
+                         f"token with write access to it (HF_TOKEN or `hf auth login`)") from None
     print(json.dumps({**summary, "commit_url": getattr(commit, "commit_url", None)}, indent=2))
     return 0
 
