@@ -1,10 +1,11 @@
-"""The ``hfgen`` command: sample from and evaluate trained pipeline folders.
+"""The ``hfgen`` command: sample from, evaluate and publish trained pipeline folders.
 
     hfgen sample DIR --num-images 64 --seed 0 --out grid.png [--temperature 0.8]
     hfgen sample DDPM_DIR --scheduler ddim|dpm-solver++|ddpm --steps 50
     hfgen evaluate DIR --dataset fashion_mnist --split test [--max-samples N] [--importance-samples K]
                        [--progress-file F]   (resumable: run the same command again after a stop)
     hfgen evaluate DIR --metrics bpd,fd,kid,pr --num-samples N [--batch-size B] [--scheduler S --steps K]
+    hfgen publish DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--commit-message M] [--dry-run]
 
 ``evaluate`` prints one JSON object on stdout (progress bars go to stderr).
 """
@@ -26,24 +27,14 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_pipeline(path_or_repo_id: str, device: torch.device | str | None = None):
-    """Load an hfgen pipeline folder (or Hub repo id) and return ``(pipeline, family)``."""
+def load_pipeline(path_or_repo_id: str, device: torch.device | str | None = None, revision: str | None = None):
+    """Load an hfgen pipeline folder or Hub repo id (its configs and safetensors weights are downloaded first) and
+    return ``(pipeline, family)``. Folders of every hfgen version load, and no code from them runs."""
     from .families import family_for_pipeline_class
+    from .remote_code import pipeline_class_name, read_model_index, resolve_folder
 
-    path = Path(path_or_repo_id)
-    if not path.is_dir():
-        if path_or_repo_id.startswith((".", "/", "~")) or path.exists():
-            raise FileNotFoundError(f"{path_or_repo_id!r} is not a folder; expected a pipeline folder written by an "
-                                    f"hfgen training script (with model_index.json)")
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(path_or_repo_id, allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"]))
-    index = path / "model_index.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{path} has no model_index.json; expected a pipeline folder written by an hfgen "
-                                f"training script")
-    class_name = json.loads(index.read_text()).get("_class_name")
-    family = family_for_pipeline_class(class_name)
+    path = resolve_folder(path_or_repo_id, revision)
+    family = family_for_pipeline_class(pipeline_class_name(read_model_index(path)))
     pipeline = family.pipeline_class.from_pretrained(path, use_safetensors=True)
     if device is not None:
         pipeline.to(device)
@@ -138,8 +129,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from .hub import publish, publish_files
+
+    files = publish_files(args.folder, include_logs=args.include_logs)
+    summary = {"folder": args.folder, "repo_id": args.repo_id, "revision": args.revision or "main",
+               "private": args.private, "files": files}
+    if args.dry_run:
+        print(json.dumps({**summary, "dry_run": True}, indent=2))
+        return 0
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        commit = publish(args.folder, args.repo_id, private=args.private, revision=args.revision,
+                         commit_message=args.commit_message, include_logs=args.include_logs)
+    except HfHubHTTPError as error:
+        raise ValueError(f"the Hub refused to publish to {args.repo_id!r}: {str(error).splitlines()[0]}; expected a "
+                         f"token with write access to it (HF_TOKEN or `hf auth login`)") from None
+    print(json.dumps({**summary, "commit_url": getattr(commit, "commit_url", None)}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hfgen", description="Sample from and evaluate hfgen models.")
+    parser = argparse.ArgumentParser(prog="hfgen", description="Sample from, evaluate and publish hfgen models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sample = sub.add_parser("sample", help="write a grid of samples to a PNG file")
@@ -184,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--inception-weights", default=None,
                           help="a local Inception-v3 weight file for fid_inception (never downloaded)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    publish = sub.add_parser(
+        "publish", help="upload a trained folder to a Hub model repo (weights, configs, code, card, samples, metrics)",
+        description="Upload the files of a trained folder that load it (safetensors weights, configs, pipeline and "
+                    "model code) with its card, samples.png and metrics.json to a Hub model repo, created if needed. "
+                    "Never checkpoints, optimizer state, pickles or temporary files. The token is huggingface_hub's "
+                    "(HF_TOKEN or `hf auth login`).")
+    publish.add_argument("folder", help="a pipeline folder written by an hfgen training script")
+    publish.add_argument("--repo-id", required=True, help="the Hub model repo, e.g. user/hfgen-vae-fmnist")
+    publish.add_argument("--private", action="store_true", help="create the repo as private (a new repo only)")
+    publish.add_argument("--revision", default=None, help="the branch to publish to (created if needed; default main)")
+    publish.add_argument("--commit-message", default=None)
+    publish.add_argument("--include-logs", action="store_true", help="also upload the tensorboard logs (logs/)")
+    publish.add_argument("--dry-run", action="store_true", help="print the files that would be uploaded and stop")
+    publish.set_defaults(func=cmd_publish)
     return parser
 
 

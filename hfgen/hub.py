@@ -1,20 +1,52 @@
-"""Model cards for trained folders (rendered with huggingface_hub's ``ModelCard``)."""
+"""Model cards and publishing to the Hugging Face Hub.
+
+- ``render_model_card`` / ``write_model_card``: a card (huggingface_hub ``ModelCard`` from the family's template in
+  ``hfgen.model_cards``) whose YAML ``model-index`` holds every metric of ``metrics.json``.
+- ``publish_files``: the files of a pipeline folder that are published (an explicit selection: weights as
+  safetensors, configs, code, card, sample grid, metrics; never checkpoints, optimizer state, logs, pickles,
+  temporary files or tokens).
+- ``publish``: ``huggingface_hub.create_repo`` + ``upload_folder`` of exactly those files (``hfgen publish`` and the
+  training scripts' ``--push_to_hub``).
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from importlib import resources
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_branch, create_repo, upload_folder
 
 from .data import FASHION_MNIST, FASHION_MNIST_HUB_ID
 from .families.base import ModelFamily
+from .remote_code import pipeline_class_name, read_model_index
 
-_TITLES = {"vae": "Gaussian VAE"}
-_TITLES["ddpm"] = "DDPM"
-_TITLES["hvae"] = "hierarchical VAE"
+logger = logging.getLogger("hfgen.hub")
+
+_TITLES = {"vae": "Gaussian VAE", "hvae": "hierarchical VAE", "ddpm": "DDPM"}
+
+#: metrics.json keys that are evaluation results, in card order: (key, name in the card, what it measures).
+#: ``hfgen evaluate`` writes the likelihood bounds; the sample-quality keys appear when they were computed.
+METRICS = (
+    ("bits_per_dim_elbo", "bits/dim, ELBO bound", "likelihood"),
+    ("bits_per_dim_iw", "bits/dim, importance-weighted bound", "likelihood"),
+    ("nats_per_image_elbo", "nats/image, ELBO bound", "likelihood"),
+    ("nats_per_image_iw", "nats/image, importance-weighted bound", "likelihood"),
+    ("fd_fmnist", "Fréchet distance in hfgen's Fashion-MNIST features (not FID)", "sample quality"),
+    ("kid_fmnist", "KID in hfgen's Fashion-MNIST features", "sample quality"),
+    ("precision", "precision (k-NN manifolds, k=3)", "sample quality"),
+    ("recall", "recall (k-NN manifolds, k=3)", "sample quality"),
+)
+#: families with a single likelihood bound (their ``*_iw`` keys repeat the ``*_elbo`` figures)
+_SINGLE_BOUND = {"ddpm": "L_vlb bound"}
+
+#: top-level files of a pipeline folder that are published when present
+PUBLISHED_FILES = ("model_index.json", "README.md", "samples.png", "metrics.json", "training_config.json")
+#: training settings left out of a card (local paths, run plumbing)
+_UNPUBLISHED_SETTINGS = ("output_dir", "resume_from_checkpoint", "report_to", "hub_model_id", "hub_private_repo",
+                         "hub_revision", "push_to_hub", "model_config", "family")
 
 
 def hub_dataset_id(dataset: str) -> str | None:
@@ -26,34 +58,216 @@ def hub_dataset_id(dataset: str) -> str | None:
     return dataset
 
 
-def render_model_card(family: ModelFamily, metrics: dict, model_config: dict, repo_id: str = "OUTPUT_DIR") -> ModelCard:
-    """A card for a trained folder: YAML metadata (with a model-index of the likelihood figures) and a body."""
-    dataset = metrics.get("dataset", "unknown")
+def card_metrics(family_name: str, metrics: dict) -> list[dict]:
+    """The evaluation results of ``metrics.json`` a card reports: ``key``, ``name``, ``value`` and ``stderr``
+    (or None). A family with one bound (DDPM's L_vlb) reports it once, under its ``*_elbo`` keys."""
+    rows = []
+    for key, name, kind in METRICS:
+        if key not in metrics or metrics[key] is None:
+            continue
+        if family_name in _SINGLE_BOUND:
+            if key.endswith("_iw"):
+                continue
+            name = name.replace("ELBO bound", _SINGLE_BOUND[family_name])
+        if key.endswith("_iw") and metrics.get("importance_samples"):
+            name += f" (K={metrics['importance_samples']})"
+        stderr = metrics.get(f"{key}_stderr", metrics.get(f"{key}_std"))
+        rows.append({"key": key, "name": name, "kind": kind, "value": float(metrics[key]),
+                     "stderr": None if stderr is None else float(stderr)})
+    return rows
+
+
+def _eval_results(family_name: str, metrics: dict, dataset: str) -> list[EvalResult]:
+    split = metrics.get("split", "test")
+    results = []
+    for row in card_metrics(family_name, metrics):
+        args = {"num_samples": metrics.get("num_samples"), "importance_samples": metrics.get("importance_samples")}
+        if row["kind"] == "sample quality":
+            args = {"num_generated": metrics.get("num_generated", metrics.get("fd_num_samples"))}
+        if row["stderr"] is not None:
+            args["stderr"] = row["stderr"]
+        results.append(EvalResult(
+            task_type="unconditional-image-generation", task_name="Unconditional image generation",
+            dataset_type=hub_dataset_id(dataset) or dataset, dataset_name=dataset, dataset_split=split,
+            metric_type=row["key"], metric_name=row["name"], metric_value=row["value"],
+            metric_args={k: v for k, v in args.items() if v is not None}))
+    return results
+
+
+def _compute(metrics: dict) -> dict:
+    seconds = float(metrics.get("train_seconds", 0.0))
+    return {"device": metrics.get("device", "unknown"), "num_processes": metrics.get("num_processes", 1),
+            "mixed_precision": metrics.get("mixed_precision", "no"), "hours": seconds / 3600, "minutes": seconds / 60,
+            "img_per_s": float(metrics.get("train_img_per_s", 0.0)), "steps": metrics.get("train_steps"),
+            "images_seen": metrics.get("images_seen"), "skipped_steps": metrics.get("skipped_steps", 0)}
+
+
+def render_model_card(family: ModelFamily, metrics: dict, training_config: dict | None = None,
+                      repo_id: str = "OUTPUT_DIR", has_samples: bool = True) -> ModelCard:
+    """A card for a trained folder: YAML metadata with a ``model-index`` of every metric in ``metrics``, and a body
+    (sample grid, how to load, metrics table, training configuration, compute, limits) from the family's template.
+    ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``); ``has_samples``: the
+    folder has the ``samples.png`` grid the card shows."""
+    training_config = dict(training_config or {})
+    model_config = training_config.get("model_config", {})
+    dataset = metrics.get("dataset", training_config.get("dataset", "unknown"))
+    model_name = repo_id.rstrip("/").split("/")[-1] if repo_id != "OUTPUT_DIR" else f"hfgen-{family.name}"
     card_data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
         pipeline_tag="unconditional-image-generation",
         tags=["hfgen", family.name, "unconditional-image-generation"],
         datasets=[hub_dataset_id(dataset)] if hub_dataset_id(dataset) else None,
+        model_name=model_name,
+        eval_results=_eval_results(family.name, metrics, dataset) or None,
     )
+    settings = {k: v for k, v in sorted(training_config.items()) if k not in _UNPUBLISHED_SETTINGS and v is not None}
     template = resources.files("hfgen.model_cards").joinpath(f"{family.name}.md").read_text()
+    pipeline_class = family.pipeline_class.__name__
+    bound = "L_vlb" if family.name in _SINGLE_BOUND else "ELBO and importance-weighted"
     return ModelCard.from_template(
         card_data,
         template_str=template,
-        model_name=f"hfgen {_TITLES.get(family.name, family.name)}",
+        model_name=model_name,
         family_title=_TITLES.get(family.name, family.name),
-        pipeline_class=family.pipeline_class.__name__,
+        pipeline_class=pipeline_class,
         repo_id=repo_id,
         dataset=dataset,
         split=metrics.get("split", "test"),
-        channels=model_config.get("in_channels", metrics.get("channels", "?")),
+        channels=metrics.get("channels", model_config.get("in_channels", "?")),
         sample_size=metrics.get("sample_size", "?"),
         metrics=metrics,
-        model_config_json=json.dumps(model_config, indent=2),
+        metric_rows=card_metrics(family.name, metrics),
+        compute=_compute(metrics),
+        model_config_json=json.dumps(model_config, indent=2, sort_keys=True),
+        training_config_json=json.dumps(settings, indent=2),
+        has_samples=has_samples,
+        pipeline_module=Path(pipeline_class_file(family)).stem if family.name != "ddpm" else "",
+        model_module=component_file(family),
+        temperature_example=", temperature=0.8" if "temperature" in family.sampling_options else "",
+        metrics_intro=(f"Upper bounds ({bound}) on the negative log-likelihood of the 8-bit {metrics.get('split', 'test')} "
+                       f"images, lower is better, and sample-quality figures where they were measured. The same "
+                       f"figures are in this card's `model-index` and in `metrics.json`."),
+        metrics_note=_metrics_note(family.name, metrics),
     )
 
 
-def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict, model_config: dict) -> Path:
+def pipeline_class_file(family: ModelFamily) -> str:
+    import inspect
+
+    return inspect.getsourcefile(family.pipeline_class)
+
+
+def component_file(family: ModelFamily) -> str:
+    """``modeling_vae.py``: the model code file a family's published component folder carries ("" for DDPM)."""
+    from .remote_code import component_module_name
+
+    components = getattr(family.pipeline_class, "_hfgen_components", {})
+    return "".join(f"{component_module_name(model_class)}.py" for model_class in components.values())
+
+
+def _metrics_note(family_name: str, metrics: dict) -> str:
+    count, k = metrics.get("num_samples"), metrics.get("importance_samples")
+    if count is None:
+        return ""
+    if family_name in _SINGLE_BOUND:
+        return (f"Likelihood measured on {count} images with {k} sampled timesteps per image (± is the standard error "
+                f"over images, timestep sampling included).")
+    return (f"Likelihood measured on {count} images with K={k} importance samples per image (± is the standard "
+            f"error over images). Bits/dim divide nats/image by C x H x W x ln 2.")
+
+
+def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict, training_config: dict | None = None,
+                     repo_id: str | None = None) -> Path:
+    """Render the card of a trained folder into ``output_dir/README.md`` (``repo_id``: what the card tells users to
+    load; default the folder's path)."""
     path = Path(output_dir) / "README.md"
-    render_model_card(family, metrics, model_config).save(path)
+    has_samples = (Path(output_dir) / "samples.png").is_file()
+    render_model_card(family, metrics, training_config, repo_id or str(output_dir), has_samples).save(path)
     return path
+
+
+def refresh_model_card(folder: str | Path, repo_id: str) -> bool:
+    """Re-render a trained folder's card so that it names ``repo_id``; False (card left as is) when the folder has
+    no ``metrics.json`` to render from."""
+    from .families import family_for_pipeline_class
+
+    folder = Path(folder)
+    if not (folder / "metrics.json").is_file():
+        return False
+    metrics = json.loads((folder / "metrics.json").read_text())
+    config_path = folder / "training_config.json"
+    training_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))
+    write_model_card(folder, family, metrics, training_config, repo_id)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------- publishing
+def publish_files(folder: str | Path, include_logs: bool = False) -> list[str]:
+    """The files of pipeline folder ``folder`` that ``publish`` uploads, as sorted paths relative to it.
+
+    Top level: ``model_index.json``, the card ``README.md``, ``samples.png``, ``metrics.json``,
+    ``training_config.json`` (when present) and the pipeline code file ``model_index.json`` names. In each
+    component folder that ``model_index.json`` names: ``*.json`` configs, ``*.safetensors`` weights and the
+    component's code file. ``include_logs`` adds the tensorboard event files under ``logs/``. Nothing else: no
+    checkpoints (they hold optimizer state and pickled random states), no ``*.bin``/``*.pt``/``*.pth`` or other
+    pickles, no intermediate sample grids, temporary or hidden files. Raises when the folder cannot load: no
+    ``model_index.json``, a component without safetensors weights, or an hfgen pipeline without its code files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{str(folder)!r} is not a folder; expected a pipeline folder written by an hfgen "
+                                f"training script (with model_index.json)")
+    index = read_model_index(folder)
+    files = [name for name in PUBLISHED_FILES if (folder / name).is_file()]
+    class_name = index.get("_class_name")
+    if isinstance(class_name, (list, tuple)):
+        files.append(_required(folder, f"{class_name[0]}.py", "the pipeline code model_index.json names"))
+    elif class_name in ("VAEPipeline", "HierarchicalVAEPipeline"):
+        raise ValueError(
+            f"{folder} was written before hfgen folders carried their code, so plain diffusers could not load it "
+            f"from the Hub; save it again in the current layout first:\n  python -c \"from hfgen import {class_name}; "
+            f"p = {class_name}.from_pretrained('{folder}'); p.save_pretrained('{folder}')\"")
+    for component, value in sorted(index.items()):
+        if component.startswith("_") or not isinstance(value, (list, tuple)) or value[0] is None:
+            continue
+        sub = folder / component
+        if not sub.is_dir():
+            raise FileNotFoundError(f"{sub} is missing; model_index.json names the component {component!r}")
+        entries = sorted(path.name for path in sub.iterdir() if path.is_file() and not path.name.startswith("."))
+        weights = [name for name in entries if name.endswith(".safetensors")]
+        if (sub / "config.json").is_file() and not weights:
+            raise FileNotFoundError(f"{sub} has no .safetensors weights; hfgen publishes weights only as safetensors "
+                                    f"(save_pretrained writes them)")
+        files += [f"{component}/{name}" for name in entries
+                  if name.endswith((".json", ".safetensors")) or name == f"{value[0]}.py"]
+    if include_logs and (folder / "logs").is_dir():
+        files += sorted(path.relative_to(folder).as_posix() for path in (folder / "logs").rglob("events.out.tfevents.*")
+                        if path.is_file())
+    return sorted(set(files))
+
+
+def _required(folder: Path, name: str, what: str) -> str:
+    if not (folder / name).is_file():
+        raise FileNotFoundError(f"{folder / name} is missing: {what}")
+    return name
+
+
+def publish(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+            commit_message: str | None = None, token: str | None = None, include_logs: bool = False,
+            refresh_card: bool = True):
+    """Upload the files ``publish_files`` selects to the Hub model repo ``repo_id`` (created if needed; ``private``
+    applies to a new repo) on branch ``revision`` (created from main if needed; default main). The card is first
+    re-rendered so that it names ``repo_id``. The token is huggingface_hub's (``HF_TOKEN`` or ``hf auth login``)
+    unless given. Returns the ``CommitInfo`` of the upload."""
+    folder = Path(folder)
+    files = publish_files(folder, include_logs=include_logs)  # refuse a bad folder before touching the Hub
+    if refresh_card and refresh_model_card(folder, repo_id) and "README.md" not in files:
+        files = sorted(files + ["README.md"])
+    repo = create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
+    repo_id = getattr(repo, "repo_id", None) or repo_id  # the full id when a bare name was given
+    if revision and revision != "main":
+        create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model", token=token)
+    message = commit_message or f"Upload {pipeline_class_name(read_model_index(folder))} from hfgen"
+    return upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files, commit_message=message,
+                         revision=revision, repo_type="model", token=token)

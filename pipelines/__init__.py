@@ -1,7 +1,17 @@
-"""Diffusers pipelines of hfgen (installed as ``hfgen.pipelines``)."""
+"""Diffusers pipelines of hfgen (installed as ``hfgen.pipelines``).
 
+The pipeline files import only torch and diffusers, so that a published folder can carry them as remote code;
+here, as part of hfgen, their ``from_pretrained`` and ``save_pretrained`` get hfgen's behaviour
+(``hfgen.remote_code``): hfgen's own model classes, and folders that plain diffusers can load too.
+"""
+
+from ..models import HierarchicalVAEModel, VAEModel
+from ..remote_code import install_hooks
 from .pipeline_hvae import HierarchicalVAEPipeline
 from .pipeline_vae import VAEPipeline
+
+install_hooks(VAEPipeline, {"vae": VAEModel})
+install_hooks(HierarchicalVAEPipeline, {"vae": HierarchicalVAEModel})
 
 __all__ = ["VAEPipeline"]
 __all__ += ["HierarchicalVAEPipeline"]

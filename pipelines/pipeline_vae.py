@@ -27,6 +27,25 @@ class VAEPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "vae"
 
+    # hfgen sets these (hfgen.remote_code.install_hooks) when this file is imported as part of the hfgen package:
+    # from_pretrained then reads a folder or Hub repo into hfgen's own model classes without running code from it,
+    # and save_pretrained also writes the code files that let plain diffusers load the folder with
+    # trust_remote_code=True. In the copy a published folder carries they stay None: diffusers' own methods apply.
+    _hfgen_components: dict = {}
+    _hfgen_from_pretrained = None
+    _hfgen_save_pretrained = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        if cls._hfgen_from_pretrained is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls._hfgen_from_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        if type(self)._hfgen_save_pretrained is None:
+            return super().save_pretrained(save_directory, **kwargs)
+        return type(self)._hfgen_save_pretrained(self, save_directory, **kwargs)
+
     def __init__(self, vae: ModelMixin):
         super().__init__()
         self.register_modules(vae=vae)

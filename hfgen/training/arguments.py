@@ -117,6 +117,16 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     track.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     track.add_argument("--report_to", default="tensorboard", help="an Accelerate tracker name, or 'none'")
 
+    hub = parser.add_argument_group(
+        "publishing to the Hub (the token is huggingface_hub's: HF_TOKEN or `hf auth login`; never a flag, so that it "
+        "cannot end up in training_config.json)")
+    hub.add_argument("--push_to_hub", action="store_true",
+                     help="create the repo before training and upload the final folder (hfgen.hub.publish: weights, "
+                          "configs, code, card, sample grid, metrics; never checkpoints or logs)")
+    hub.add_argument("--hub_model_id", default=None, help="the repo to publish to, e.g. user/hfgen-vae-fmnist")
+    hub.add_argument("--hub_private_repo", action="store_true", help="create the repo as private")
+    hub.add_argument("--hub_revision", default=None, help="publish to this branch (created if needed; default main)")
+
     family.add_arguments(parser)
     return parser
 
@@ -155,5 +165,7 @@ def _validate(cfg: argparse.Namespace) -> None:
         raise ValueError(f"--max_train_minutes must be > 0, got {cfg.max_train_minutes}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if getattr(cfg, "push_to_hub", False) and not getattr(cfg, "hub_model_id", None):
+        raise ValueError("--push_to_hub needs --hub_model_id (the repo to publish to, e.g. user/hfgen-vae)")
     if cfg.checkpoints_total_limit < 1:
         raise ValueError(f"--checkpoints_total_limit must be >= 1, got {cfg.checkpoints_total_limit}")

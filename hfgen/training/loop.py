@@ -298,6 +298,11 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     elif cfg.resume_from_checkpoint:
         accelerator.print("no checkpoint found under --output_dir; starting a fresh run")
 
+    if getattr(cfg, "push_to_hub", False) and accelerator.is_main_process:
+        # before any training: a missing token or a repo that cannot be created stops the run now, not at the end
+        from ..hub import create_repo
+
+        create_repo(cfg.hub_model_id, private=cfg.hub_private_repo, exist_ok=True, repo_type="model")
     if accelerator.is_main_process:
         _write_json_atomically(output_dir / "training_config.json",
                                {"family": family.name, "model_config": model_config, **vars(cfg)})
@@ -476,10 +481,20 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
         _write_json_atomically(output_dir / "metrics.json", metrics)
         from ..hub import write_model_card
 
-        write_model_card(output_dir, family, metrics, model_config)
+        write_model_card(output_dir, family, metrics,
+                         {"family": family.name, "model_config": model_config, **vars(cfg)},
+                         repo_id=cfg.hub_model_id if getattr(cfg, "push_to_hub", False) else None)
         accelerator.print(json.dumps({k: metrics[k] for k in (
             "bits_per_dim_elbo", "bits_per_dim_iw", "num_samples", "importance_samples", "train_steps",
             "skipped_steps", "train_seconds", "train_img_per_s")}))
+        if getattr(cfg, "push_to_hub", False):
+            from ..hub import publish
+
+            commit = publish(output_dir, cfg.hub_model_id, private=cfg.hub_private_repo, revision=cfg.hub_revision,
+                             commit_message=f"hfgen {family.name} ({cfg.preset}): {state.step} steps, "
+                                            f"{metrics['bits_per_dim_elbo']:.4f} bits/dim (ELBO)",
+                             refresh_card=False)
+            accelerator.print(f"published to {getattr(commit, 'commit_url', cfg.hub_model_id)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

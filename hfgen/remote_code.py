@@ -1,0 +1,268 @@
+"""The folder layout that loads both with hfgen and with plain diffusers, and hfgen's own loading of it.
+
+A pipeline folder of an hfgen family (VAE, hierarchical VAE) carries its code, so that diffusers' remote-code
+mechanism can load it where hfgen is not installed:
+
+    model_index.json      {"_class_name": ["pipeline_vae", "VAEPipeline"], "vae": ["modeling_vae", "VAEModel"]}
+    pipeline_vae.py       a verbatim copy of hfgen/pipelines/pipeline_vae.py (imports only torch and diffusers)
+    vae/config.json  vae/diffusion_pytorch_model.safetensors
+    vae/modeling_vae.py   hfgen/models/{likelihoods,blocks,vae}.py joined into one module (see ``bundle_modules``)
+
+``DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`` then imports the pipeline from the
+root file and the model from the component folder; without ``trust_remote_code`` diffusers refuses before it runs
+any of that code. The model code is one self-contained file per component because diffusers downloads only the
+component's own module file from a repo (not the files it imports relatively).
+
+With hfgen installed, ``VAEPipeline.from_pretrained`` / ``HierarchicalVAEPipeline.from_pretrained`` (hooks installed
+by ``install_hooks``) never run code from the folder: they read ``model_index.json`` and the safetensors weights
+into hfgen's own classes, for a local folder or a Hub repo id (whose files are downloaded first, weights and configs
+only). Folders written before this layout (``"_class_name": "VAEPipeline"``, ``"vae": ["hfgen.models.vae", ...]``)
+load the same way. ``save_pretrained`` writes the layout, so every folder hfgen writes is the folder it publishes.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import os
+from pathlib import Path
+
+#: files a load from the Hub needs: configs and safetensors weights (never code, never pickles)
+LOAD_PATTERNS = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*.safetensors",
+                 "*.safetensors.index.json"]
+
+# ---------------------------------------------------------------------------------------------- model code
+def _relative_imports(tree: ast.Module) -> list[str]:
+    modules = []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            if node.level != 1 or not node.module:
+                raise ValueError(f"only `from .module import name` relative imports can be bundled, got "
+                                 f"{ast.unparse(node)!r}")
+            modules.append(node.module)
+    return modules
+
+
+def _module_order(path: Path) -> list[Path]:
+    """``path`` and the sibling modules it imports relatively (recursively), dependencies first."""
+    order: list[Path] = []
+
+    def visit(current: Path, stack: tuple[Path, ...]) -> None:
+        if current in order:
+            return
+        if current in stack:
+            raise ValueError(f"circular relative import through {current.name}")
+        for name in _relative_imports(ast.parse(current.read_text())):
+            visit(current.parent / f"{name}.py", stack + (current,))
+        order.append(current)
+
+    visit(path, ())
+    return order
+
+
+def bundle_modules(path: str | Path) -> str:
+    """The source of module ``path`` and every sibling module it imports relatively, as one module.
+
+    Each module's body is kept as written (comments included) except its docstring, its ``from __future__``
+    import and its relative imports, which name things the joined module defines itself (``as`` aliases become
+    assignments). A name defined at the top level of two of the modules is refused, since one would silently
+    replace the other."""
+    path = Path(path)
+    modules = _module_order(path)
+    defined: dict[str, str] = {}
+    parts = []
+    for module in modules:
+        source = module.read_text()
+        tree = ast.parse(source)
+        lines = source.splitlines()
+        drop: set[int] = set()
+        replace: dict[int, str] = {}
+        for i, node in enumerate(tree.body):
+            is_docstring = (i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+                            and isinstance(node.value.value, str))
+            is_future = isinstance(node, ast.ImportFrom) and node.module == "__future__"
+            is_relative = isinstance(node, ast.ImportFrom) and node.level > 0
+            if is_docstring or is_future or is_relative:
+                drop.update(range(node.lineno - 1, node.end_lineno))
+            if is_relative:  # the names are defined above in the joined module; keep `as` aliases where they were
+                aliases = [f"{a.asname} = {a.name}" for a in node.names if a.asname and a.asname != a.name]
+                if aliases:
+                    replace[node.lineno - 1] = "\n".join(aliases)
+            for name in _defined_names(node):
+                if name in defined and defined[name] != module.name:
+                    raise ValueError(f"{name!r} is defined in both {defined[name]} and {module.name}; rename one "
+                                     f"so that the modules can be joined into one file")
+                defined[name] = module.name
+        kept = [replace.get(n, line) for n, line in enumerate(lines) if n not in drop or n in replace]
+        body = "\n".join(kept).strip("\n")
+        parts.append(f"# {'-' * 40} {module.parent.name}/{module.name}\n\n{body}\n")
+    main_doc = (ast.get_docstring(ast.parse(path.read_text()), clean=False) or "").rstrip()
+    names = ", ".join(f"hfgen/{m.parent.name}/{m.name}" for m in modules)
+    header = (f'"""{main_doc}\n\nGenerated by hfgen from {names}:\n'
+              "the model code of this folder as one module, so that diffusers' remote-code loading\n"
+              "(trust_remote_code=True) needs only torch and diffusers. Edit the hfgen sources, not this file.\n"
+              '"""\n\nfrom __future__ import annotations\n\n')
+    source = header + "\n\n".join(parts)
+    ast.parse(source)  # the joined module must still be valid Python
+    return source
+
+
+def _defined_names(node: ast.stmt) -> list[str]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.Assign):
+        return [t.id for t in node.targets if isinstance(t, ast.Name)]
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [node.target.id]
+    return []
+
+
+def pipeline_module_name(pipeline_class: type) -> str:
+    """``pipeline_vae`` for ``VAEPipeline``: the file name (without .py) the pipeline code has in a folder."""
+    return Path(inspect.getsourcefile(pipeline_class)).stem
+
+
+def component_module_name(model_class: type) -> str:
+    """``modeling_vae`` for ``VAEModel``: the file name (without .py) a component's code has in its folder."""
+    return "modeling_" + Path(inspect.getsourcefile(model_class)).stem
+
+
+def write_code_files(folder: str | Path, pipeline_class: type, components: dict[str, type]) -> list[str]:
+    """Write the pipeline and model code into a folder saved by ``save_pretrained`` and point ``model_index.json``
+    at them (``[module, class]`` entries, as diffusers' remote-code loading expects). Returns the files written."""
+    folder = Path(folder)
+    written = []
+    pipeline_module = pipeline_module_name(pipeline_class)
+    pipeline_source = Path(inspect.getsourcefile(pipeline_class)).read_text()
+    (folder / f"{pipeline_module}.py").write_text(pipeline_source)
+    written.append(f"{pipeline_module}.py")
+    index_path = folder / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["_class_name"] = [pipeline_module, pipeline_class.__name__]
+    for name, model_class in components.items():
+        module = component_module_name(model_class)
+        (folder / name / f"{module}.py").write_text(bundle_modules(inspect.getsourcefile(model_class)))
+        written.append(f"{name}/{module}.py")
+        index[name] = [module, model_class.__name__]
+    tmp = index_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, index_path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` can only be a local path (a Hub repo id is ``name`` or ``owner/name``)."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+            or os.path.exists(name))
+
+
+def resolve_folder(path_or_repo_id: str | os.PathLike, revision: str | None = None, *,
+                   allow_patterns: list[str] | None = None, **hub_kwargs) -> Path:
+    """A local pipeline folder as is, or the files of a Hub model repo (``allow_patterns``, default: configs and
+    safetensors weights) downloaded into the Hugging Face cache. Raises ``FileNotFoundError`` naming the value and
+    what was expected when it is neither."""
+    name = os.fspath(path_or_repo_id)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"revision {revision!r} was given, but {name!r} is a local folder, not a Hub repo id")
+        return path
+    if looks_like_path(name):
+        raise FileNotFoundError(f"{name!r} is not a folder; expected a pipeline folder written by an hfgen "
+                                f"training script (with model_index.json) or a Hub repo id such as 'user/model'")
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    try:
+        return Path(snapshot_download(name, revision=revision, allow_patterns=allow_patterns or LOAD_PATTERNS,
+                                      **hub_kwargs))
+    except GatedRepoError:
+        raise
+    except RevisionNotFoundError:
+        raise FileNotFoundError(f"revision {revision!r} does not exist in the Hub repo {name!r} "
+                                f"({constants.ENDPOINT}); expected a branch, tag or commit of it") from None
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(
+            f"{name!r} is neither a local folder nor a model repo on {constants.ENDPOINT} (or the repo is private "
+            f"and no token was found); expected a pipeline folder written by an hfgen training script or the id "
+            f"of a repo it was published to") from None
+    except (LocalEntryNotFoundError, EntryNotFoundError) as error:
+        raise FileNotFoundError(f"could not get {name!r} from {constants.ENDPOINT} and it is not in the local "
+                                f"cache ({error.__class__.__name__}); expected a reachable Hub repo id or a "
+                                f"local pipeline folder") from None
+
+
+def read_model_index(folder: Path) -> dict:
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder} has no model_index.json; expected a pipeline folder written by an hfgen "
+                                f"training script")
+    return json.loads(index.read_text())
+
+
+def pipeline_class_name(index: dict) -> str:
+    """The pipeline class a ``model_index.json`` names, in either layout (``"VAEPipeline"`` or
+    ``["pipeline_vae", "VAEPipeline"]``)."""
+    name = index.get("_class_name")
+    return name[1] if isinstance(name, (list, tuple)) else name
+
+
+def load_pretrained(pipeline_class, pretrained_model_name_or_path, *, revision=None, torch_dtype=None,
+                    use_safetensors=None, cache_dir=None, token=None, local_files_only=False, force_download=False,
+                    **unexpected):
+    """``from_pretrained`` of hfgen's pipelines: a local folder or a Hub repo id, read into hfgen's own classes
+    (``pipeline_class._hfgen_components``); no code from the folder runs, weights only from safetensors."""
+    if unexpected:
+        raise TypeError(f"{pipeline_class.__name__}.from_pretrained() got unexpected arguments {sorted(unexpected)}; "
+                        f"it takes revision, torch_dtype, cache_dir, token, local_files_only, force_download")
+    if use_safetensors is False:
+        raise ValueError("hfgen loads weights only from safetensors files; use_safetensors=False is not supported")
+    folder = resolve_folder(pretrained_model_name_or_path, revision, cache_dir=cache_dir, token=token,
+                            local_files_only=local_files_only, force_download=force_download)
+    index = read_model_index(folder)
+    found = pipeline_class_name(index)
+    if found != pipeline_class.__name__:
+        raise ValueError(f"{pretrained_model_name_or_path} holds a {found} (model_index.json), not a "
+                         f"{pipeline_class.__name__}; load it with {found}.from_pretrained or hfgen sample")
+    components = {}
+    for name, model_class in pipeline_class._hfgen_components.items():
+        if not any((folder / name).glob("*.safetensors")):
+            raise FileNotFoundError(f"{folder / name} has no safetensors weights for the {model_class.__name__} "
+                                    f"component {name!r}; hfgen loads weights only from .safetensors files "
+                                    f"(written by save_pretrained)")
+        components[name] = model_class.from_pretrained(folder, subfolder=name, use_safetensors=True,
+                                                       torch_dtype=torch_dtype)
+    return pipeline_class(**components)
+
+
+def save_pretrained(pipeline, save_directory, **kwargs) -> None:
+    """``save_pretrained`` of hfgen's pipelines: diffusers' folder (safetensors) plus the code files and the
+    ``model_index.json`` entries that let plain diffusers load it with ``trust_remote_code=True``.
+    ``push_to_hub=True`` then publishes the folder with ``hfgen.hub.publish`` (``repo_id``, ``private``,
+    ``commit_message``, ``revision``, ``token`` as in diffusers)."""
+    from diffusers import DiffusionPipeline
+
+    push = kwargs.pop("push_to_hub", False)
+    hub_args = {key: kwargs.pop(key) for key in ("repo_id", "private", "commit_message", "revision", "token",
+                                                 "create_pr") if key in kwargs}
+    if kwargs.get("safe_serialization") is False:
+        raise ValueError("hfgen saves weights only as safetensors; safe_serialization=False is not supported")
+    DiffusionPipeline.save_pretrained(pipeline, save_directory, **kwargs)
+    write_code_files(save_directory, type(pipeline), type(pipeline)._hfgen_components)
+    if push:
+        from .hub import publish
+
+        if hub_args.pop("create_pr", False):
+            raise ValueError("hfgen publishes to a branch (revision=...), not as a pull request")
+        repo_id = hub_args.pop("repo_id", None) or Path(save_directory).name
+        publish(save_directory, repo_id, **hub_args)
+
+
+def install_hooks(pipeline_class: type, components: dict[str, type]) -> None:
+    """Make ``pipeline_class.from_pretrained`` / ``save_pretrained`` hfgen's (see the module docstring)."""
+    pipeline_class._hfgen_components = dict(components)
+    pipeline_class._hfgen_from_pretrained = staticmethod(load_pretrained)
+    pipeline_class._hfgen_save_pretrained = staticmethod(save_pretrained)
