@@ -118,6 +118,10 @@ def test_a_file_that_is_no_state_dict_fails_naming_it(tmp_path):
     path.write_bytes(b"these are not weights")
     with pytest.raises(ValueError, match="not-weights.pth"):
         load_inception(path)
+    path = tmp_path / "not-weights.safetensors"
+    path.write_bytes(b"these are not weights either")
+    with pytest.raises(ValueError, match="not-weights.safetensors"):
+        load_inception(path)
 
 
 def test_a_missing_path_fails_naming_it(tmp_path):

@@ -219,7 +219,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as error:  # a truncated or foreign file
+            raise ValueError(f"could not read Inception-v3 weights from {path} as safetensors: {error}") from error
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle errors, or a file that is not a state dict of tensors
