@@ -269,13 +269,21 @@ def plot_fd_vs_steps(rows, out: Path, plt) -> bool:
     curves = [(r["name"], r["quality"]["fd_vs_steps"]) for r in rows if r.get("quality", {}).get("fd_vs_steps")]
     if not curves:
         return False
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     fig, ax = plt.subplots(figsize=(6, 4))
+    steps = set()
     for name, curve in curves:
         for scheduler, points in curve.items():
             ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=f"{name}: {scheduler}")
+            steps.update(p[0] for p in points)
     ax.set_xscale("log")
+    ax.set_xticks(sorted(steps))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    sizes = sorted({r["quality"]["fd_vs_steps_num_samples"] for r in rows if r.get("quality", {}).get("fd_vs_steps")})
     ax.set_xlabel("sampling steps")
-    ax.set_ylabel("fd_fmnist")
+    ax.set_ylabel(f"fd_fmnist ({', '.join(map(str, sizes))} images per point)")
     _save_figure(fig, out / "fd_vs_steps.png", plt, ax)
     return True
 
