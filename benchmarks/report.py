@@ -312,6 +312,8 @@ def main(argv=None):
     parser.add_argument("--samples-cache", type=Path, default=None,
                         help="keep generated images here and reuse them in later runs (same folder, weights, count, "
                              "seed, batch size and sampling options)")
+    parser.add_argument("--notes", type=Path, default=None,
+                        help="a markdown file appended to the README under 'Notes' (observations on these runs)")
     parser.add_argument("--reuse", action="store_true", help="reuse results.json figures of folders measured before")
     args = parser.parse_args(argv)
     args.num_samples_per_family = parse_per_family(args.num_samples_per_family, "--num-samples-per-family")
@@ -422,6 +424,8 @@ def main(argv=None):
                  "fd_fmnist at another N.", ""]
     else:
         text += ["No DDPM folder was given, so there is no fd-against-sampling-steps plot.", ""]
+    if args.notes:
+        text += ["## Notes", "", args.notes.read_text().strip(), ""]
     (args.out / "README.md").write_text("\n".join(text))
     print(json.dumps({r["name"]: {k: r.get("quality", {}).get(k) for k in (
         "fd_fmnist", "kid_fmnist", "kid_fmnist_std", "precision", "recall", "sample_img_per_s")} for r in rows}))
