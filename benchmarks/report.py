@@ -1,7 +1,13 @@
 #!/usr/bin/env python
 """A markdown table and PNG plots comparing trained hfgen folders.
 
-    python benchmarks/report.py runs/vae-small-cpu [runs/ddpm ...] --out docs/report --num-samples 10000
+    python benchmarks/report.py runs/vae-small-cpu [runs/ddpm ...] --out docs/report --num-samples 10000 \
+        [--num-samples-per-family ddpm=1000 --sampling-per-family ddpm:scheduler=dpm-solver++ ddpm:steps=20] \
+        [--samples-cache runs/report-samples]
+
+docs/report/README.md holds the command that wrote the current report. Each row states its number of generated
+images N and its sampler; fd_fmnist is biased by N, so rows compare only at equal N (the real-image rows,
+``--real-baseline N ...``, show the floor at each N).
 
 For each folder: the training figures of its metrics.json (family, parameters, device, time, images/s, test
 bits/dim ELBO and IW), and the sample-quality figures measured here against the Fashion-MNIST test split
@@ -12,6 +18,7 @@ bits/dim ELBO and IW), and the sample-quality figures measured here against the 
   samples.png            a grid of samples per folder, side by side
   bpd_vs_time.png        bits/dim against training wall-clock, from the tensorboard logs (DIR/logs)
   fd_vs_steps.png        DDPM folders only: fd_fmnist against sampling steps, one line per scheduler
+                         (--ddpm-schedulers, --ddpm-steps, --ddpm-num-samples images per point)
 
 A folder without weights (metrics.json only) gets its training figures and dashes. Needs matplotlib
 (``pip install -e ".[report]"``).
