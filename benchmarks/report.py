@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """A markdown table and PNG plots comparing trained hfgen folders.
 
-    python benchmarks/report.py runs/vae-small-cpu [runs/ddpm ...] --out docs/report --num-samples 10000 \
-        [--num-samples-per-family ddpm=1000 --sampling-per-family ddpm:scheduler=dpm-solver++ ddpm:steps=20] \
+    python benchmarks/report.py runs/vae-small-cpu [runs/ddpm ...] --out docs/report --num-samples 10000
+        [--num-samples-per-family ddpm=1000 --sampling-per-family ddpm:scheduler=dpm-solver++ ddpm:steps=20]
         [--samples-cache runs/report-samples]
 
 docs/report/README.md holds the command that wrote the current report. Each row states its number of generated
