@@ -84,21 +84,32 @@ def _sampling_options(args: argparse.Namespace, family) -> dict:
 
 
 def _sample_quality(args, pipeline, family, model, names: list[str], images) -> dict:
-    from .metrics import evaluate_samples, load_feature_net, reference_statistics
+    from .metrics import (evaluate_samples, inception_reference_statistics, load_feature_net, load_inception,
+                          reference_statistics)
 
-    if args.inception_weights:
-        raise ValueError(f"fid_inception (Inception-v3 features from {args.inception_weights}) is not implemented "
-                         f"yet; use fd_fmnist (--metrics fd), which uses hfgen's own feature network")
+    if args.inception_weights and "fd" not in names:
+        raise ValueError(f"--inception-weights {args.inception_weights} adds fid_inception to the fd metric; "
+                         f"ask for it with --metrics fd (got --metrics {args.metrics})")
     options = _sampling_options(args, family)
+    split = dict(sample_size=model.config.sample_size, channels=model.config.in_channels,
+                 resize_mode=args.resize_mode, convert_channels=args.convert_channels,
+                 max_samples=args.max_samples or None, images=images, config_name=args.dataset_config_name,
+                 image_column=args.image_column)
+    inception_net = inception_reference = None
+    if args.inception_weights:  # checked before any sampling: a wrong path or file fails at once
+        inception_net = load_inception(args.inception_weights, pipeline.device)
+        inception_reference = inception_reference_statistics(args.inception_weights, args.dataset, args.split,
+                                                             net=inception_net, **split)
     net = load_feature_net("fmnist", pipeline.device)
-    reference = reference_statistics(
-        args.dataset, args.split, sample_size=model.config.sample_size, channels=model.config.in_channels,
-        resize_mode=args.resize_mode, convert_channels=args.convert_channels, max_samples=args.max_samples or None,
-        net=net, images=images, config_name=args.dataset_config_name, image_column=args.image_column)
+    reference = reference_statistics(args.dataset, args.split, net=net, **split)
     figures = evaluate_samples(family, pipeline, reference, num_samples=args.num_samples, metrics=names,
-                               batch_size=args.batch_size, seed=args.seed, net=net, **options)
+                               batch_size=args.batch_size, seed=args.seed, net=net, inception_net=inception_net,
+                               inception_reference=inception_reference, **options)
     figures["sampling"] = {"seed": args.seed, "batch_size": args.batch_size, **options}
     figures["reference"] = {"dataset": args.dataset, "split": args.split, "from_cache": reference.from_cache}
+    if inception_reference is not None:
+        figures["reference"]["inception_weights"] = str(args.inception_weights)
+        figures["reference"]["inception_from_cache"] = inception_reference.from_cache
     return figures
 
 
@@ -194,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
     evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (families that take them)")
     evaluate.add_argument("--inception-weights", default=None,
-                          help="a local Inception-v3 weight file for fid_inception (never downloaded)")
+                          help="a local FID Inception-v3 weight file (pytorch-fid's pt_inception-2015-12-05-*.pth, or a "
+                               ".safetensors of the same state dict): adds fid_inception to --metrics fd "
+                               "(never downloaded)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     publish = sub.add_parser(

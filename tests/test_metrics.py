@@ -198,3 +198,22 @@ def test_evaluate_refuses_unknown_metrics_and_options_the_family_lacks(trained_w
     assert "--metrics" in capsys.readouterr().err
     assert main(["evaluate", str(trained_with_fd), "--metrics", "fd", "--steps", "10", "--num-samples", "10"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+@requires_fashion_mnist
+def test_evaluate_with_inception_weights_prints_fid_inception_next_to_fd_fmnist(trained_with_fd, capsys, tmp_path):
+    from hfgen.metrics import FIDInceptionV3
+
+    trained_with_fd, _ = trained_with_fd
+    weights = tmp_path / "pt_inception-random.pth"
+    torch.manual_seed(0)
+    torch.save(FIDInceptionV3().state_dict(), weights)  # the real file is not available offline
+    command = ["evaluate", str(trained_with_fd), "--metrics", "fd", "--num-samples", "6", "--max-samples", "6",
+               "--batch-size", "6"]
+    assert main(command + ["--inception-weights", str(weights)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["fid_inception"] >= 0 and printed["fd_fmnist"] > 0 and printed["num_generated"] == 6
+    assert printed["fid_inception_num_reference"] == 6 and printed["reference"]["inception_weights"] == str(weights)
+    missing = tmp_path / "no-such-weights.pth"
+    assert main(command + ["--inception-weights", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err

@@ -6,19 +6,22 @@
     figures = sample_quality(extract_features(net, uint8_images), ref)  # fd_fmnist, kid_fmnist(_std), precision, recall
 
 ``fd_fmnist`` is a Fréchet distance in this network's features, not FID (which uses Inception-v3 features):
-its values are not comparable with published FIDs.
+its values are not comparable with published FIDs. ``fid_inception`` uses Inception-v3 features, and only from a
+local weight file the user names (``load_inception(path)``, ``inception_reference_statistics(path, ...)``).
 """
 
 from .feature_net import FeatureNet, extract_features, feature_net_hash, load_feature_net
+from .inception import FIDInceptionV3, extract_inception_features, inception_weights_hash, load_inception
 from .frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from .kid import kernel_distance, polynomial_mmd2_unbiased
 from .precision_recall import knn_radii, precision_recall
-from .reference import ReferenceStatistics, cache_dir, reference_statistics
+from .reference import (FrechetReference, ReferenceStatistics, cache_dir, inception_reference_statistics,
+                        reference_statistics)
 from .sample_quality import SAMPLE_QUALITY_METRICS, evaluate_samples, generate_uint8, pil_to_uint8, sample_quality
 
 __all__ = [
-    "FeatureNet", "ReferenceStatistics", "SAMPLE_QUALITY_METRICS", "cache_dir", "evaluate_samples",
-    "extract_features", "feature_net_hash", "feature_statistics", "frechet_distance", "frechet_distance_of_features",
-    "generate_uint8", "kernel_distance", "knn_radii", "load_feature_net", "pil_to_uint8", "polynomial_mmd2_unbiased",
+    "FIDInceptionV3", "FeatureNet", "FrechetReference", "ReferenceStatistics", "SAMPLE_QUALITY_METRICS", "cache_dir", "evaluate_samples",
+    "extract_features", "extract_inception_features", "feature_net_hash", "feature_statistics", "frechet_distance", "frechet_distance_of_features",
+    "generate_uint8", "inception_reference_statistics", "inception_weights_hash", "kernel_distance", "knn_radii", "load_feature_net", "load_inception", "pil_to_uint8", "polynomial_mmd2_unbiased",
     "precision_recall", "reference_statistics", "sample_quality",
 ]

@@ -46,12 +46,14 @@ class ReferenceStatistics:
 
 
 def reference_key(dataset: str, split: str, *, sample_size: int = 32, channels: int = 1, resize_mode: str = "auto",
-                  max_samples: int | None = None, feature_net: str = "fmnist", k: int = 3) -> dict:
+                  max_samples: int | None = None, feature_net: str = "fmnist", k: int = 3,
+                  network_hash: str | None = None) -> dict:
+    """The cache key; ``network_hash`` defaults to the shipped network's ``feature_net_hash(feature_net)``."""
     if dataset and os.path.exists(dataset):
         dataset = str(Path(dataset).resolve())
     return {"dataset": dataset, "split": split, "sample_size": sample_size, "channels": channels,
             "resize_mode": resize_mode, "max_samples": max_samples or None, "feature_net": feature_net,
-            "feature_net_hash": feature_net_hash(feature_net), "k": k}
+            "feature_net_hash": network_hash or feature_net_hash(feature_net), "k": k}
 
 
 def cache_path(key: dict, directory: Path | None = None) -> Path:
@@ -95,15 +97,9 @@ def reference_statistics(
         tensors = load_file(str(path))
         return ReferenceStatistics(tensors["features"], tensors["mean"], tensors["cov"], tensors["knn_radii"], k,
                                    key, from_cache=True)
-    if images is None:
-        from ..data import images_to_uint8, load_image_dataset
-
-        data = load_image_dataset(dataset, split, config_name=config_name, image_column=image_column)
-        images = images_to_uint8(data, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
-                                 convert_channels=convert_channels, max_samples=max_samples or None,
-                                 show_progress=show_progress, description=f"{split} images")
-    elif max_samples:
-        images = images[:max_samples]
+    images = _split_images(images, dataset, split, sample_size=sample_size, channels=channels,
+                           resize_mode=resize_mode, convert_channels=convert_channels, max_samples=max_samples,
+                           config_name=config_name, image_column=image_column, show_progress=show_progress)
     net = net if net is not None else load_feature_net(feature_net)
     features = extract_features(net, images, batch_size, show_progress, description=f"features ({split})")
     stats = ReferenceStatistics.from_features(features, k, key)
@@ -112,5 +108,82 @@ def reference_statistics(
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         save_file({"features": stats.features.contiguous(), "mean": stats.mean, "cov": stats.cov,
                    "knn_radii": stats.knn_radii}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
+        os.replace(tmp, path)
+    return stats
+
+
+def _split_images(images, dataset, split, *, sample_size, channels, resize_mode, convert_channels, max_samples,
+                  config_name, image_column, show_progress) -> torch.Tensor:
+    """The split as uint8 ``(N, C, H, W)``: ``images`` when the caller has them, else loaded by the data layer."""
+    if images is None:
+        from ..data import images_to_uint8, load_image_dataset
+
+        data = load_image_dataset(dataset, split, config_name=config_name, image_column=image_column)
+        return images_to_uint8(data, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
+                               convert_channels=convert_channels, max_samples=max_samples or None,
+                               show_progress=show_progress, description=f"{split} images")
+    return images[:max_samples] if max_samples else images
+
+
+@dataclass
+class FrechetReference:
+    """Mean and covariance of a split's features (all ``fid_inception`` needs; the 2048-d features themselves are
+    not kept)."""
+
+    mean: torch.Tensor  # (D,) float64
+    cov: torch.Tensor  # (D, D) float64
+    num_images: int
+    key: dict
+    from_cache: bool = False
+
+
+def inception_reference_statistics(
+    weights: str | os.PathLike,
+    dataset: str = "fashion_mnist",
+    split: str = "test",
+    *,
+    sample_size: int = 32,
+    channels: int = 1,
+    resize_mode: str = "auto",
+    convert_channels: bool = False,
+    max_samples: int | None = None,
+    net=None,
+    batch_size: int = 50,
+    use_cache: bool = True,
+    cache_directory: str | os.PathLike | None = None,
+    show_progress: bool = True,
+    images: torch.Tensor | None = None,
+    config_name: str | None = None,
+    image_column: str | None = None,
+) -> FrechetReference:
+    """Inception-v3 feature statistics of a split for ``fid_inception``, cached like ``reference_statistics``;
+    the key holds the SHA-256 (first 16 hex digits) of the weight file ``weights`` instead of the shipped
+    network's hash, so other weights never reuse them."""
+    from .inception import extract_inception_features, inception_weights_hash, load_inception
+
+    if not Path(weights).expanduser().is_file():
+        load_inception(weights)  # raises FileNotFoundError naming the path
+    key = reference_key(dataset, split, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
+                        max_samples=max_samples, feature_net="inception_v3_fid", k=0,
+                        network_hash=inception_weights_hash(weights))
+    if config_name or image_column:
+        key.update(config_name=config_name, image_column=image_column)
+    path = cache_path(key, Path(cache_directory).expanduser() if cache_directory else None)
+    if use_cache and path.is_file():
+        tensors = load_file(str(path))
+        return FrechetReference(tensors["mean"], tensors["cov"], int(tensors["num_images"]), key, from_cache=True)
+    images = _split_images(images, dataset, split, sample_size=sample_size, channels=channels,
+                           resize_mode=resize_mode, convert_channels=convert_channels, max_samples=max_samples,
+                           config_name=config_name, image_column=image_column, show_progress=show_progress)
+    net = net if net is not None else load_inception(weights)
+    features = extract_inception_features(net, images, batch_size, show_progress,
+                                          description=f"Inception features ({split})")
+    mean, cov = feature_statistics(features)
+    stats = FrechetReference(mean, cov, int(features.shape[0]), key)
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"mean": mean.contiguous(), "cov": cov.contiguous(), "num_images": torch.tensor(stats.num_images)},
+                  str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
         os.replace(tmp, path)
     return stats

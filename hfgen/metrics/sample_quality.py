@@ -87,8 +87,12 @@ def sample_quality(
 
 def evaluate_samples(family, pipeline, reference: ReferenceStatistics, *, num_samples: int = 10000,
                      metrics=SAMPLE_QUALITY_METRICS, batch_size: int = 256, seed: int = 0,
-                     net: FeatureNet | None = None, show_progress: bool = True, **options) -> dict:
-    """Generate ``num_samples`` images and score them; also reports ``num_generated`` and ``sample_img_per_s``."""
+                     net: FeatureNet | None = None, show_progress: bool = True, inception_net=None,
+                     inception_reference=None, **options) -> dict:
+    """Generate ``num_samples`` images and score them; also reports ``num_generated`` and ``sample_img_per_s``.
+
+    With ``inception_net`` (``hfgen.metrics.load_inception``) and its ``inception_reference``
+    (``inception_reference_statistics``), the same images also give ``fid_inception``."""
     net = net if net is not None else load_feature_net(reference.key.get("feature_net", "fmnist"))
     started = time.perf_counter()
     images = generate_uint8(family, pipeline, num_samples, batch_size=batch_size, seed=seed,
@@ -96,6 +100,14 @@ def evaluate_samples(family, pipeline, reference: ReferenceStatistics, *, num_sa
     seconds = time.perf_counter() - started
     features = extract_features(net, images, show_progress=show_progress, description="features (generated)")
     out = sample_quality(features, reference, metrics, seed=seed)
+    if inception_net is not None:
+        from .inception import extract_inception_features
+
+        inception_features = extract_inception_features(inception_net, images, show_progress=show_progress,
+                                                        description="Inception features (generated)")
+        out["fid_inception"] = frechet_distance(*feature_statistics(inception_features), inception_reference.mean,
+                                                inception_reference.cov)
+        out["fid_inception_num_reference"] = inception_reference.num_images
     out.update(num_generated=int(images.shape[0]), sample_seconds=seconds,
                sample_img_per_s=images.shape[0] / max(seconds, 1e-9), num_reference=int(reference.features.shape[0]))
     return out
