@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .families.base import Bounds, ModelFamily
+from .files import write_json_atomically
 
 
 def _batch_generator(seed: int, batch_index: int, device: torch.device) -> torch.Generator:
@@ -133,9 +133,8 @@ class _EvaluationProgress:
 
     def save(self, batch_sums: dict[int, list[float]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"key": self.key, "batch_sums": {str(i): v for i, v in batch_sums.items()}}))
-        os.replace(tmp, self.path)
+        write_json_atomically(self.path, {"key": self.key, "batch_sums": {str(i): v for i, v in batch_sums.items()}},
+                              indent=None)
 
 
 def summarize_bounds(sums: list[float], num_dims: int, importance_samples: int) -> dict:

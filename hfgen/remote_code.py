@@ -28,6 +28,8 @@ import json
 import os
 from pathlib import Path
 
+from .files import write_json_atomically
+
 #: files a load from the Hub needs: configs and safetensors weights (never code, never pickles)
 LOAD_PATTERNS = ["model_index.json", "*/config.json", "*/scheduler_config.json", "*.safetensors",
                  "*.safetensors.index.json"]
@@ -145,9 +147,7 @@ def write_code_files(folder: str | Path, pipeline_class: type, components: dict[
         (folder / name / f"{module}.py").write_text(bundle_modules(inspect.getsourcefile(model_class)))
         written.append(f"{name}/{module}.py")
         index[name] = [module, model_class.__name__]
-    tmp = index_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, index_path)
+    write_json_atomically(index_path, index)
     return written
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..data import images_to_uint8, load_image_dataset
 from ..evaluation import evaluate_likelihood
 from ..families.base import ModelFamily
+from ..files import write_json_atomically
 from .arguments import resolve_config
 from .checkpoints import resolve_resume_path, save_checkpoint
 
@@ -172,12 +173,6 @@ def _save_pipeline_folder(pipeline, output_dir: Path) -> None:
     staging.rmdir()
 
 
-def _write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, cfg, train_images: torch.Tensor,
                batches: BatchSchedule, step: int, lr: float, ema: EMAModel | None = None, ema_model=None,
                state: TrainingState | None = None):
@@ -304,7 +299,7 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
 
         create_repo(cfg.hub_model_id, private=cfg.hub_private_repo, exist_ok=True, repo_type="model")
     if accelerator.is_main_process:
-        _write_json_atomically(output_dir / "training_config.json",
+        write_json_atomically(output_dir / "training_config.json",
                                {"family": family.name, "model_config": model_config, **vars(cfg)})
     if cfg.report_to != "none":
         accelerator.init_trackers(f"hfgen-{family.name}", config={
@@ -478,7 +473,7 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             metrics.update({"fd_fmnist": sample_fd(), "fd_num_samples": cfg.fd_num_samples})
         # the family's own end-of-training figures (e.g. KL and active units per latent group), EMA weights
         metrics.update(family.diagnostics(unwrapped, eval_images[: cfg.final_eval_max_samples or None]))
-        _write_json_atomically(output_dir / "metrics.json", metrics)
+        write_json_atomically(output_dir / "metrics.json", metrics)
         from ..hub import write_model_card
 
         write_model_card(output_dir, family, metrics,
