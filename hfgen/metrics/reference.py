@@ -47,19 +47,40 @@ class ReferenceStatistics:
 
 def reference_key(dataset: str, split: str, *, sample_size: int = 32, channels: int = 1, resize_mode: str = "auto",
                   max_samples: int | None = None, feature_net: str = "fmnist", k: int = 3,
-                  network_hash: str | None = None) -> dict:
-    """The cache key; ``network_hash`` defaults to the shipped network's ``feature_net_hash(feature_net)``."""
+                  network_hash: str | None = None, config_name: str | None = None,
+                  image_column: str | None = None) -> dict:
+    """The cache key; ``network_hash`` defaults to the shipped network's ``feature_net_hash(feature_net)``.
+    ``config_name`` and ``image_column`` enter the key only when given."""
     if dataset and os.path.exists(dataset):
         dataset = str(Path(dataset).resolve())
-    return {"dataset": dataset, "split": split, "sample_size": sample_size, "channels": channels,
-            "resize_mode": resize_mode, "max_samples": max_samples or None, "feature_net": feature_net,
-            "feature_net_hash": network_hash or feature_net_hash(feature_net), "k": k}
+    key = {"dataset": dataset, "split": split, "sample_size": sample_size, "channels": channels,
+           "resize_mode": resize_mode, "max_samples": max_samples or None, "feature_net": feature_net,
+           "feature_net_hash": network_hash or feature_net_hash(feature_net), "k": k}
+    if config_name or image_column:
+        key.update(config_name=config_name, image_column=image_column)
+    return key
 
 
 def cache_path(key: dict, directory: Path | None = None) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(key["dataset"]).name or "data")[:40]
     return (directory or cache_dir()) / "reference" / f"{stem}-{key['split']}-{digest}.safetensors"
+
+
+def _cached_tensors(key: dict, cache_directory, use_cache: bool, compute) -> tuple[dict[str, torch.Tensor], bool]:
+    """``(tensors, from_cache)``: the cache file of ``key`` when present, else ``compute()``, saved atomically
+    (temporary file renamed over the target) when ``use_cache``."""
+    path = cache_path(key, Path(cache_directory).expanduser() if cache_directory else None)
+    if use_cache and path.is_file():
+        return load_file(str(path)), True
+    tensors = compute()
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(tmp),
+                  metadata={"key": json.dumps(key, sort_keys=True)})
+        os.replace(tmp, path)
+    return tensors, False
 
 
 def reference_statistics(
@@ -89,27 +110,23 @@ def reference_statistics(
     after changing the files.
     """
     key = reference_key(dataset, split, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
-                        max_samples=max_samples, feature_net=feature_net, k=k)
-    if config_name or image_column:
-        key.update(config_name=config_name, image_column=image_column)
-    path = cache_path(key, Path(cache_directory).expanduser() if cache_directory else None)
-    if use_cache and path.is_file():
-        tensors = load_file(str(path))
-        return ReferenceStatistics(tensors["features"], tensors["mean"], tensors["cov"], tensors["knn_radii"], k,
-                                   key, from_cache=True)
-    images = _split_images(images, dataset, split, sample_size=sample_size, channels=channels,
-                           resize_mode=resize_mode, convert_channels=convert_channels, max_samples=max_samples,
-                           config_name=config_name, image_column=image_column, show_progress=show_progress)
-    net = net if net is not None else load_feature_net(feature_net)
-    features = extract_features(net, images, batch_size, show_progress, description=f"features ({split})")
-    stats = ReferenceStatistics.from_features(features, k, key)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"features": stats.features.contiguous(), "mean": stats.mean, "cov": stats.cov,
-                   "knn_radii": stats.knn_radii}, str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
-        os.replace(tmp, path)
-    return stats
+                        max_samples=max_samples, feature_net=feature_net, k=k, config_name=config_name,
+                        image_column=image_column)
+
+    def compute() -> dict[str, torch.Tensor]:
+        split_images = _split_images(images, dataset, split, sample_size=sample_size, channels=channels,
+                                     resize_mode=resize_mode, convert_channels=convert_channels,
+                                     max_samples=max_samples, config_name=config_name, image_column=image_column,
+                                     show_progress=show_progress)
+        network = net if net is not None else load_feature_net(feature_net)
+        features = extract_features(network, split_images, batch_size, show_progress,
+                                    description=f"features ({split})")
+        stats = ReferenceStatistics.from_features(features, k)
+        return {"features": stats.features, "mean": stats.mean, "cov": stats.cov, "knn_radii": stats.knn_radii}
+
+    tensors, from_cache = _cached_tensors(key, cache_directory, use_cache, compute)
+    return ReferenceStatistics(tensors["features"], tensors["mean"], tensors["cov"], tensors["knn_radii"], k, key,
+                               from_cache=from_cache)
 
 
 def _split_images(images, dataset, split, *, sample_size, channels, resize_mode, convert_channels, max_samples,
@@ -165,25 +182,19 @@ def inception_reference_statistics(
         load_inception(weights)  # raises FileNotFoundError naming the path
     key = reference_key(dataset, split, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
                         max_samples=max_samples, feature_net="inception_v3_fid", k=0,
-                        network_hash=inception_weights_hash(weights))
-    if config_name or image_column:
-        key.update(config_name=config_name, image_column=image_column)
-    path = cache_path(key, Path(cache_directory).expanduser() if cache_directory else None)
-    if use_cache and path.is_file():
-        tensors = load_file(str(path))
-        return FrechetReference(tensors["mean"], tensors["cov"], int(tensors["num_images"]), key, from_cache=True)
-    images = _split_images(images, dataset, split, sample_size=sample_size, channels=channels,
-                           resize_mode=resize_mode, convert_channels=convert_channels, max_samples=max_samples,
-                           config_name=config_name, image_column=image_column, show_progress=show_progress)
-    net = net if net is not None else load_inception(weights)
-    features = extract_inception_features(net, images, batch_size, show_progress,
-                                          description=f"Inception features ({split})")
-    mean, cov = feature_statistics(features)
-    stats = FrechetReference(mean, cov, int(features.shape[0]), key)
-    if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"mean": mean.contiguous(), "cov": cov.contiguous(), "num_images": torch.tensor(stats.num_images)},
-                  str(tmp), metadata={"key": json.dumps(key, sort_keys=True)})
-        os.replace(tmp, path)
-    return stats
+                        network_hash=inception_weights_hash(weights), config_name=config_name,
+                        image_column=image_column)
+
+    def compute() -> dict[str, torch.Tensor]:
+        split_images = _split_images(images, dataset, split, sample_size=sample_size, channels=channels,
+                                     resize_mode=resize_mode, convert_channels=convert_channels,
+                                     max_samples=max_samples, config_name=config_name, image_column=image_column,
+                                     show_progress=show_progress)
+        network = net if net is not None else load_inception(weights)
+        features = extract_inception_features(network, split_images, batch_size, show_progress,
+                                              description=f"Inception features ({split})")
+        mean, cov = feature_statistics(features)
+        return {"mean": mean, "cov": cov, "num_images": torch.tensor(int(features.shape[0]))}
+
+    tensors, from_cache = _cached_tensors(key, cache_directory, use_cache, compute)
+    return FrechetReference(tensors["mean"], tensors["cov"], int(tensors["num_images"]), key, from_cache=from_cache)
