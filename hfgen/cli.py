@@ -4,6 +4,7 @@
     hfgen sample DDPM_DIR --scheduler ddim|dpm-solver++|ddpm --steps 50
     hfgen evaluate DIR --dataset fashion_mnist --split test [--max-samples N] [--importance-samples K]
                        [--progress-file F]   (resumable: run the same command again after a stop)
+                       [--write-metrics]     (record the figures in DIR/metrics.json and its model card)
     hfgen evaluate DIR --metrics bpd,fd,kid,pr --num-samples N [--batch-size B] [--scheduler S --steps K]
     hfgen publish DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--commit-message M] [--dry-run]
 
@@ -118,6 +119,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_likelihood
 
     requested = _parse_metrics(args.metrics)
+    if args.write_metrics and not Path(args.model).is_dir():
+        raise ValueError(f"--write-metrics writes into a local pipeline folder, and {args.model!r} is not one; "
+                         f"evaluate a downloaded folder to record its figures")
     device = _device(args.device)
     pipeline, family = load_pipeline(args.model, device)
     model = family.model_of(pipeline)
@@ -136,6 +140,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model.eval()
         metrics.update(_sample_quality(args, pipeline, family, model, quality, images))
     metrics.update({"dataset": args.dataset, "split": args.split, "family": family.name})
+    if args.write_metrics:
+        from .hub import record_evaluation
+
+        record_evaluation(args.model, metrics)
     print(json.dumps(metrics))
     return 0
 
@@ -193,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--progress-file", default=None,
                           help="save the likelihood sums after every batch to this JSON file and resume from it "
                                "when run again: a long evaluation (e.g. K=1000) survives being stopped")
+    evaluate.add_argument("--write-metrics", action="store_true",
+                          help="also merge the figures into the folder's metrics.json and re-render its model card "
+                               "(README.md), so that `hfgen publish` shows them (a local folder only)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--resize-mode", choices=("auto", "pad", "resize"), default="auto")
     evaluate.add_argument("--convert-channels", action="store_true")

@@ -2,6 +2,7 @@
 
 - ``render_model_card`` / ``write_model_card``: a card (huggingface_hub ``ModelCard`` from the family's template in
   ``hfgen.model_cards``) whose YAML ``model-index`` holds every metric of ``metrics.json``.
+- ``record_evaluation``: merge a later ``hfgen evaluate`` into a folder's ``metrics.json`` and re-render its card.
 - ``publish_files``: the files of a pipeline folder that are published (an explicit selection: weights as
   safetensors, configs, code, card, sample grid, metrics; never checkpoints, optimizer state, logs, pickles,
   temporary files or tokens).
@@ -201,6 +202,43 @@ def refresh_model_card(folder: str | Path, repo_id: str) -> bool:
     family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))
     write_model_card(folder, family, metrics, training_config, repo_id)
     return True
+
+
+#: keys of one likelihood evaluation (``hfgen.evaluation.summarize_bounds``); a new one replaces all of them
+_BOUND_KEYS = ("bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "nats_per_image_iw",
+               "bits_per_dim_elbo_stderr", "bits_per_dim_iw_stderr", "num_samples", "importance_samples")
+
+
+def record_evaluation(folder: str | Path, evaluation: dict) -> dict:
+    """Merge the figures of a later evaluation (what ``hfgen evaluate`` prints) into a trained folder's
+    ``metrics.json`` and re-render its card, so that ``hfgen publish`` shows them; returns the merged metrics.
+
+    A likelihood evaluation replaces every bound key of the old one (a K=1000 bound on the whole split never sits
+    beside the ELBO of the 1,000 images training ended with); sample-quality keys replace their namesakes; the
+    training figures (steps, time, images/s, diagnostics) stay. Both files are written only after the evaluation
+    succeeded, and atomically."""
+    from .families import family_for_pipeline_class
+    from .files import write_json_atomically
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a local folder: recording an evaluation writes its metrics.json "
+                                f"and card (a Hub repo id has no local folder to write; download it first)")
+    family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))
+    if evaluation.get("family", family.name) != family.name:
+        raise ValueError(f"the evaluation is of a {evaluation['family']!r} model but {folder} holds a "
+                         f"{family.name!r} pipeline")
+    path = folder / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    if "bits_per_dim_elbo" in evaluation:
+        metrics = {key: value for key, value in metrics.items() if key not in _BOUND_KEYS}
+    metrics.update(evaluation)
+    write_json_atomically(path, metrics)
+    config_path = folder / "training_config.json"
+    training_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    repo_id = training_config.get("hub_model_id") if training_config.get("push_to_hub") else None
+    write_model_card(folder, family, metrics, training_config, repo_id)
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------- publishing

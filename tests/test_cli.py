@@ -42,6 +42,31 @@ def test_evaluate_prints_the_metrics_json_keys(trained, capsys):
     assert printed["bits_per_dim_iw"] <= printed["bits_per_dim_elbo"]
 
 
+def test_write_metrics_records_a_later_evaluation_in_the_folder_and_its_card(trained, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "vae"
+    shutil.copytree(trained, folder)
+    before = json.loads((folder / "metrics.json").read_text())
+    assert before["importance_samples"] == 4 and before["num_samples"] == 32
+    assert main(["evaluate", str(folder), "--max-samples", "16", "--importance-samples", "8",
+                 "--write-metrics"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    after = json.loads((folder / "metrics.json").read_text())
+    # the new bound replaces the old one; the training figures stay
+    for key in EVALUATE_KEYS + ("bits_per_dim_elbo_stderr", "bits_per_dim_iw_stderr"):
+        assert after[key] == printed[key]
+    assert after["num_samples"] == 16 and after["importance_samples"] == 8
+    for key in ("train_steps", "train_seconds", "train_img_per_s", "num_parameters", "preset"):
+        assert after[key] == before[key]
+    card = (folder / "README.md").read_text()
+    assert f"{printed['bits_per_dim_iw']:.4f}" in card and "K=8" in card
+    assert "K=4)" not in card
+    # a Hub repo id has no folder to write: refused before any evaluation, nothing written
+    assert main(["evaluate", "someone/not-a-folder", "--write-metrics"]) == 2
+    assert "not-a-folder" in capsys.readouterr().err
+
+
 def test_sample_writes_a_grid_deterministically(trained, tmp_path, capsys):
     for name in ("a.png", "b.png"):
         assert main(["sample", str(trained), "--num-images", "6", "--seed", "3", "--out", str(tmp_path / name),
