@@ -188,9 +188,10 @@ def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict,
     return path
 
 
-def refresh_model_card(folder: str | Path, repo_id: str) -> bool:
-    """Re-render a trained folder's card so that it names ``repo_id``; False (card left as is) when the folder has
-    no ``metrics.json`` to render from."""
+def refresh_model_card(folder: str | Path, repo_id: str | None = None) -> bool:
+    """Re-render a trained folder's card from its ``metrics.json`` so that it names ``repo_id`` (default: the Hub
+    repo its training run pushed to, else the folder's path); False (card left as is) when the folder has no
+    ``metrics.json`` to render from."""
     from .families import family_for_pipeline_class
 
     folder = Path(folder)
@@ -199,6 +200,8 @@ def refresh_model_card(folder: str | Path, repo_id: str) -> bool:
     metrics = json.loads((folder / "metrics.json").read_text())
     config_path = folder / "training_config.json"
     training_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    if repo_id is None and training_config.get("push_to_hub"):
+        repo_id = training_config.get("hub_model_id")
     family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))
     write_model_card(folder, family, metrics, training_config, repo_id)
     return True
@@ -234,10 +237,7 @@ def record_evaluation(folder: str | Path, evaluation: dict) -> dict:
         metrics = {key: value for key, value in metrics.items() if key not in _BOUND_KEYS}
     metrics.update(evaluation)
     write_json_atomically(path, metrics)
-    config_path = folder / "training_config.json"
-    training_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    repo_id = training_config.get("hub_model_id") if training_config.get("push_to_hub") else None
-    write_model_card(folder, family, metrics, training_config, repo_id)
+    refresh_model_card(folder)
     return metrics
 
 
