@@ -207,34 +207,24 @@ def refresh_model_card(folder: str | Path, repo_id: str | None = None) -> bool:
     return True
 
 
-#: keys of one likelihood evaluation (``hfgen.evaluation.summarize_bounds``); a new one replaces all of them
-_BOUND_KEYS = ("bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "nats_per_image_iw",
-               "bits_per_dim_elbo_stderr", "bits_per_dim_iw_stderr", "num_samples", "importance_samples")
-
-
 def record_evaluation(folder: str | Path, evaluation: dict) -> dict:
     """Merge the figures of a later evaluation (what ``hfgen evaluate`` prints) into a trained folder's
     ``metrics.json`` and re-render its card, so that ``hfgen publish`` shows them; returns the merged metrics.
 
-    A likelihood evaluation replaces every bound key of the old one (a K=1000 bound on the whole split never sits
-    beside the ELBO of the 1,000 images training ended with); sample-quality keys replace their namesakes; the
-    training figures (steps, time, images/s, diagnostics) stay. Both files are written only after the evaluation
-    succeeded, and atomically."""
+    A likelihood evaluation holds every bound key ``hfgen.evaluation.summarize_bounds`` writes, so it replaces the
+    old bound as a whole (a K=1000 bound on the whole split never sits beside the ELBO of the 1,000 images training
+    ended with); sample-quality keys replace their namesakes; the training figures (steps, time, images/s,
+    diagnostics) stay. Both files are written only after the evaluation succeeded; ``metrics.json`` atomically."""
     from .families import family_for_pipeline_class
     from .files import write_json_atomically
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a local folder: recording an evaluation writes its metrics.json "
-                                f"and card (a Hub repo id has no local folder to write; download it first)")
-    family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))
+    family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))  # refuses a non-folder
     if evaluation.get("family", family.name) != family.name:
         raise ValueError(f"the evaluation is of a {evaluation['family']!r} model but {folder} holds a "
                          f"{family.name!r} pipeline")
     path = folder / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
-    if "bits_per_dim_elbo" in evaluation:
-        metrics = {key: value for key, value in metrics.items() if key not in _BOUND_KEYS}
     metrics.update(evaluation)
     write_json_atomically(path, metrics)
     refresh_model_card(folder)
