@@ -78,3 +78,61 @@ def test_unknown_likelihood_is_named():
         get_likelihood("poisson")
     with pytest.raises(ValueError, match="num_mixtures=3"):
         get_likelihood("bernoulli", 3)
+
+
+# ---------------------------------------------------------------------------------------------- exact tails
+# Reference bin masses come from mpmath at 60 significant digits: far in the tails float64's own Phi(b) - Phi(a)
+# is 0 (100 grey levels off at the decoder's scale is about 110 standard deviations).
+
+mpmath = pytest.importorskip("mpmath")
+mpmath.mp.dps = 60
+
+_DECODER_STD = 0.007  # about the DDPM decoder's standard deviation on the [-1, 1] scale (posterior std at t = 1)
+
+
+def _reference_log_mass(cdf, value: int, mean: float, scale: float) -> float:
+    """log P(8-bit bin ``value``) under a symmetric distribution with CDF ``cdf(z)`` at ``mean``, ``scale``."""
+    centre = mpmath.mpf(value) * 2 / 255 - 1
+    lower = -mpmath.inf if value == 0 else (centre - mpmath.mpf(1) / 255 - mean) / scale
+    upper = mpmath.inf if value == 255 else (centre + mpmath.mpf(1) / 255 - mean) / scale
+    if lower + upper > 0:  # upper tail: the same mass as the mirrored interval, which needs no 1 - 1e-2600
+        lower, upper = -upper, -lower
+    return float(mpmath.log(cdf(upper) - cdf(lower)))
+
+
+@pytest.mark.parametrize("levels_off", [0, 3, 10, 30, 100, -10, -30, -100])
+@pytest.mark.parametrize("value", [0, 77, 255])
+def test_discretized_gaussian_decoder_is_exact_far_in_the_tails(value, levels_off):
+    from hfgen.models.ddpm import discretized_gaussian_nll
+
+    mean = (value - levels_off) * 2 / 255 - 1  # the pixel is `levels_off` grey levels above the mean
+    x0 = uint8_to_unit_interval(torch.tensor([value], dtype=torch.uint8))
+    nll = discretized_gaussian_nll(x0, torch.tensor([mean]), torch.tensor([2 * math.log(_DECODER_STD)]))
+    expected = -_reference_log_mass(mpmath.ncdf, value, mean, _DECODER_STD)
+    assert torch.isfinite(nll).all()
+    assert float(nll) == pytest.approx(expected, rel=2e-5, abs=1e-4)  # float32 arithmetic, up to ~5e4 nats
+
+
+@pytest.mark.parametrize("levels_off", [0, 3, 10, 30, 100, -10, -30, -100])
+@pytest.mark.parametrize("value", [0, 77, 255])
+def test_discretized_logistic_is_exact_far_in_the_tails(value, levels_off):
+    scale = math.exp(-5.0)  # a sharp decoder: 100 grey levels off is ~ 116 scales
+    mean = (value - levels_off) * 2 / 255 - 1
+    lik = get_likelihood("discretized_logistic")
+    params = torch.tensor([mean, math.log(scale)]).view(1, 2, 1, 1)
+    log_p = lik.log_prob(params, uint8_to_unit_interval(torch.tensor([value], dtype=torch.uint8).view(1, 1, 1, 1)))
+    expected = _reference_log_mass(lambda z: 1 / (1 + mpmath.exp(-z)), value, mean, scale)
+    assert float(log_p) == pytest.approx(expected, rel=2e-5, abs=1e-4)
+
+
+def test_exact_tails_have_finite_gradients():
+    from hfgen.models.ddpm import discretized_gaussian_nll
+
+    x0 = uint8_to_unit_interval(torch.tensor([0, 1, 128, 254, 255], dtype=torch.uint8))
+    mean = torch.tensor([0.9, -0.9, 0.0, -0.95, -0.9], requires_grad=True)
+    log_variance = torch.full((5,), 2 * math.log(_DECODER_STD), requires_grad=True)
+    discretized_gaussian_nll(x0, mean, log_variance).sum().backward()
+    assert torch.isfinite(mean.grad).all() and torch.isfinite(log_variance.grad).all()
+    params = torch.stack([mean.detach(), torch.full((5,), -5.0)]).t().reshape(5, 2, 1, 1).requires_grad_()
+    get_likelihood("discretized_logistic").log_prob(params, x0.view(5, 1, 1, 1)).sum().backward()
+    assert torch.isfinite(params.grad).all()

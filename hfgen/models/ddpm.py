@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from .likelihoods import uint8_to_unit_interval
+from .likelihoods import log1mexp, uint8_to_unit_interval
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
@@ -151,22 +151,27 @@ def _normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     return 0.5 * (-1.0 + logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2))
 
 
-def _standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1.0 + torch.erf(x / math.sqrt(2.0)))
+def log_normal_interval_mass(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """``log(Phi(upper) - Phi(lower))`` for standard-normal ``lower < upper`` (``-inf`` / ``+inf`` allowed), with
+    no clamp: computed on the side of zero where both ends lie in the tail that ``log_ndtr`` resolves, as
+    ``log Phi(b) + log(1 - Phi(a) / Phi(b))`` with ``(a, b) = (lower, upper)`` or, mirrored, ``(-upper, -lower)``.
+    """
+    mirror = (lower + upper) > 0
+    a = torch.where(mirror, -upper, lower)
+    b = torch.where(mirror, -lower, upper)
+    log_b = torch.special.log_ndtr(b)
+    return log_b + log1mexp(torch.special.log_ndtr(a) - log_b)
 
 
 def discretized_gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
     """-log P(8-bit bin of ``x0`` | N(mean, e^log_variance)) per element, in nats; ``x0`` holds bin centres in
-    [-1, 1] (bin width 2/255); the outermost bins extend to -inf and +inf."""
+    [-1, 1] (bin width 2/255); the outermost bins extend to -inf and +inf. Exact in the tails (no clamp): a pixel
+    100 grey levels off its mean costs what it should, not a capped 27.6 nats."""
     inv_std = torch.exp(-0.5 * log_variance)
     centred = x0 - mean
-    upper = _standard_normal_cdf(inv_std * (centred + 1.0 / 255.0))
-    lower = _standard_normal_cdf(inv_std * (centred - 1.0 / 255.0))
-    log_cdf_upper = torch.log(upper.clamp(min=1e-12))
-    log_one_minus_cdf_lower = torch.log((1.0 - lower).clamp(min=1e-12))
-    log_mass = torch.log((upper - lower).clamp(min=1e-12))
-    log_prob = torch.where(x0 < -0.999, log_cdf_upper, torch.where(x0 > 0.999, log_one_minus_cdf_lower, log_mass))
-    return -log_prob
+    upper = torch.where(x0 > 0.999, torch.full_like(centred, math.inf), inv_std * (centred + 1.0 / 255.0))
+    lower = torch.where(x0 < -0.999, torch.full_like(centred, -math.inf), inv_std * (centred - 1.0 / 255.0))
+    return -log_normal_interval_mass(lower, upper)
 
 
 def prior_nats(tables: DiffusionTables, x0: torch.Tensor) -> torch.Tensor:

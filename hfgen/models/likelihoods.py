@@ -32,6 +32,7 @@ LIKELIHOODS = ("bernoulli", "discretized_logistic", "gaussian")
 _NUM_BINS = 256
 _HALF_BIN = 1.0 / (_NUM_BINS - 1)
 _LOG_SCALE_MIN = -7.0
+_LN2 = math.log(2.0)
 
 
 def uint8_to_unit_interval(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,16 @@ def uint8_to_unit_interval(x_uint8: torch.Tensor) -> torch.Tensor:
 def unit_interval_to_uint8(x: torch.Tensor) -> torch.Tensor:
     """Map images in [-1, 1] to the nearest 8-bit value (clamped)."""
     return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, accurate on the whole range (Maechler 2012): ``log(-expm1(x))`` near
+    zero, ``log1p(-exp(x))`` further out."""
+    near_zero = x > -_LN2
+    # each branch sees only inputs in its own range, so the branch not taken never puts inf or NaN in a gradient
+    close = torch.log(-torch.expm1(torch.where(near_zero, x, -_LN2)))
+    far = torch.log1p(-torch.exp(torch.where(near_zero, -_LN2, x)))
+    return torch.where(near_zero, close, far)
 
 
 def nats_to_bits_per_dim(nats_per_image: torch.Tensor | float, num_dims: int) -> torch.Tensor | float:
@@ -223,21 +234,14 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
         inv_scale = torch.exp(-log_scales)
         upper = inv_scale * (centred + _HALF_BIN)
         lower = inv_scale * (centred - _HALF_BIN)
-        # log CDF at the upper edge (used for the lowest bin) and log(1 - CDF) at the lower edge (highest bin).
-        log_cdf_upper = F.logsigmoid(upper)
-        log_one_minus_cdf_lower = -F.softplus(lower)
-        # Mass of an interior bin, computed stably as sigmoid(upper) - sigmoid(lower) in log space.
-        cdf_delta = torch.sigmoid(upper) - torch.sigmoid(lower)
-        mid = inv_scale * centred
-        # Where the bin is so narrow relative to the scale that cdf_delta underflows, use density * bin width.
-        log_density_mid = mid - log_scales - 2.0 * F.softplus(mid) + math.log(2 * _HALF_BIN)
-        log_mass_interior = torch.where(
-            cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_density_mid
-        )
+        # log P(bin) with no clamp and no density fallback, exact in the far tails on both sides:
+        # lowest bin log sigmoid(upper); highest bin log(1 - sigmoid(lower)) = log sigmoid(-lower); interior bins
+        # sigmoid(u) - sigmoid(l) = sigmoid(u) sigmoid(-l) (1 - e^(l - u)), where l - u = -2 * half-bin / scale.
+        log_mass_interior = F.logsigmoid(upper) + F.logsigmoid(-lower) + log1mexp(lower - upper)
         log_mass = torch.where(
             x < -1.0 + _HALF_BIN,
-            log_cdf_upper,
-            torch.where(x > 1.0 - _HALF_BIN, log_one_minus_cdf_lower, log_mass_interior),
+            F.logsigmoid(upper),
+            torch.where(x > 1.0 - _HALF_BIN, F.logsigmoid(-lower), log_mass_interior),
         )
         # Channels are independent given the component (coupling already applied): sum them, then mix.
         log_mass = log_mass.sum(dim=2) + torch.log_softmax(logits, dim=1)  # (B,K,H,W)
