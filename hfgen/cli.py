@@ -115,8 +115,8 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import images_to_uint8, load_image_dataset
-    from .evaluation import evaluate_likelihood
+    from .data import images_and_source_shape, load_image_dataset
+    from .evaluation import evaluate_likelihood, split_label
 
     requested = _parse_metrics(args.metrics)
     if args.write_metrics and not Path(args.model).is_dir():
@@ -129,17 +129,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "bpd" in requested:
         dataset = load_image_dataset(args.dataset, args.split, config_name=args.dataset_config_name,
                                      image_column=args.image_column)
-        images = images_to_uint8(dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
-                                 resize_mode=args.resize_mode, convert_channels=args.convert_channels,
-                                 max_samples=args.max_samples or None, description=f"{args.split} images")
+        images, source_shape = images_and_source_shape(
+            dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
+            resize_mode=args.resize_mode, convert_channels=args.convert_channels,
+            max_samples=args.max_samples or None, description=f"{args.split} images")
         model.eval().to(memory_format=torch.channels_last)
-        metrics = evaluate_likelihood(family, model, images, importance_samples=args.importance_samples,
-                                      batch_size=args.batch_size, seed=args.seed, progress_file=args.progress_file)
+        samples = args.vlb_timesteps if args.vlb_timesteps else args.importance_samples
+        metrics = evaluate_likelihood(family, model, images, importance_samples=samples,
+                                      batch_size=args.batch_size, seed=args.seed, progress_file=args.progress_file,
+                                      source_shape=source_shape)
+        metrics.update({"split": split_label(args.split, metrics["num_samples"], len(dataset)),
+                        "split_size": len(dataset)})
     quality = [name for name in requested if name != "bpd"]
     if quality:
         model.eval()
         metrics.update(_sample_quality(args, pipeline, family, model, quality, images))
-    metrics.update({"dataset": args.dataset, "split": args.split, "family": family.name})
+    metrics.update({"dataset": args.dataset, "family": family.name})
+    metrics.setdefault("split", args.split)
     if args.write_metrics:
         from .hub import record_evaluation
 
@@ -196,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-samples", type=int, default=0,
                           help="evaluate the first N images (0: all); also the reference images of fd, kid and pr")
     evaluate.add_argument("--importance-samples", type=int, default=1,
-                          help="K of the importance-weighted bound (1: the ELBO only)")
+                          help="K of the importance-weighted bound (1: the ELBO only); DDPM: L_vlb timesteps")
+    evaluate.add_argument("--vlb-timesteps", type=int, default=0,
+                          help="DDPM: stratified timesteps per image of L_vlb (T - 1 or more: every term summed)")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--progress-file", default=None,
                           help="save the likelihood sums after every batch to this JSON file and resume from it "

@@ -29,6 +29,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,15 @@ __all__ = [
     "FASHION_MNIST_CLASS_NAMES",
     "FASHION_MNIST_HUB_ID",
     "DataError",
+    "SourceShape",
+    "VALIDATION_SIZE",
     "fashion_mnist_dir",
+    "images_and_source_shape",
     "images_to_uint8",
     "load_fashion_mnist_idx",
     "load_image_dataset",
     "num_dimensions",
+    "num_validation_rows",
     "read_idx_uint8",
 ]
 
@@ -73,8 +78,11 @@ FASHION_MNIST_FILE_PREFIXES = {"train": "train", "test": "t10k"}
 IDX_MAGIC_UINT8_IMAGES = 0x00000803
 IDX_MAGIC_UINT8_LABELS = 0x00000801
 
-# Splits that may be carved out of a source's only split, "train" (see `load_image_dataset`).
+# Splits that may be carved out of a source's "train" split (see `load_image_dataset`).
 HELD_OUT_SPLITS = ("test", "validation")
+#: images held out of "train" as "validation" when a source has no validation split of its own: its last 5,000
+#: (Fashion-MNIST: train[55000:60000]), or a tenth of a smaller training split
+VALIDATION_SIZE = 5000
 RESIZE_MODES = ("auto", "pad", "resize")
 GRAYSCALE_MODES = ("L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 COLOR_MODES = ("RGB", "P", "CMYK", "YCbCr")
@@ -94,6 +102,38 @@ def num_dimensions(channels: int, sample_size: int) -> int:
     if channels < 1 or sample_size < 1:
         raise DataError(f"channels={channels} and sample_size={sample_size}; expected both to be positive integers")
     return channels * sample_size * sample_size
+
+
+def num_validation_rows(num_train_rows: int) -> int:
+    """How many of the last rows of a "train" split form "validation" when the source has no validation split:
+    `VALIDATION_SIZE`, or a tenth of a smaller split (at least one row when there are two or more; none of one)."""
+    if num_train_rows < 2:
+        return 0
+    return min(VALIDATION_SIZE, max(1, num_train_rows // 10))
+
+
+@dataclass(frozen=True)
+class SourceShape:
+    """``(channels, height, width)`` of a split's own images before zero padding: the dimensions that bits/dim
+    divide by (784 for Fashion-MNIST's 28x28 images, though models see them padded to 32x32). Images that were
+    resized count at the size the model sees; a split whose images come in several sizes counts the whole square
+    (``mixed_sizes``), since no one size describes it."""
+
+    channels: int
+    height: int
+    width: int
+    mixed_sizes: bool = False
+
+    @property
+    def num_dims(self) -> int:
+        return self.channels * self.height * self.width
+
+    def is_padded(self, sample_size: int) -> bool:
+        """Whether the model's ``sample_size`` square adds a zero border around these images."""
+        return (self.height, self.width) != (sample_size, sample_size)
+
+    def as_list(self) -> list[int]:
+        return [self.channels, self.height, self.width]
 
 
 def fashion_mnist_dir() -> str | None:
@@ -139,9 +179,10 @@ def load_image_dataset(
         seed: seeds that hold-out split.
 
     Splits are never mixed. When the source has only a "train" split, a seeded, deterministic
-    ``train_test_split(test_size=test_fraction, seed=seed)`` divides it: ``split="train"`` returns the
-    remaining rows, ``"test"`` and ``"validation"`` both return the held-out rows, so train and test never
-    overlap for the same `test_fraction` and `seed`.
+    ``train_test_split(test_size=test_fraction, seed=seed)`` carves "test" out of it. When the source has no
+    "validation" split, "validation" is the last `num_validation_rows` rows of what remains of "train" (Fashion-MNIST:
+    its last 5,000 training images), and "train" is the rows before them: train, validation and test never
+    overlap, and models are picked on validation, never on test.
 
     Raises:
         DataError: the path does not exist or holds no usable files, an IDX file is corrupt, the split does
@@ -183,17 +224,30 @@ def _looks_like_path(source: str) -> bool:
 def _select_split(
     source: str, split: str, split_names: Sequence[str], load_split: SplitLoader, *, test_fraction: float, seed: int,
 ) -> datasets.Dataset:
-    """Load `split`, carving it out of "train" when "train" is the source's only split."""
-    if list(split_names) == ["train"] and split in ("train", *HELD_OUT_SPLITS):
-        full_train = load_split("train")
-        if len(full_train) < 2:
-            raise DataError(f"{source!r} has only a 'train' split with {len(full_train)} row(s); expected at least "
-                            f"2 rows to hold out a {test_fraction:g} fraction as {split!r}")
-        parts = full_train.train_test_split(test_size=test_fraction, seed=seed, shuffle=True)
-        return parts["train"] if split == "train" else parts["test"]
-    if split in split_names:
+    """Load `split`, carving "test" out of "train" when "train" is the source's only split, and "validation" out
+    of the end of "train" when the source has no validation split (which "train" then leaves out)."""
+    names = list(split_names)
+    carves_validation = "train" in names and "validation" not in names
+    if split in names and not (split == "train" and carves_validation):
         return load_split(split)
-    raise DataError(f"{source!r} has no split {split!r}; available splits: {', '.join(map(repr, split_names))}")
+    if "train" not in names or split not in ("train", *HELD_OUT_SPLITS) or (split == "test" and names != ["train"]):
+        raise DataError(f"{source!r} has no split {split!r}; available splits: {', '.join(map(repr, names))}")
+    train = load_split("train")
+    if names == ["train"]:
+        if len(train) < 2:
+            raise DataError(f"{source!r} has only a 'train' split with {len(train)} row(s); expected at least "
+                            f"2 rows to hold out a {test_fraction:g} fraction as 'test'")
+        parts = train.train_test_split(test_size=test_fraction, seed=seed, shuffle=True)
+        if split == "test":
+            return parts["test"]
+        train = parts["train"]
+    held_out = num_validation_rows(len(train))
+    if split == "validation":
+        if held_out == 0:
+            raise DataError(f"{source!r} has {len(train)} training row(s) and no 'validation' split; expected at "
+                            f"least 2 training rows to hold out the last as 'validation'")
+        return train.select(range(len(train) - held_out, len(train)))
+    return train.select(range(len(train) - held_out)) if held_out else train
 
 
 def _rename_image_column(
@@ -440,7 +494,12 @@ def _hub_split_loader(dataset_id: str, config_name: str | None) -> tuple[list[st
 # --------------------------------------------------------------------------------------------------------------
 
 
-def images_to_uint8(
+def images_to_uint8(dataset: datasets.Dataset, *, sample_size: int, **options: Any) -> torch.Tensor:
+    """The images of `images_and_source_shape` alone: one uint8 tensor of shape (N, C, sample_size, sample_size)."""
+    return images_and_source_shape(dataset, sample_size=sample_size, **options)[0]
+
+
+def images_and_source_shape(
     dataset: datasets.Dataset,
     *,
     sample_size: int,
@@ -450,8 +509,9 @@ def images_to_uint8(
     max_samples: int | None = None,
     show_progress: bool = True,
     description: str = "images",
-) -> torch.Tensor:
-    """Decode and preprocess the "image" column into one uint8 tensor of shape (N, C, sample_size, sample_size).
+) -> tuple[torch.Tensor, SourceShape]:
+    """Decode and preprocess the "image" column into one uint8 tensor of shape (N, C, sample_size, sample_size),
+    and the `SourceShape` of the images before padding (what bits/dim divide by).
 
     Args:
         dataset: a Dataset with an "image" column (as returned by `load_image_dataset`) whose elements are PIL
@@ -469,7 +529,8 @@ def images_to_uint8(
         description: the progress bar's label.
 
     Returns:
-        A contiguous CPU tensor of dtype uint8 (pixel values 0..255), shape (N, channels, sample_size, sample_size).
+        A contiguous CPU tensor of dtype uint8 (pixel values 0..255), shape (N, channels, sample_size, sample_size),
+        and the images' own ``(channels, height, width)`` before zero padding (after resizing, if they were).
 
     Grayscale modes "1", "I;16", "I", "F" become 8-bit: 16-bit values are scaled by 255/65535; "I" values up to
     255 are kept and larger ones (up to 65535) scaled as 16-bit; "F" values in [0, 1] are scaled by 255, values
@@ -491,7 +552,7 @@ def images_to_uint8(
     if whole_split is not None and _fits_without_resizing(whole_split.shape[1:3], sample_size, resize_mode):
         channels_first = _channels_last_to_first(whole_split, channels=channels, convert_channels=convert_channels)
         if channels_first is not None:
-            return _pad_batch(channels_first, sample_size)
+            return _pad_batch(channels_first, sample_size), SourceShape(*channels_first.shape[1:])
     return _images_to_uint8_one_by_one(
         dataset, num_rows, sample_size=sample_size, channels=channels, resize_mode=resize_mode,
         convert_channels=convert_channels, show_progress=show_progress, description=description,
@@ -582,8 +643,9 @@ def _pad_batch(images: np.ndarray, sample_size: int) -> torch.Tensor:
 def _images_to_uint8_one_by_one(
     dataset: datasets.Dataset, num_rows: int, *, sample_size: int, channels: int | None, resize_mode: str,
     convert_channels: bool, show_progress: bool, description: str,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, SourceShape]:
     output: np.ndarray | None = None  # (N, sample_size, sample_size, C), allocated once the channel count is known
+    sizes: set[tuple[int, int]] = set()  # (height, width) of the images before padding
     with tqdm(total=num_rows, desc=description, unit="img", disable=not show_progress) as progress:
         for row_index, element in enumerate(_iterate_image_elements(dataset, num_rows)):
             image, name = _to_pil_image(element, row_index)
@@ -593,10 +655,14 @@ def _images_to_uint8_one_by_one(
             image = _match_channels(image, name, channels=channels, convert_channels=convert_channels)
             if output is None:
                 output = np.zeros((num_rows, sample_size, sample_size, channels), dtype=np.uint8)
-            output[row_index] = _fit_square(image, name, sample_size=sample_size, resize_mode=resize_mode)
+            output[row_index], size = _fit_square(image, name, sample_size=sample_size, resize_mode=resize_mode)
+            sizes.add(size)
             progress.update(1)
     assert output is not None  # num_rows >= 1
-    return torch.from_numpy(output).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(output).permute(0, 3, 1, 2).contiguous()
+    if len(sizes) == 1:
+        return images, SourceShape(channels, *sizes.pop())
+    return images, SourceShape(channels, sample_size, sample_size, mixed_sizes=True)
 
 
 def _iterate_image_elements(dataset: datasets.Dataset, num_rows: int) -> Iterator[Any]:
@@ -713,8 +779,10 @@ def _match_channels(image: PIL.Image.Image, name: str, *, channels: int, convert
     return image.convert("L" if channels == 1 else "RGB")
 
 
-def _fit_square(image: PIL.Image.Image, name: str, *, sample_size: int, resize_mode: str) -> np.ndarray:
-    """The image as a (sample_size, sample_size, C) uint8 array, zero-padded or resized + center-cropped."""
+def _fit_square(image: PIL.Image.Image, name: str, *, sample_size: int, resize_mode: str
+                ) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image as a (sample_size, sample_size, C) uint8 array, zero-padded or resized + center-cropped, and its
+    (height, width) before padding."""
     width, height = image.size
     fits = width <= sample_size and height <= sample_size
     if resize_mode == "pad" and not fits:
@@ -727,11 +795,11 @@ def _fit_square(image: PIL.Image.Image, name: str, *, sample_size: int, resize_m
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if width == height == sample_size:
-        return pixels
+        return pixels, (height, width)
     top, left = (sample_size - height) // 2, (sample_size - width) // 2
     padded = np.zeros((sample_size, sample_size, pixels.shape[2]), dtype=np.uint8)
     padded[top:top + height, left:left + width] = pixels
-    return padded
+    return padded, (height, width)
 
 
 def _resize_and_center_crop(image: PIL.Image.Image, sample_size: int) -> PIL.Image.Image:

@@ -1,7 +1,12 @@
 """Likelihood bounds over a data set, the figures ``hfgen evaluate`` prints and ``metrics.json`` holds.
 
 All figures are means over images of upper bounds on the negative log-likelihood of the 8-bit images:
-``nats_per_image_*`` in nats per image, ``bits_per_dim_*`` the same divided by ``num_dims * ln 2``.
+``nats_per_image_*`` in nats per image, ``bits_per_dim_*`` the same divided by ``num_dims * ln 2``, where
+``num_dims`` counts the data's own pixels (``source_shape``: 784 for Fashion-MNIST, not the 1024 of the 32x32
+square it is padded to). ``bound_over`` says what the bound is of: ``"source image"`` when the model scores the
+data's own pixels only (the VAE families with ``source_size``), ``"padded image"`` when it scores the padded square
+(DDPM; folders trained before ``source_size`` existed): still an upper bound on ``-log p(image)``, since
+``p(image) >= p(image, border = 0)``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .data import SourceShape
 from .families.base import Bounds, ModelFamily
 from .files import write_json_atomically
 
@@ -39,13 +45,17 @@ def evaluate_likelihood(
     reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     show_progress: bool = True,
     progress_file: str | Path | None = None,
+    source_shape: SourceShape | None = None,
 ) -> dict:
     """Mean ELBO and importance-weighted bounds over ``images`` (``uint8``, ``(N, C, H, W)``).
 
     With several processes each evaluates every ``num_processes``-th batch and ``reduce_sum`` (e.g.
     ``lambda t: accelerator.reduce(t, "sum")``) adds the per-process sums. Returns a dict with
     ``bits_per_dim_elbo``, ``bits_per_dim_iw``, ``nats_per_image_elbo``, ``nats_per_image_iw``, their standard
-    errors over images (``*_stderr``), ``num_samples``, ``importance_samples`` and ``num_dims``.
+    errors over images (``*_stderr``), ``num_samples``, ``importance_samples`` (``vlb_timesteps`` for DDPM, which
+    writes no ``*_iw`` keys), ``num_dims``, ``source_shape``, ``sample_shape``, ``bound_over`` and ``likelihood``.
+    ``source_shape`` is the images' own shape before zero padding (``hfgen.data.images_and_source_shape``); without
+    it the model's own shape is taken.
 
     With ``progress_file`` (one process only) the sums of every finished batch are saved there (atomically, after
     each batch) and batches already in the file are not evaluated again, so a long evaluation (K=1000 on a whole
@@ -58,6 +68,7 @@ def evaluate_likelihood(
         raise ValueError(f"expected uint8 images of shape (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
     if importance_samples < 1:
         raise ValueError(f"importance_samples must be >= 1, got {importance_samples}")
+    units = bound_units(family, model, images.shape[1:], source_shape)
     device = model.device
     if importance_samples > 1 and getattr(family, "importance_samples_in_batch", True):
         # keep roughly batch_size decoder passes in flight
@@ -95,7 +106,34 @@ def evaluate_likelihood(
         totals = [total + value for total, value in zip(totals, batch_sums[index])]
     if reduce_sum is not None:
         totals = reduce_sum(torch.tensor(totals, dtype=torch.float64, device=device)).cpu().tolist()
-    return summarize_bounds(totals, family.num_dims(model), importance_samples)
+    figures = summarize_bounds(totals, units["num_dims"], importance_samples,
+                               importance_weighted=family.has_importance_weighted_bound)
+    return {**figures, **units, "likelihood": family.likelihood_of(model)}
+
+
+def bound_units(family: ModelFamily, model, image_shape, source_shape: SourceShape | None) -> dict:
+    """``num_dims`` (the data's own C x H x W), ``source_shape``, ``sample_shape`` (what the model sees) and
+    ``bound_over``; refuses a model that scores fewer pixels than the data has (its figure would bound nothing)."""
+    scored = list(family.scored_shape(model))
+    sample_shape = [int(v) for v in image_shape]
+    source = source_shape.as_list() if source_shape is not None else scored
+    if scored == source:
+        bound_over = "source image"
+    elif scored == sample_shape and source_shape is not None and not source_shape.mixed_sizes:
+        bound_over = "padded image"
+    elif scored == sample_shape:
+        bound_over = "image as the model sees it"
+    else:
+        raise ValueError(f"the model scores {'x'.join(map(str, scored))} pixels (source_size in its config) but these "
+                         f"images are {'x'.join(map(str, source))} before padding to "
+                         f"{'x'.join(map(str, sample_shape))}; expected data of the size the model was trained on")
+    return {"num_dims": source[0] * source[1] * source[2], "source_shape": source, "sample_shape": sample_shape,
+            "bound_over": bound_over}
+
+
+def split_label(split: str, num_images: int, split_size: int) -> str:
+    """How a card names the images a figure was measured on: ``test``, or ``test[:1000]`` for the first 1,000."""
+    return split if num_images >= split_size else f"{split}[:{num_images}]"
 
 
 def _tensor_sha256(tensor: torch.Tensor) -> str:
@@ -137,8 +175,10 @@ class _EvaluationProgress:
                               indent=None)
 
 
-def summarize_bounds(sums: list[float], num_dims: int, importance_samples: int) -> dict:
-    """Turn [sum elbo, sum elbo^2, sum iw, sum iw^2, count] (nats) into the reported figures."""
+def summarize_bounds(sums: list[float], num_dims: int, importance_samples: int, *,
+                     importance_weighted: bool = True) -> dict:
+    """Turn [sum elbo, sum elbo^2, sum iw, sum iw^2, count] (nats) into the reported figures; without an
+    importance-weighted bound (DDPM) only the ``*_elbo`` figures, and K is named ``vlb_timesteps``."""
     sum_elbo, sum_sq_elbo, sum_iw, sum_sq_iw, count = sums
     count = int(round(count))
     if count == 0:
@@ -152,6 +192,10 @@ def summarize_bounds(sums: list[float], num_dims: int, importance_samples: int) 
 
     elbo, elbo_se = mean_and_stderr(sum_elbo, sum_sq_elbo)
     iw, iw_se = mean_and_stderr(sum_iw, sum_sq_iw)
+    if not importance_weighted:
+        return {"bits_per_dim_elbo": elbo * to_bpd, "nats_per_image_elbo": elbo,
+                "bits_per_dim_elbo_stderr": elbo_se * to_bpd, "num_samples": count,
+                "vlb_timesteps": importance_samples, "num_dims": num_dims}
     return {
         "bits_per_dim_elbo": elbo * to_bpd,
         "bits_per_dim_iw": iw * to_bpd,

@@ -43,6 +43,10 @@ METRICS = (
 #: families with a single likelihood bound (their ``*_iw`` keys repeat the ``*_elbo`` figures)
 _SINGLE_BOUND = {"ddpm": "L_vlb bound"}
 
+#: metrics.json keys that describe a likelihood evaluation (beside the bits_per_dim_* / nats_per_image_* figures)
+_BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "num_dims", "source_shape", "sample_shape",
+               "bound_over", "likelihood", "split", "split_size")
+
 #: top-level files of a pipeline folder that are published when present
 PUBLISHED_FILES = ("model_index.json", "README.md", "samples.png", "metrics.json", "training_config.json")
 #: training settings left out of a card (local paths, run plumbing)
@@ -72,6 +76,8 @@ def card_metrics(family_name: str, metrics: dict) -> list[dict]:
             name = name.replace("ELBO bound", _SINGLE_BOUND[family_name])
         if key.endswith("_iw") and metrics.get("importance_samples"):
             name += f" (K={metrics['importance_samples']})"
+        if key.startswith("bits_per_dim") and metrics.get("num_dims"):
+            name += f", over {metrics['num_dims']} dims"
         stderr = metrics.get(f"{key}_stderr", metrics.get(f"{key}_std"))
         rows.append({"key": key, "name": name, "kind": kind, "value": float(metrics[key]),
                      "stderr": None if stderr is None else float(stderr)})
@@ -82,7 +88,11 @@ def _eval_results(family_name: str, metrics: dict, dataset: str) -> list[EvalRes
     split = metrics.get("split", "test")
     results = []
     for row in card_metrics(family_name, metrics):
-        args = {"num_samples": metrics.get("num_samples"), "importance_samples": metrics.get("importance_samples")}
+        likelihood = metrics.get("likelihood") or {}
+        args = {"num_samples": metrics.get("num_samples"), "importance_samples": metrics.get("importance_samples"),
+                "vlb_timesteps": metrics.get("vlb_timesteps"), "num_dims": metrics.get("num_dims"),
+                "bound_over": metrics.get("bound_over"), "likelihood": likelihood.get("name"),
+                "pixel_values": likelihood.get("data")}
         if row["kind"] == "sample quality":
             args = {"num_generated": metrics.get("num_generated", metrics.get("fd_num_samples"))}
         if row["stderr"] is not None:
@@ -146,11 +156,52 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         pipeline_module=Path(pipeline_class_file(family)).stem if family.name != "ddpm" else "",
         model_module=component_file(family),
         temperature_example=", temperature=0.8" if "temperature" in family.sampling_options else "",
-        metrics_intro=(f"Upper bounds ({bound}) on the negative log-likelihood of the 8-bit {metrics.get('split', 'test')} "
-                       f"images, lower is better, and sample-quality figures where they were measured. The same "
-                       f"figures are in this card's `model-index` and in `metrics.json`."),
+        metrics_intro=(f"Upper bounds ({bound}) on the negative log-likelihood of the {_pixel_values(metrics)} "
+                       f"`{metrics.get('split', 'test')}` images, lower is better, and sample-quality figures where "
+                       f"they were measured. The same figures are in this card's `model-index` and in `metrics.json`."),
         metrics_note=_metrics_note(family.name, metrics),
+        data_description=_data_description(metrics),
+        units_note=_units_note(metrics),
     )
+
+
+def _pixel_values(metrics: dict) -> str:
+    """``8-bit`` or ``dynamically binarized``: what the likelihood is of (older metrics.json: from the family)."""
+    return (metrics.get("likelihood") or {}).get("data", "8-bit")
+
+
+def _shape_text(shape) -> str:
+    return "x".join(str(v) for v in shape)
+
+
+def _data_description(metrics: dict) -> str:
+    source, sample = metrics.get("source_shape"), metrics.get("sample_shape")
+    if not source or not sample:
+        size = metrics.get("sample_size", "?")
+        return f"{metrics.get('channels', '?')}x{size}x{size} images, {_pixel_values(metrics)}"
+    if source == sample:
+        return f"{_shape_text(source)} images, {_pixel_values(metrics)}"
+    return f"{_shape_text(source)} images zero-padded to {_shape_text(sample)}, {_pixel_values(metrics)}"
+
+
+def _units_note(metrics: dict) -> str:
+    """What the bits/dim divide by and what the bound is of, from the fields ``hfgen.evaluation`` writes."""
+    if not metrics.get("bound_over"):
+        return ("Bits/dim divide by every pixel of the padded square the model sees (this folder's metrics predate "
+                "hfgen's units fix): re-run `hfgen evaluate --write-metrics` for figures over the data's own pixels.")
+    dims = metrics["num_dims"]
+    text = f"Bits/dim divide nats/image by {dims} x ln 2: the {_shape_text(metrics['source_shape'])} pixels of the data's own images"
+    if metrics["bound_over"] == "source image":
+        text += (", and the bound is one on those images (the model scores only them; any zero padding the model "
+                 "sees is a fixed function of the image).")
+    elif metrics["bound_over"] == "padded image":
+        text += (f". The bound is that of the padded {_shape_text(metrics['sample_shape'])} image, still an upper "
+                 f"bound on -log p of the unpadded one (p(image) >= p(image, border = 0)).")
+    else:
+        text += "."
+    if _pixel_values(metrics) != "8-bit":
+        text += " The data were dynamically binarized: these are binarized-data figures, not 8-bit ones."
+    return text
 
 
 def pipeline_class_file(family: ModelFamily) -> str:
@@ -168,14 +219,16 @@ def component_file(family: ModelFamily) -> str:
 
 
 def _metrics_note(family_name: str, metrics: dict) -> str:
-    count, k = metrics.get("num_samples"), metrics.get("importance_samples")
+    count, split = metrics.get("num_samples"), metrics.get("split", "test")
     if count is None:
         return ""
     if family_name in _SINGLE_BOUND:
-        return (f"Likelihood measured on {count} images with {k} sampled timesteps per image (± is the standard error "
-                f"over images, timestep sampling included).")
-    return (f"Likelihood measured on {count} images with K={k} importance samples per image (± is the standard "
-            f"error over images). Bits/dim divide nats/image by C x H x W x ln 2.")
+        k = metrics.get("vlb_timesteps", metrics.get("importance_samples"))
+        return (f"Likelihood measured on {count} images (`{split}`) with {k} timesteps per image (± is the standard "
+                f"error over images, timestep sampling included).")
+    k = metrics.get("importance_samples")
+    return (f"Likelihood measured on {count} images (`{split}`) with K={k} importance samples per image (± is the "
+            f"standard error over images).")
 
 
 def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict, training_config: dict | None = None,
@@ -225,6 +278,9 @@ def record_evaluation(folder: str | Path, evaluation: dict) -> dict:
                          f"{family.name!r} pipeline")
     path = folder / "metrics.json"
     metrics = json.loads(path.read_text()) if path.is_file() else {}
+    if "bits_per_dim_elbo" in evaluation:  # a new likelihood evaluation: no old bound key or label survives it
+        metrics = {key: value for key, value in metrics.items() if key not in _BOUND_KEYS
+                   and not key.startswith(("bits_per_dim_", "nats_per_image_"))}
     metrics.update(evaluation)
     write_json_atomically(path, metrics)
     refresh_model_card(folder)

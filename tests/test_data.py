@@ -16,10 +16,13 @@ from hfgen.data import (
     FASHION_MNIST,
     FASHION_MNIST_CLASS_NAMES,
     DataError,
+    SourceShape,
     fashion_mnist_dir,
+    images_and_source_shape,
     images_to_uint8,
     load_image_dataset,
     num_dimensions,
+    read_idx_uint8,
 )
 
 IDX_DIR = Path(DEFAULT_FASHION_MNIST_DIR)
@@ -65,7 +68,13 @@ def test_fashion_mnist_splits_are_complete_and_different():
     assert fashion_mnist_dir() == DEFAULT_FASHION_MNIST_DIR
     train = load_image_dataset(FASHION_MNIST, "train")
     test = load_image_dataset(FASHION_MNIST, "test")
-    assert (len(train), len(test)) == (60000, 10000)
+    validation = load_image_dataset(FASHION_MNIST, "validation")
+    # validation is the last 5,000 of the 60,000 official training images, and "train" leaves them out
+    assert (len(train), len(validation), len(test)) == (55000, 5000, 10000)
+    assert np.array_equal(np.asarray(validation.with_format("numpy")[:3]["image"]),
+                          read_idx_uint8(IDX_DIR / "train-images-idx3-ubyte.gz",
+                                         expected_magic=0x00000803)[55000:55003])
+    train = datasets.concatenate_datasets([train, validation])  # the official 60,000 again
     assert train.features["image"] == datasets.Array2D((28, 28), "uint8")
     assert train.features["label"].names == list(FASHION_MNIST_CLASS_NAMES)
     for dataset, per_class in ((train, 6000), (test, 1000)):
@@ -75,8 +84,8 @@ def test_fashion_mnist_splits_are_complete_and_different():
     test_images = np.asarray(test.with_format("numpy")[:]["image"])
     assert test_images.shape == (10000, 28, 28) and test_images.max() == 255
     assert (train_first != test_images).any(axis=(1, 2)).mean() > 0.99
-    with pytest.raises(DataError, match=r"no split 'validation'.*'train', 'test'"):
-        load_image_dataset(FASHION_MNIST, "validation")
+    with pytest.raises(DataError, match=r"no split 'valid'.*'train', 'test'"):
+        load_image_dataset(FASHION_MNIST, "valid")
 
 
 @needs_idx_files
@@ -156,7 +165,9 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path):
     _numbered_image(50, size=(12, 10), mode="L").save(root / "train" / "gray.png")
     train = load_image_dataset(str(root), "train")
     test = load_image_dataset(str(root), "test")
-    assert (len(train), len(test)) == (6, 3)
+    validation = load_image_dataset(str(root), "validation")  # no validation/ folder: the last training image
+    assert (len(train), len(validation), len(test)) == (5, 1, 3)
+    train = datasets.concatenate_datasets([train, validation])
     train_images = images_to_uint8(train, sample_size=16, channels=3, convert_channels=True, show_progress=False)
     test_images = images_to_uint8(test, sample_size=16, show_progress=False)  # channels taken from the first image
     assert train_images.shape == (6, 3, 16, 16) and test_images.shape == (3, 3, 16, 16)
@@ -166,8 +177,8 @@ def test_image_folder_with_train_and_test_subfolders(tmp_path):
     assert (train_images[:5, 1, 3:13, 2:14] > 0).all()
     with pytest.raises(DataError, match=r"has 1 channel\(s\); expected 3 \(pass convert_channels=True"):
         images_to_uint8(train, sample_size=16, channels=3, show_progress=False)
-    with pytest.raises(DataError, match=r"no split 'validation'; available splits: '(train', 'test|test', 'train)'"):
-        load_image_dataset(str(root), "validation")
+    with pytest.raises(DataError, match=r"no split 'valid'; available splits: '(train', 'test|test', 'train)'"):
+        load_image_dataset(str(root), "valid")
 
 
 def test_parquet_arrow_and_save_to_disk_folders(tmp_path):
@@ -184,9 +195,12 @@ def test_parquet_arrow_and_save_to_disk_folders(tmp_path):
     splits.save_to_disk(str(tmp_path / "saved_dict"))
     splits["test"].save_to_disk(str(tmp_path / "saved_one"))
 
-    for source, split, rows in [("parquet", "train", 4), ("parquet", "test", 2), ("saved_dict", "train", 4),
-                                ("saved_dict", "test", 2), ("parquet/test.parquet", "train", 1),
-                                ("saved_one", "train", 1), ("saved_one", "test", 1)]:  # one split: halved
+    # "train" leaves out its last row (a tenth, at least one) as "validation"; a source with one split gives half
+    # of it to "test" first
+    for source, split, rows in [("parquet", "train", 3), ("parquet", "validation", 1), ("parquet", "test", 2),
+                                ("saved_dict", "train", 3), ("saved_dict", "test", 2),
+                                ("parquet/test.parquet", "train", 1), ("saved_one", "train", 1),
+                                ("saved_one", "test", 1)]:
         dataset = load_image_dataset(str(tmp_path / source), split, test_fraction=0.5)
         assert len(dataset) == rows, (source, split)
         assert "label" in dataset.column_names
@@ -195,7 +209,7 @@ def test_parquet_arrow_and_save_to_disk_folders(tmp_path):
     arrow_dir = tmp_path / "arrow"
     arrow_dir.mkdir()
     shutil.copy(next((tmp_path / "saved_dict" / "train").glob("*.arrow")), arrow_dir / "train.arrow")
-    assert len(load_image_dataset(str(arrow_dir), "train", test_fraction=0.25)) == 3
+    assert len(load_image_dataset(str(arrow_dir), "train", test_fraction=0.25)) == 2  # 4 - 1 test - 1 validation
 
 
 def test_corrupt_png_is_named(tmp_path):
@@ -295,11 +309,12 @@ def test_only_train_is_split_into_disjoint_holdouts(tmp_path):
     train = load_image_dataset(str(root), "train", test_fraction=0.2, seed=3)
     test = load_image_dataset(str(root), "test", test_fraction=0.2, seed=3)
     validation = load_image_dataset(str(root), "validation", test_fraction=0.2, seed=3)
-    assert (len(train), len(test)) == (24, 6)
+    assert (len(train), len(validation), len(test)) == (22, 2, 6)  # test 20%, then a tenth of the rest
     train_ids = _pixel_ids(images_to_uint8(train, sample_size=8, show_progress=False))
     test_ids = _pixel_ids(images_to_uint8(test, sample_size=8, show_progress=False))
-    assert len(train_ids) == 24 and len(test_ids) == 6 and not train_ids & test_ids
-    assert test_ids == _pixel_ids(images_to_uint8(validation, sample_size=8, show_progress=False))
+    validation_ids = _pixel_ids(images_to_uint8(validation, sample_size=8, show_progress=False))
+    assert len(train_ids) == 22 and len(test_ids) == 6 and len(validation_ids) == 2
+    assert not train_ids & test_ids and not train_ids & validation_ids and not validation_ids & test_ids
     again = load_image_dataset(str(root), "test", test_fraction=0.2, seed=3)
     assert test_ids == _pixel_ids(images_to_uint8(again, sample_size=8, show_progress=False))
     other_seed = load_image_dataset(str(root), "test", test_fraction=0.2, seed=4)
@@ -359,3 +374,28 @@ def test_num_dimensions():
     assert num_dimensions(1, 32) == 1024 and num_dimensions(3, 64) == 12288
     with pytest.raises(DataError):
         num_dimensions(0, 32)
+
+
+# --- source shapes: what bits/dim divide by ---------------------------------------------------------------------
+
+
+@needs_idx_files
+def test_fashion_mnist_source_shape_is_28x28_inside_the_padded_32x32():
+    images, shape = images_and_source_shape(load_image_dataset(FASHION_MNIST, "test"), sample_size=32,
+                                            max_samples=16, show_progress=False)
+    assert images.shape == (16, 1, 32, 32)
+    assert shape == SourceShape(1, 28, 28) and shape.num_dims == 784 and shape.is_padded(32)
+    assert int(images[:, :, :2].sum()) == int(images[:, :, :, 30:].sum()) == 0  # the 2-pixel zero border
+
+
+def test_source_shape_of_padded_resized_and_mixed_image_folders(tmp_path):
+    small = _make_image_folder(tmp_path / "small", {"train": 3}, mode="RGB", size=(12, 10))
+    _, shape = images_and_source_shape(load_image_dataset(str(small), "train"), sample_size=16, show_progress=False)
+    assert shape == SourceShape(3, 10, 12) and shape.num_dims == 360  # (C, H, W) before padding
+    large = _make_image_folder(tmp_path / "large", {"train": 3}, mode="L", size=(40, 40))
+    _, shape = images_and_source_shape(load_image_dataset(str(large), "train"), sample_size=16, show_progress=False)
+    assert shape == SourceShape(1, 16, 16) and not shape.is_padded(16)  # resized: counts at the size seen
+    mixed = _make_image_folder(tmp_path / "mixed", {"train": 2, "test": 2}, mode="L", size=(40, 40))
+    _numbered_image(9, size=(8, 8), mode="L").save(mixed / "test" / "tiny.png")
+    _, shape = images_and_source_shape(load_image_dataset(str(mixed), "test"), sample_size=16, show_progress=False)
+    assert shape.mixed_sizes and shape.num_dims == 256  # several sizes: the whole square

@@ -1,6 +1,7 @@
 """The DDPM family on tiny configs (CPU, T = 100): the training script end to end, a stock DDPMPipeline folder
 that plain diffusers loads without hfgen, scheduler swaps, the L_vlb bound, and fast path == plain path."""
 
+import argparse
 import json
 import math
 import os
@@ -19,6 +20,8 @@ from hfgen.training import build_parser, train
 from conftest import PYTHON, ROOT, requires_fashion_mnist, reset_accelerate_state
 
 TINY_ARGS = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "256", "--report_to", "none"]
+#: the script's folder in these tests has learned variances (Nichol & Dhariwal 2021) on the cosine schedule
+LEARNED = ["--variance_type", "learned_range", "--beta_schedule", "squaredcos_cap_v2"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,8 +43,8 @@ def trained(tmp_path_factory):
     """training/train_ddpm.py --preset tiny (40 steps, 256 images) in a fresh process, as a user runs it."""
     out = tmp_path_factory.mktemp("ddpm") / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
-    cmd = [PYTHON, "training/train_ddpm.py", "--output_dir", str(out), *TINY_ARGS, "--max_train_steps", "40",
-           "--checkpointing_steps", "20"]
+    cmd = [PYTHON, "training/train_ddpm.py", "--output_dir", str(out), *TINY_ARGS, *LEARNED, "--max_train_steps",
+           "40", "--checkpointing_steps", "20"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -60,10 +63,17 @@ def test_script_end_to_end_writes_a_stock_ddpm_folder(trained):
         assert "hfgen" not in (trained / name).read_text(), name
     scheduler = json.loads((trained / "scheduler/scheduler_config.json").read_text())
     assert scheduler["num_train_timesteps"] == 100 and scheduler["prediction_type"] == "epsilon"
+    assert scheduler["variance_type"] == "learned_range" and scheduler["beta_schedule"] == "squaredcos_cap_v2"
+    assert json.loads((trained / "unet/config.json").read_text())["out_channels"] == 2  # epsilon and v
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["family"] == "ddpm" and metrics["train_steps"] == 40 and metrics["skipped_steps"] == 0
-    assert metrics["bits_per_dim_elbo"] == metrics["bits_per_dim_iw"]  # no IW bound for a DDPM
-    assert np.isfinite(metrics["bits_per_dim_elbo"]) and 0 < metrics["bits_per_dim_elbo"] < 20
+    assert not [key for key in metrics if key.endswith("_iw")]  # no IW bound for a DDPM
+    assert metrics["vlb_timesteps"] == 8 and "importance_samples" not in metrics
+    # the padded 32x32 image's bound, over Fashion-MNIST's own 784 dimensions, said so
+    assert metrics["num_dims"] == 784 and metrics["bound_over"] == "padded image"
+    assert metrics["source_shape"] == [1, 28, 28] and metrics["sample_shape"] == [1, 32, 32]
+    assert metrics["split"] == "test[:32]" and metrics["split_size"] == 10000
+    assert np.isfinite(metrics["bits_per_dim_elbo"]) and 0 < metrics["bits_per_dim_elbo"] < 30
     assert "L_vlb" in (trained / "README.md").read_text()
 
 
@@ -137,14 +147,14 @@ def test_evaluate_prints_the_bound_in_bits_per_dim(trained, capsys):
     printed = json.loads(capsys.readouterr().out)
     saved = json.loads((trained / "metrics.json").read_text())
     assert printed["family"] == "ddpm" and printed["num_samples"] == 32
-    assert printed["bits_per_dim_iw"] == printed["bits_per_dim_elbo"]
+    assert "bits_per_dim_iw" not in printed and printed["vlb_timesteps"] == 8 and printed["split"] == "test[:32]"
     # same images, timesteps per image and seed as the end of training: the same figure
     assert printed["bits_per_dim_elbo"] == pytest.approx(saved["bits_per_dim_elbo"], rel=1e-4)
 
 
 @requires_fashion_mnist
 def test_bound_drops_with_training(trained, tmp_path):
-    untrained = train(DDPMFamily(), _args(tmp_path / "one", "--max_train_steps", "1", "--no_ema",
+    untrained = train(DDPMFamily(), _args(tmp_path / "one", *LEARNED, "--max_train_steps", "1", "--no_ema",
                                           "--num_sample_images", "1"))
     trained_metrics = json.loads((trained / "metrics.json").read_text())  # 40 steps; same eval images and seed
     assert np.isfinite(untrained["bits_per_dim_elbo"])
@@ -218,3 +228,37 @@ def test_objectives_train_and_log_a_finite_bound(prediction_type, snr_gamma):
     assert pipeline.scheduler.config.prediction_type == prediction_type
     bound = family.bounds(model.eval(), images, 3, torch.Generator().manual_seed(2)).nats_per_image_elbo
     assert bound.shape == (4,) and torch.isfinite(bound).all()
+
+
+def test_learned_variance_bound_equals_the_sum_of_its_terms_and_the_variance_is_trained():
+    """L_vlb of a learned-variance (learned_range) tiny UNet with every timestep summed equals L_T plus each term
+    computed one by one with the same noise; the hybrid loss sends gradient to the variance channels only through
+    L_vlb (the mean's gradient is stopped there)."""
+    from hfgen.models.ddpm import add_noise, variational_bound
+
+    family = DDPMFamily()
+    config = dict(family.presets["tiny"].model, variance_type="learned_range", beta_schedule="squaredcos_cap_v2",
+                  num_train_timesteps=12)
+    unet = family.build_model(config, 1, 16).eval()
+    images = torch.randint(0, 256, (3, 1, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    estimate = variational_bound(unet, family.scheduler, images, 100, torch.Generator().manual_seed(1))
+    assert estimate.exact and torch.isfinite(estimate.nats_per_image).all()
+    tables = DiffusionTables(family.scheduler, "cpu")
+    x0 = images.float() * (2 / 255) - 1
+    gen = torch.Generator().manual_seed(1)  # the draws variational_bound makes, in its order: t = 0, 1, ..., T-1
+    total = prior_nats(tables, x0)
+    with torch.no_grad():
+        for step in range(12):
+            t = torch.full((3,), step, dtype=torch.long)
+            x_t = add_noise(tables, x0, torch.randn(x0.shape, generator=gen), t)
+            total = total + vlb_term_nats(tables, x0, x_t, t, unet(x_t, t).sample)
+    torch.testing.assert_close(estimate.nats_per_image, total, rtol=1e-5, atol=1e-3)
+    # the variance channels get gradient from the hybrid loss; with vlb_weight 0 they get none
+    for weight, expect_gradient in ((0.001, True), (0.0, False)):
+        unet.zero_grad()
+        loss, logs = family.loss(unet, images, 0, torch.Generator().manual_seed(2),
+                                 argparse.Namespace(snr_gamma=None, vlb_weight=weight))
+        loss.backward()
+        variance_rows = unet.conv_out.weight.grad[1]  # output channel 1: v
+        assert bool(variance_rows.abs().sum() > 0) == expect_gradient
+        assert torch.isfinite(logs["vlb_term_nats_per_dim"])

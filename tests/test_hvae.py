@@ -148,8 +148,11 @@ def test_save_load_round_trip_and_pipeline_folder(tmp_path):
     assert isinstance(family_for_pipeline_class("HierarchicalVAEPipeline"), HVAEFamily)
     for p in (pipe, folder_pipe):
         p.set_progress_bar_config(disable=True)
-    assert torch.equal(pipe(batch_size=2, generator=_gen(), output_type="pt").images,
-                       folder_pipe(batch_size=2, generator=_gen(), output_type="pt").images)
+    # the same weights and noise; the loaded copy may pick other convolution kernels (memory format, thread count),
+    # so equal to float32 rounding, not bit for bit
+    torch.testing.assert_close(pipe(batch_size=2, generator=_gen(), output_type="pt").images,
+                               folder_pipe(batch_size=2, generator=_gen(), output_type="pt").images,
+                               rtol=0, atol=1e-5)
     # reconstruction accepts PIL images and uint8 tensors alike
     x = _images(2)
     pil = [PIL.Image.fromarray(im[0].numpy(), mode="L") for im in x]

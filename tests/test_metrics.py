@@ -173,7 +173,9 @@ def test_training_with_fd_steps_writes_fd_fmnist_to_metrics_json(trained_with_fd
     out, cache = trained_with_fd
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["fd_fmnist"] > 0 and saved["fd_num_samples"] == 64
-    assert len(list((cache / "reference").glob("fashion_mnist-test-*.safetensors"))) == 1
+    # the training-time fd is against the validation split (held out of train), never test, and says so
+    assert saved["fd_split"] == "validation"
+    assert len(list((cache / "reference").glob("fashion_mnist-validation-*.safetensors"))) == 1
 
 
 @requires_fashion_mnist

@@ -65,9 +65,27 @@ class ModelFamily:
     ) -> Bounds:
         raise NotImplementedError
 
+    #: whether ``bounds`` gives an importance-weighted bound beside the ELBO (DDPM: no; its K is timesteps)
+    has_importance_weighted_bound: bool = True
+    #: whether the model scores only the data's own pixels when the data layer zero-padded them (``source_size``
+    #: in the model config, set by the training loop), so that its bound is one on the unpadded image
+    scores_source_pixels: bool = True
+
+    def scored_shape(self, model: ModelMixin) -> tuple[int, int, int]:
+        """(C, H, W) of the pixels the model's bound scores: the data's own (``source_size``) or the whole square."""
+        size = model.config.sample_size
+        height, width = getattr(model.config, "source_size", None) or (size, size)
+        return (model.config.in_channels, int(height), int(width))
+
     def num_dims(self, model: ModelMixin) -> int:
-        """C * H * W of one image."""
-        return model.config.in_channels * model.config.sample_size**2
+        """C * H * W of the pixels the model's bound scores."""
+        channels, height, width = self.scored_shape(model)
+        return channels * height * width
+
+    def likelihood_of(self, model: ModelMixin) -> dict[str, Any]:
+        """What the bound is a likelihood of: ``{"name": ..., "data": "8-bit" | "dynamically binarized"}``."""
+        name = getattr(model.config, "likelihood", "discretized_logistic")
+        return {"name": name, "data": "dynamically binarized" if name == "bernoulli" else "8-bit"}
 
     def make_pipeline(self, model: ModelMixin) -> DiffusionPipeline:
         raise NotImplementedError

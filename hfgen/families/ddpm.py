@@ -2,7 +2,10 @@
 
 Objective: the simple loss of Ho et al. (2020), mean squared error of the network's prediction (``epsilon``,
 ``v_prediction`` or ``sample``) at a uniformly drawn timestep, optionally with Min-SNR-gamma weights
-(Hang et al. 2023, via ``diffusers.training_utils.compute_snr``).
+(Hang et al. 2023, via ``diffusers.training_utils.compute_snr``). With ``variance_type="learned_range"`` the
+hybrid objective of Nichol & Dhariwal (2021): ``L_simple + vlb_weight * L_vlb``, the L_vlb term at the same
+timestep (weighted by T, in nats per dimension) with the mean's gradient stopped, so that it trains the variance
+only (``vlb_weight`` 0.001 as in the paper).
 
 Logs: ``bits_per_dim`` is an unbiased single-timestep estimate of L_vlb, not a stand-in: from the same
 forward pass as the loss (no extra network call), each image's term at its training timestep ``t`` (drawn
@@ -18,6 +21,7 @@ here, so both ``Bounds`` fields hold the same L_vlb.
 from __future__ import annotations
 
 import argparse
+import math
 import types
 
 import torch
@@ -26,7 +30,7 @@ from diffusers.training_utils import compute_snr
 
 from ..models.ddpm import (
     BETA_SCHEDULES, PREDICTION_TYPES, SCHEDULER_KEYS, VARIANCE_TYPES, DiffusionTables, add_noise, build_scheduler,
-    build_unet, prior_nats, training_target, variational_bound, vlb_term_nats,
+    build_unet, prior_nats, split_output, training_target, variational_bound, vlb_term_nats,
 )
 from ..models.likelihoods import uint8_to_unit_interval
 from .base import Bounds, ModelFamily, Preset
@@ -84,9 +88,14 @@ class DDPMFamily(ModelFamily):
     presets = DDPM_PRESETS
     model_arguments = ("block_out_channels", "layers_per_block", "attention_resolutions", "dropout",
                        "norm_num_groups", "num_train_timesteps", "beta_schedule", "prediction_type", "variance_type")
-    sampling_options = ("scheduler", "steps")
+    sampling_options = ("scheduler", "steps", "clip_sample", "timestep_spacing")
     # bounds() runs its K timesteps one after another over the batch: the evaluator need not shrink batches
     importance_samples_in_batch = False
+    # one bound, L_vlb, whose K is a number of timesteps; and the network scores the whole padded square (the
+    # border cannot be marginalised out of a diffusion), so its bits/dim are of the padded image over the
+    # data's own dimensions: still an upper bound, since p(image) >= p(image, border = 0)
+    has_importance_weighted_bound = False
+    scores_source_pixels = False
 
     def __init__(self):
         # The scheduler belongs to the pipeline folder, not to the network: the family keeps the one of the
@@ -107,7 +116,11 @@ class DDPMFamily(ModelFamily):
         group.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default=None)
         group.add_argument("--prediction_type", choices=PREDICTION_TYPES, default=None)
         group.add_argument("--variance_type", choices=VARIANCE_TYPES, default=None,
-                           help="the reverse process's fixed variance (sampler and L_vlb)")
+                           help="the reverse process's variance (sampler and L_vlb): fixed_small, fixed_large, or "
+                                "learned_range (Nichol & Dhariwal 2021; trained with the hybrid objective)")
+        group.add_argument("--vlb_weight", type=float, default=None,
+                           help="lambda of the hybrid objective L_simple + lambda * L_vlb (learned_range only; "
+                                "default 0.001)")
         group.add_argument("--snr_gamma", type=float, default=None,
                            help="Min-SNR-gamma loss weighting (Hang et al. 2023), e.g. 5.0; unset: plain MSE")
 
@@ -115,7 +128,8 @@ class DDPMFamily(ModelFamily):
     def build_model(self, model_config, channels, sample_size):
         self.scheduler = build_scheduler({k: v for k, v in model_config.items() if k in SCHEDULER_KEYS})
         self._tables = {}
-        return build_unet({k: v for k, v in model_config.items() if k not in SCHEDULER_KEYS}, channels, sample_size)
+        return build_unet({k: v for k, v in model_config.items() if k not in SCHEDULER_KEYS}, channels, sample_size,
+                          learned_variance=self.scheduler.config.variance_type == "learned_range")
 
     def make_pipeline(self, model):
         return DDPMPipeline(unet=model, scheduler=self._require_scheduler())
@@ -147,7 +161,8 @@ class DDPMFamily(ModelFamily):
         x_t = add_noise(tables, x0, noise, t)
         output = model(x_t, t).sample
         target = training_target(tables, x0, noise, t)
-        mse = (output.float() - target).pow(2).flatten(1).mean(1)
+        prediction, _ = split_output(tables, output.float())
+        mse = (prediction - target).pow(2).flatten(1).mean(1)
         gamma = getattr(config, "snr_gamma", None)
         if gamma:
             snr = compute_snr(types.SimpleNamespace(alphas_cumprod=tables.alphas_cumprod), t)
@@ -161,11 +176,27 @@ class DDPMFamily(ModelFamily):
             loss = (weight * mse).mean()
         else:
             loss = mse.mean()
+        logs = {}
+        if tables.learned_variance:
+            # L_vlb = T * E_t[L_t]: this timestep's term, weighted by T, per dimension; the mean's gradient stopped
+            vlb_per_dim = vlb_term_nats(tables, x0, x_t, t, output, stop_mean_gradient=True) / x0[0].numel()
+            weight = getattr(config, "vlb_weight", None)
+            loss = loss + (0.001 if weight is None else weight) * tables.num_timesteps * vlb_per_dim.mean()
+            logs["vlb_term_nats_per_dim"] = vlb_per_dim.mean().detach()
         with torch.no_grad():
             # Unbiased one-timestep estimate of L_vlb per image: t ~ Uniform{0..T-1}, importance weight T.
             nats = prior_nats(tables, x0) + tables.num_timesteps * vlb_term_nats(tables, x0, x_t, t, output.detach())
-            bits_per_dim = nats.mean() / (x0[0].numel() * 0.6931471805599453)
-        return loss, {"bits_per_dim": bits_per_dim, "mse": mse.mean().detach()}
+            source_shape = getattr(config, "source_shape", None)  # the data's own C, H, W (set by the loop)
+            num_dims = math.prod(source_shape) if source_shape else x0[0].numel()
+            bits_per_dim = nats.mean() / (num_dims * math.log(2.0))
+        return loss, {"bits_per_dim": bits_per_dim, "mse": mse.mean().detach(), **logs}
+
+    def scored_shape(self, model):
+        size = model.config.sample_size
+        return (model.config.in_channels, size, size)
+
+    def likelihood_of(self, model):
+        return {"name": "discretized_gaussian_decoder", "data": "8-bit"}
 
     def bounds(self, model, images, importance_samples, generator):
         scheduler = self._require_scheduler()
@@ -176,8 +207,9 @@ class DDPMFamily(ModelFamily):
     # ------------------------------------------------------------------ sampling
     def sample_images(self, pipeline, num_images, generator, **kwargs):
         """PIL images. Options: ``scheduler`` (``ddpm``, ``ddim`` or ``dpm-solver++``; default: the folder's
-        DDPM scheduler) and ``steps`` (default: T for ddpm, 50 for the others). The trained network is reused;
-        ``pipeline`` itself is left unchanged."""
+        DDPM scheduler), ``steps`` (default: T for ddpm, 50 for the others), and ``clip_sample`` /
+        ``timestep_spacing`` to override the sampler's settings (defaults: ``SAMPLERS``). The trained network is
+        reused; ``pipeline`` itself is left unchanged."""
         unknown = sorted(set(kwargs) - set(self.sampling_options))
         if unknown:
             raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
@@ -190,7 +222,37 @@ class DDPMFamily(ModelFamily):
         if not 1 <= steps <= config.num_train_timesteps:
             raise ValueError(f"steps must be in [1, {config.num_train_timesteps}], got {steps}")
         scheduler_class, extra = SAMPLERS[name]
+        extra = {**extra, **{key: kwargs[key] for key in ("clip_sample", "timestep_spacing")
+                             if kwargs.get(key) is not None}}
         scheduler = scheduler_class.from_config(config, **extra)
-        sampler = DDPMPipeline(unet=pipeline.unet, scheduler=scheduler)
+        unet = pipeline.unet
+        if config.variance_type == "learned_range" and name != "ddpm":
+            # DDIM and DPM-Solver++ use the prediction only (DPM-Solver's own split assumes 3 channels)
+            unet, scheduler = _PredictionOnly(unet), scheduler_class.from_config(
+                {**config, "variance_type": None}, **extra)
+        sampler = DDPMPipeline(unet=unet, scheduler=scheduler)
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return sampler(batch_size=num_images, generator=generator, num_inference_steps=steps).images
+
+
+class _PredictionOnly(torch.nn.Module):
+    """A learned-variance UNet seen by a sampler that has no use for the variance: its forward returns the
+    prediction channels only. Shares the UNet's weights, config, dtype and device."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.config = unet.config
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    def forward(self, sample, timestep, *args, **kwargs):
+        output = self.unet(sample, timestep, *args, **kwargs)
+        output.sample = output.sample[:, : self.config.in_channels]
+        return output

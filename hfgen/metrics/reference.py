@@ -58,6 +58,8 @@ def reference_key(dataset: str, split: str, *, sample_size: int = 32, channels: 
            "feature_net_hash": network_hash or feature_net_hash(feature_net), "k": k}
     if config_name or image_column:
         key.update(config_name=config_name, image_column=image_column)
+    if split in ("train", "validation"):  # since "validation" is held out of "train", neither is what it was
+        key["validation_held_out_of_train"] = True
     return key
 
 

@@ -13,9 +13,13 @@ The bound (Ho et al. 2020, eq. 5; Nichol & Dhariwal 2021, sec. 2) for 8-bit imag
     L_0   = E_q(x_0'|x_0) -log p(x | x_0')                              (discretized Gaussian decoder, 8-bit bins)
 
 ``p(x_{t-1} | x_t)`` is the sampler's own model: mean from the network's prediction of ``x_0`` (clipped to
-``[-1, 1]`` when the scheduler clips, as its sampler does) and the scheduler's fixed variance (``fixed_small``:
-the posterior variance; ``fixed_large``: ``beta_t``). The decoder uses the predicted ``x_0`` as mean and the
-smallest non-zero posterior variance (that of ``t = 1``) as variance, as in Ho et al.'s code.
+``[-1, 1]`` when the scheduler clips, as its sampler does) and the scheduler's variance: ``fixed_small`` (the
+posterior variance), ``fixed_large`` (``beta_t``) or ``learned_range`` (Nichol & Dhariwal 2021, eq. 15: the network
+outputs a second set of channels ``v`` in about [-1, 1] and the log-variance is
+``(v + 1) / 2 * log beta_t + (1 - v) / 2 * log posterior_variance_t``, which diffusers' ``DDPMScheduler`` samples
+with). The decoder's mean is the predicted ``x_0``; its variance is the smallest non-zero posterior variance (that
+of ``t = 1``) for fixed variances, as in Ho et al.'s code, and the learned one (with that clipped posterior
+variance as its lower end) for ``learned_range``.
 """
 
 from __future__ import annotations
@@ -31,14 +35,15 @@ from .likelihoods import log1mexp, uint8_to_unit_interval
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 BETA_SCHEDULES = ("linear", "squaredcos_cap_v2")
-VARIANCE_TYPES = ("fixed_small", "fixed_large")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 
 #: keys of the flat DDPM model config that describe the scheduler; the rest describe the network
 SCHEDULER_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type", "variance_type", "clip_sample")
 
 
-def build_unet(config: dict[str, Any], channels: int, sample_size: int) -> UNet2DModel:
-    """A ``UNet2DModel`` from the network part of a flat config.
+def build_unet(config: dict[str, Any], channels: int, sample_size: int, learned_variance: bool = False) -> UNet2DModel:
+    """A ``UNet2DModel`` from the network part of a flat config; with ``learned_variance`` it outputs twice the
+    image's channels (the prediction, then the variance interpolation ``v``), as ``DDPMScheduler`` expects.
 
     ``attention_resolutions`` lists the feature-map sizes (pixels) at which a level uses self-attention, e.g.
     ``[16]`` for the DDPM CIFAR-10 network at 32x32; the middle block always has attention.
@@ -51,7 +56,8 @@ def build_unet(config: dict[str, Any], channels: int, sample_size: int) -> UNet2
     extra = {k: config[k] for k in ("dropout", "norm_num_groups", "attention_head_dim", "downsample_padding",
                                     "flip_sin_to_cos", "freq_shift", "norm_eps") if k in config}
     return UNet2DModel(
-        sample_size=sample_size, in_channels=channels, out_channels=channels, block_out_channels=widths,
+        sample_size=sample_size, in_channels=channels, out_channels=channels * (2 if learned_variance else 1),
+        block_out_channels=widths,
         layers_per_block=config["layers_per_block"], down_block_types=down, up_block_types=up, **extra,
     )
 
@@ -83,7 +89,7 @@ class DiffusionTables:
     def __init__(self, scheduler: DDPMScheduler, device: torch.device | str):
         cfg = scheduler.config
         if cfg.variance_type not in VARIANCE_TYPES and cfg.variance_type not in ("fixed_small_log", "fixed_large_log"):
-            raise ValueError(f"the L_vlb needs a fixed variance; this scheduler's variance_type is "
+            raise ValueError(f"the L_vlb needs a fixed or learned_range variance; this scheduler's variance_type is "
                              f"{cfg.variance_type!r}")
         if getattr(cfg, "thresholding", False):
             raise ValueError("the L_vlb of a scheduler with dynamic thresholding is not supported")
@@ -97,6 +103,9 @@ class DiffusionTables:
             model_variance = posterior_variance.clone()
         # t = 0 is the decoder; its variance is the posterior variance of t = 1 (never 0)
         model_variance[0] = posterior_variance[1]
+        clipped_posterior_variance = posterior_variance.clone()
+        clipped_posterior_variance[0] = posterior_variance[1]
+        self.learned_variance = cfg.variance_type == "learned_range"
         f32 = dict(dtype=torch.float32, device=device)
         self.num_timesteps = len(betas)
         self.prediction_type = cfg.prediction_type
@@ -109,6 +118,9 @@ class DiffusionTables:
         self.posterior_mean_coef_xt = ((1.0 - prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod)).to(**f32)
         self.posterior_log_variance = posterior_variance.clamp(min=1e-20).log().to(**f32)
         self.model_log_variance = model_variance.log().to(**f32)
+        # the two ends of a learned_range log-variance: log beta_t and the clipped log posterior variance
+        self.log_betas = betas.log().to(**f32)
+        self.clipped_posterior_log_variance = clipped_posterior_variance.log().to(**f32)
         # prior term L_T per dimension is a function of x_0: keep its constants
         self.last_alpha_cumprod = float(alphas_cumprod[-1])
 
@@ -181,14 +193,35 @@ def prior_nats(tables: DiffusionTables, x0: torch.Tensor) -> torch.Tensor:
     return _normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0)).flatten(1).sum(1)
 
 
+def split_output(tables: DiffusionTables, model_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The network's prediction (epsilon, v or x_0) and, for ``learned_range``, its variance channels ``v``."""
+    if not tables.learned_variance:
+        return model_output, None
+    return model_output.chunk(2, dim=1)
+
+
+def model_log_variance(tables: DiffusionTables, t: torch.Tensor, variance_output: torch.Tensor | None) -> torch.Tensor:
+    """log of the reverse step's variance at ``t``: the fixed table, or ``learned_range``'s interpolation between
+    log beta_t and the clipped log posterior variance (``DDPMScheduler``'s formula, ``frac = (v + 1) / 2``)."""
+    if variance_output is None:
+        return _at(tables.model_log_variance, t)
+    frac = (variance_output.float() + 1.0) / 2.0
+    return frac * _at(tables.log_betas, t) + (1.0 - frac) * _at(tables.clipped_posterior_log_variance, t)
+
+
 def vlb_term_nats(tables: DiffusionTables, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                  model_output: torch.Tensor) -> torch.Tensor:
+                  model_output: torch.Tensor, stop_mean_gradient: bool = False) -> torch.Tensor:
     """The L_vlb term of timestep ``t`` (per image, nats) given ``x_t ~ q(x_t | x_0)`` and the network's output
-    at ``(x_t, t)``: the KL of the reverse step for ``t >= 1``, the decoder's discretized NLL for ``t = 0``."""
-    x0_hat = predicted_x0(tables, model_output.float(), x_t, t)
+    at ``(x_t, t)``: the KL of the reverse step for ``t >= 1``, the decoder's discretized NLL for ``t = 0``.
+    ``stop_mean_gradient``: the mean enters as a constant, so that the term trains only a learned variance
+    (Nichol & Dhariwal's hybrid objective)."""
+    prediction, variance_output = split_output(tables, model_output.float())
+    if stop_mean_gradient:
+        prediction = prediction.detach()
+    x0_hat = predicted_x0(tables, prediction, x_t, t)
     coef_x0, coef_xt = _at(tables.posterior_mean_coef_x0, t), _at(tables.posterior_mean_coef_xt, t)
     model_mean = coef_x0 * x0_hat + coef_xt * x_t
-    model_logvar = _at(tables.model_log_variance, t)
+    model_logvar = model_log_variance(tables, t, variance_output)
     true_mean = coef_x0 * x0 + coef_xt * x_t
     kl = _normal_kl(true_mean, _at(tables.posterior_log_variance, t), model_mean, model_logvar).flatten(1).sum(1)
     decoder = discretized_gaussian_nll(x0, model_mean, model_logvar).flatten(1).sum(1)

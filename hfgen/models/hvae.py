@@ -31,7 +31,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
-from .likelihoods import get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
+from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
 from .vae import LikelihoodBoundsOutput
 
 POSTERIORS = ("residual", "product")
@@ -167,6 +167,8 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         use_squeeze_excitation (`bool`): squeeze-excitation in every residual cell.
         log_scale_bound (`float`): soft bound ``b * tanh(. / b)`` on every predicted log-scale (0: none).
         likelihood (`str`), num_mixtures (`int`): the pixel likelihood, as in ``VAEModel``.
+        source_size (`list[int]`, *optional*): ``[height, width]`` of the data's own images inside the zero-padded
+            ``sample_size`` square, as in ``VAEModel``: only they are scored, and decoded images get the border back.
     """
 
     _supports_gradient_checkpointing = True
@@ -187,6 +189,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         log_scale_bound: float = 5.0,
         likelihood: str = "discretized_logistic",
         num_mixtures: int = 1,
+        source_size: tuple[int, int] | None = None,
     ):
         super().__init__()
         widths = [int(w) for w in block_out_channels]
@@ -208,6 +211,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         if groups[-1] < 1:
             raise ValueError(f"the lowest scale needs at least one latent group, got groups_per_scale={groups}")
         self.pixel_likelihood = get_likelihood(likelihood, num_mixtures)
+        self.source_region = SourceRegion(sample_size, source_size) if source_size is not None else None
 
         self.bottom_up = _BottomUp(in_channels, widths, enc_blocks, use_squeeze_excitation)
         top_size = sample_size // factor
@@ -237,8 +241,17 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
 
     @property
     def num_dims(self) -> int:
-        """C * H * W of one image: the D in bits per dimension."""
-        return self.config.in_channels * self.config.sample_size**2
+        """C * H * W of one of the data's own images (``source_size``, else the whole square): the D in bits per
+        dimension."""
+        if self.source_region is None:
+            return self.config.in_channels * self.config.sample_size**2
+        return self.config.in_channels * self.source_region.height * self.source_region.width
+
+    def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored)."""
+        if self.source_region is not None:
+            params, target = self.source_region.crop(params), self.source_region.crop(target)
+        return self.pixel_likelihood.log_prob(params, target)
 
     def group_shapes(self) -> list[tuple[int, int, int]]:
         """(channels, height, width) of each latent group, top first."""
@@ -335,7 +348,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
         x = batch.model_input.to(self.dtype)
         params, stats = self._top_down(x.shape[0], self.bottom_up(x), generator)
-        reconstruction_nll = -self.pixel_likelihood.log_prob(params, batch.target)
+        reconstruction_nll = -self.log_prob(params, batch.target)
         kl_per_group = torch.stack([s.kl for s in stats], dim=1)
         kl = kl_per_group.sum(1)
         elbo = -(reconstruction_nll + kl)
@@ -368,7 +381,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
             # rows i, n + i, 2n + i, ... are the K samples of image i
             acts = [a[start:stop].repeat(k, 1, 1, 1) for a in activations]
             params, stats = self._top_down(n * k, acts, generator, want_log_ratio=True)
-            log_px = self.pixel_likelihood.log_prob(params, batch.target[start:stop].repeat(k, 1, 1, 1))
+            log_px = self.log_prob(params, batch.target[start:stop].repeat(k, 1, 1, 1))
             log_w = log_px - torch.stack([s.log_q_minus_log_p for s in stats], dim=1).sum(1)
             log_weights[start:stop] = log_w.view(k, n).t()
         nll_elbo = -log_weights.mean(dim=1)
@@ -407,8 +420,10 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
     def decode_image(self, params: torch.Tensor, sample_pixels: bool = False, generator=None) -> torch.Tensor:
         """Images in [-1, 1]: the likelihood's mean, or one pixel sample if ``sample_pixels``."""
         if sample_pixels:
-            return self.pixel_likelihood.sample(params, self.config.in_channels, generator)
-        return self.pixel_likelihood.mean(params, self.config.in_channels)
+            image = self.pixel_likelihood.sample(params, self.config.in_channels, generator)
+        else:
+            image = self.pixel_likelihood.mean(params, self.config.in_channels)
+        return image if self.source_region is None else self.source_region.with_zero_border(image)
 
     # ------------------------------------------------------------------ diagnostics and regularisation
     @torch.no_grad()

@@ -65,6 +65,31 @@ def bits_per_dim_to_nats(bits_per_dim: torch.Tensor | float, num_dims: int) -> t
     return bits_per_dim * num_dims * math.log(2.0)
 
 
+class SourceRegion:
+    """Where a data set's own ``height x width`` images lie inside the ``sample_size`` square a model sees: the
+    data layer zero-pads them evenly (an odd remainder at the bottom / right). A model whose ``p(x | z)``
+    factorises over pixels scores only this region, which makes its bound one on the image itself, the border
+    being a fixed function of it (zeros); its decoded images get that border back."""
+
+    def __init__(self, sample_size: int, source_size):
+        height, width = (int(v) for v in source_size)
+        if not (1 <= height <= sample_size and 1 <= width <= sample_size):
+            raise ValueError(f"source_size={list(source_size)} must fit inside sample_size={sample_size}: expected "
+                             f"1 <= height, width <= {sample_size}")
+        self.sample_size, self.height, self.width = sample_size, height, width
+        self.top, self.left = (sample_size - height) // 2, (sample_size - width) // 2
+
+    def crop(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The region of a ``(..., sample_size, sample_size)`` tensor."""
+        return tensor[..., self.top : self.top + self.height, self.left : self.left + self.width]
+
+    def with_zero_border(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] with the padded border set to the padding value (8-bit 0, i.e. -1)."""
+        bottom = self.sample_size - self.top - self.height
+        right = self.sample_size - self.left - self.width
+        return F.pad(self.crop(images), (self.left, right, self.top, bottom), value=-1.0)
+
+
 @dataclass
 class PreparedBatch:
     """A batch ready for a likelihood model.

@@ -52,7 +52,12 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     data.add_argument("--dataset_config_name", default=None)
     data.add_argument("--image_column", default=None)
     data.add_argument("--train_split", default="train")
-    data.add_argument("--eval_split", default="test")
+    data.add_argument("--eval_split", default="validation",
+                      help="split of the evaluations during training (and of every choice made from them); "
+                           "'validation' is held out of 'train' when the data set has none (Fashion-MNIST: the "
+                           "last 5,000 training images)")
+    data.add_argument("--final_eval_split", default="test",
+                      help="split of the final figures written to metrics.json and the model card")
     data.add_argument("--sample_size", type=int, default=32, help="image height and width the model sees (pixels)")
     data.add_argument("--channels", type=int, choices=(1, 3), default=None,
                       help="image channels (default: from the data)")
@@ -99,15 +104,15 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
 
     track = parser.add_argument_group("evaluation, samples, checkpoints and logs")
     track.add_argument("--logging_steps", type=int, default=None)
-    track.add_argument("--eval_steps", type=int, default=None, help="test-set bits/dim every N steps (0: off)")
+    track.add_argument("--eval_steps", type=int, default=None, help="--eval_split bits/dim (ELBO) every N steps (0: off)")
     track.add_argument("--eval_max_samples", type=int, default=None)
     track.add_argument("--eval_batch_size", type=int, default=256)
     track.add_argument("--sample_steps", type=int, default=None, help="sample grid every N steps (0: off)")
     track.add_argument("--num_sample_images", type=int, default=None)
     track.add_argument("--final_eval_max_samples", type=int, default=None,
-                       help="test images for the final metrics.json (0: the whole split)")
+                       help="--final_eval_split images for the final metrics.json, the first N (0: the whole split)")
     track.add_argument("--final_importance_samples", type=int, default=None,
-                       help="importance samples K of the final importance-weighted bound")
+                       help="importance samples K of the final importance-weighted bound (DDPM: L_vlb timesteps)")
     track.add_argument("--fd_steps", type=int, default=None,
                        help="fd_fmnist of --fd_num_samples generated images every N steps, and at the end into "
                             "metrics.json (0: off; Fashion-MNIST-like data only: 1 channel, sample_size 32)")

@@ -26,8 +26,8 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
-from ..data import images_to_uint8, load_image_dataset
-from ..evaluation import evaluate_likelihood
+from ..data import images_and_source_shape, load_image_dataset
+from ..evaluation import evaluate_likelihood, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
 from .arguments import resolve_config
@@ -133,16 +133,18 @@ class BatchSchedule:
 
 
 def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, accelerator: Accelerator):
+    """uint8 images of ``split`` (the first ``max_samples``), their ``SourceShape`` and the split's size."""
     with accelerator.main_process_first():
-        # The hold-out of a train-only source uses the data layer's fixed seed, as `hfgen evaluate` does, so
-        # that the evaluation split never overlaps the training images whatever --seed is.
+        # The hold-outs (validation, and test of a train-only source) use the data layer's fixed rules, as
+        # `hfgen evaluate` does, so that they never overlap the training images whatever --seed is.
         dataset = load_image_dataset(cfg.dataset, split, config_name=cfg.dataset_config_name,
                                      image_column=cfg.image_column)
-    return images_to_uint8(
+    images, source_shape = images_and_source_shape(
         dataset, sample_size=cfg.sample_size, channels=channels, resize_mode=cfg.resize_mode,
         convert_channels=cfg.convert_channels, max_samples=max_samples,
         show_progress=accelerator.is_local_main_process, description=f"{split} images",
     )
+    return images, source_shape, len(dataset)
 
 
 def _no_accelerator_present() -> bool:
@@ -249,10 +251,17 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     set_seed(cfg.seed)  # model initialisation; per-step noise uses its own generators
 
     # ---------------------------------------------------------------- data (uint8, whole split in memory)
-    train_images = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples, accelerator)
+    train_images, source_shape, _ = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples,
+                                                accelerator)
     channels = train_images.shape[1]
-    eval_count = max(cfg.eval_max_samples, cfg.final_eval_max_samples) if cfg.final_eval_max_samples else None
-    eval_images = _load_split(cfg, cfg.eval_split, channels, eval_count, accelerator)
+    eval_images, eval_source_shape, _ = _load_split(cfg, cfg.eval_split, channels, cfg.eval_max_samples or None,
+                                                    accelerator)
+    # bits/dim count the data's own pixels; a VAE family then scores only those (the padded border is a fixed
+    # function of the image), so that its bound is one on the unpadded image
+    cfg.source_shape = source_shape.as_list()
+    if (family.scores_source_pixels and source_shape.is_padded(cfg.sample_size) and not source_shape.mixed_sizes
+            and "source_size" not in model_config):
+        model_config = {**model_config, "source_size": [source_shape.height, source_shape.width]}
     device = accelerator.device
     if device.type == "cuda" and train_images.numel() < 4 * 2**30:
         train_images = train_images.to(device)  # dequantisation and flips then happen on the device
@@ -305,13 +314,12 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
         accelerator.init_trackers(f"hfgen-{family.name}", config={
             k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
 
-    def evaluate(max_samples: int, importance_samples: int) -> dict:
-        images = eval_images if not max_samples else eval_images[:max_samples]
+    def evaluate(images: torch.Tensor, shape, importance_samples: int) -> dict:
         return evaluate_likelihood(
             family, unwrapped, images, importance_samples=importance_samples, batch_size=cfg.eval_batch_size,
             seed=cfg.seed, process_index=accelerator.process_index, num_processes=accelerator.num_processes,
             reduce_sum=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
-            show_progress=accelerator.is_local_main_process,
+            show_progress=accelerator.is_local_main_process, source_shape=shape,
         )
 
     fd_net = fd_reference = None
@@ -379,6 +387,7 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
     last_logs: dict[str, float] = {}
+    last_validation: dict = {}
     while state.step < cfg.max_train_steps:
         if budget_seconds is not None:
             elapsed = torch.tensor([state.train_seconds], device=device)
@@ -415,15 +424,17 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
         if cfg.eval_steps and state.step % cfg.eval_steps == 0:
             model.eval()
             with ema_weights():
-                metrics = evaluate(cfg.eval_max_samples, 1)
-                diagnostics = (family.diagnostics(unwrapped, eval_images[: cfg.eval_max_samples or None])
-                               if accelerator.is_main_process else {})
+                metrics = evaluate(eval_images, eval_source_shape, 1)
+                diagnostics = family.diagnostics(unwrapped, eval_images) if accelerator.is_main_process else {}
             model.train()
             accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
                              "eval/train_seconds": state.train_seconds,
                              **_flatten_for_logs("diagnostics", diagnostics)}, step=state.step)
-            accelerator.print(f"step {state.step}: test bits/dim (ELBO, {metrics['num_samples']} images) "
-                              f"{metrics['bits_per_dim_elbo']:.4f}")
+            last_validation = {"validation_bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+                               "validation_split": f"{cfg.eval_split}[:{metrics['num_samples']}]",
+                               "validation_step": state.step}
+            accelerator.print(f"step {state.step}: {cfg.eval_split} bits/dim (ELBO, {metrics['num_samples']} images, "
+                              f"{metrics['num_dims']} dims) {metrics['bits_per_dim_elbo']:.4f}")
         if cfg.fd_steps and state.step % cfg.fd_steps == 0 and accelerator.is_main_process:
             model.eval()
             with ema_weights():
@@ -445,7 +456,9 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     model.eval()
     if ema is not None:
         ema.copy_to(unwrapped.parameters())
-    metrics = evaluate(cfg.final_eval_max_samples, cfg.final_importance_samples)
+    final_images, final_source_shape, final_split_size = _load_split(
+        cfg, cfg.final_eval_split, channels, cfg.final_eval_max_samples or None, accelerator)
+    metrics = evaluate(final_images, final_source_shape, cfg.final_importance_samples)
     if accelerator.is_main_process:
         pipeline = family.make_pipeline(unwrapped)
         _save_pipeline_folder(pipeline, output_dir)
@@ -454,7 +467,9 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             "family": family.name,
             "preset": cfg.preset,
             "dataset": cfg.dataset,
-            "split": cfg.eval_split,
+            "split": split_label(cfg.final_eval_split, metrics["num_samples"], final_split_size),
+            "split_size": final_split_size,
+            **last_validation,
             "channels": channels,
             "sample_size": cfg.sample_size,
             "train_steps": state.step,
@@ -470,9 +485,9 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             "grad_norm_mean": state.grad_norm_mean,
         })
         if cfg.fd_steps:
-            metrics.update({"fd_fmnist": sample_fd(), "fd_num_samples": cfg.fd_num_samples})
+            metrics.update({"fd_fmnist": sample_fd(), "fd_num_samples": cfg.fd_num_samples, "fd_split": cfg.eval_split})
         # the family's own end-of-training figures (e.g. KL and active units per latent group), EMA weights
-        metrics.update(family.diagnostics(unwrapped, eval_images[: cfg.final_eval_max_samples or None]))
+        metrics.update(family.diagnostics(unwrapped, final_images))
         write_json_atomically(output_dir / "metrics.json", metrics)
         from ..hub import write_model_card
 
@@ -480,8 +495,8 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
                          {"family": family.name, "model_config": model_config, **vars(cfg)},
                          repo_id=cfg.hub_model_id if getattr(cfg, "push_to_hub", False) else None)
         accelerator.print(json.dumps({k: metrics[k] for k in (
-            "bits_per_dim_elbo", "bits_per_dim_iw", "num_samples", "importance_samples", "train_steps",
-            "skipped_steps", "train_seconds", "train_img_per_s")}))
+            "bits_per_dim_elbo", "bits_per_dim_iw", "split", "num_samples", "num_dims", "importance_samples",
+            "vlb_timesteps", "train_steps", "skipped_steps", "train_seconds", "train_img_per_s") if k in metrics}))
         if getattr(cfg, "push_to_hub", False):
             from ..hub import publish
 
