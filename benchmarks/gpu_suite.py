@@ -313,7 +313,11 @@ def run_suite(args) -> list[dict]:
             problem = run_part_in_child(part, args, logs / f"{part}.log", limit)
         else:
             problem = run_part_here(part, args, logs / f"{part}.log")
-        written = {line["name"] for line in read_lines(output)[before:]}
+        new_lines = read_lines(output)[before:]
+        if args.isolation == "process":  # a child prints into its log: show its lines here
+            for line in new_lines:
+                print(json.dumps(line), flush=True)
+        written = {line["name"] for line in new_lines}
         for name in PARTS[part][1]:
             if name not in written:
                 write_line(output, name, {"error": problem or "no line written", "part": part}, args)
