@@ -12,7 +12,7 @@ the pixel values.
     python benchmarks/train_memory.py --family hvae --preset base --batch-size 128 --device cuda --mixed-precision bf16
 
 The last line printed is one JSON object: ``peak_step_memory_gb`` and ``peak_step_memory_gb_checkpointed`` (GB,
-10^9 bytes), their ratio, and the settings.
+10^9 bytes), their ratio, and the settings. ``measure`` is what benchmarks/gpu_suite.py calls.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def measure_step(args, checkpointing: bool) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
 
 
-def main(argv=None) -> None:
+def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=sorted(FAMILIES), default="hvae")
     parser.add_argument("--preset", default="base")
@@ -81,34 +81,57 @@ def main(argv=None) -> None:
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no")
     parser.add_argument("--one", choices=("plain", "checkpointed"), default=None,
                         help="measure one variant in this process and print its bytes (used for CPU runs)")
-    args = parser.parse_args(argv)
-    if args.preset not in FAMILIES[args.family].presets:
-        parser.error(f"--preset {args.preset!r}: the {args.family} family has {sorted(FAMILIES[args.family].presets)}")
+    return parser
 
-    if args.one:
-        print(measure_step(args, checkpointing=args.one == "checkpointed"))
-        return
+
+def _child_argv(args, variant: str) -> list[str]:
+    return ["--family", args.family, "--preset", args.preset, "--batch-size", str(args.batch_size),
+            "--sample-size", str(args.sample_size), "--channels", str(args.channels), "--device", args.device,
+            "--mixed-precision", args.mixed_precision, "--one", variant]
+
+
+def measure(args, in_process: bool = False) -> dict:
+    """Both variants; on a CPU each in a fresh process unless ``in_process`` (then the second variant's rise of
+    the process peak is understated: a rough figure, for quick checks). Returns the JSON object."""
     figures = {}
     for variant in ("plain", "checkpointed"):
-        if args.device.startswith("cuda"):
+        if args.device.startswith("cuda") or in_process:
             figures[variant] = measure_step(args, checkpointing=variant == "checkpointed")
-            torch.cuda.empty_cache()
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
         else:  # a fresh process per variant: ru_maxrss never goes down
-            child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--one", variant]
-            run = subprocess.run(child, capture_output=True, text=True)
+            run = subprocess.run([sys.executable, __file__, *_child_argv(args, variant)], capture_output=True,
+                                 text=True)
             if run.returncode != 0:
-                sys.exit(f"the {variant} measurement failed:\n{run.stderr[-3000:]}")
+                raise RuntimeError(f"the {variant} measurement failed:\n{run.stderr[-3000:]}")
             figures[variant] = float(run.stdout.strip().splitlines()[-1])
         print(f"{variant:>12}: {figures[variant] / 1e9:.3f} GB")
-    result = {
+    return {
         "peak_step_memory_gb": round(figures["plain"] / 1e9, 4),
         "peak_step_memory_gb_checkpointed": round(figures["checkpointed"] / 1e9, 4),
         "checkpointed_over_plain": round(figures["checkpointed"] / max(figures["plain"], 1.0), 3),
         "family": args.family, "preset": args.preset, "batch_size": args.batch_size,
         "sample_size": args.sample_size, "channels": args.channels, "device": args.device,
         "mixed_precision": args.mixed_precision,
+        "memory": ("cuda max_memory_allocated" if args.device.startswith("cuda") else
+                   "process peak RSS rise" + (", same process (rough)" if in_process else ", fresh process")),
     }
+
+
+def main(argv=None) -> dict | None:
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    if args.preset not in FAMILIES[args.family].presets:
+        parser.error(f"--preset {args.preset!r}: the {args.family} family has {sorted(FAMILIES[args.family].presets)}")
+    if args.one:
+        print(measure_step(args, checkpointing=args.one == "checkpointed"))
+        return None
+    try:
+        result = measure(args)
+    except RuntimeError as error:
+        sys.exit(str(error))
     print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

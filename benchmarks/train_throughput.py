@@ -11,10 +11,15 @@ the same network, batch size and device.
     tensor on the device, channels_last, fused AdamW on CUDA, foreach EMA, one host sync per step).
 
 Prints img/s for each and their ratio, FLOPs per image (fwd + bwd, torch.utils.flop_counter) and achieved
-TFLOP/s of the hfgen step; the last line is one JSON object.
+TFLOP/s of the hfgen step; the last line is one JSON object. ``--dataset random`` trains on random uint8 images
+(``--channels``, default 3: CIFAR-shaped); throughput does not depend on the pixel values. ``--family vae|hvae``
+times hfgen's step alone (the baseline loop is DDPM's). ``measure()`` is what benchmarks/gpu_suite.py calls.
 
     python benchmarks/train_throughput.py --preset small --batch-size 64 --steps 20 --device cpu
     python benchmarks/train_throughput.py --preset ddpm-cifar --batch-size 128 --steps 50 --device cuda --mixed-precision bf16
+    python benchmarks/train_throughput.py --preset ddpm-cifar --dataset random --batch-size 512 --steps 30 \
+        --device cuda --mixed-precision bf16 --torch-compile
+    python benchmarks/train_throughput.py --family hvae --preset base --batch-size 128 --device cuda --mixed-precision bf16
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import io
 import json
 import random
 import resource
+import types
 import sys
 import time
 from pathlib import Path
@@ -39,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfgen.data import images_to_uint8, load_image_dataset  # noqa: E402
-from hfgen.families import DDPMFamily  # noqa: E402
+from hfgen.families import FAMILIES_BY_PIPELINE  # noqa: E402
 from hfgen.training import BatchSchedule, build_parser, resolve_config, train_step  # noqa: E402
 
 
@@ -63,6 +69,9 @@ class PILTransformDataset(torch.utils.data.Dataset):
         return torch.from_numpy((array.transpose(2, 0, 1) - 0.5) / 0.5)
 
 
+FAMILIES = {cls.name: cls for cls in FAMILIES_BY_PIPELINE.values()}
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -74,9 +83,11 @@ def _peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # process peak RSS (KiB on Linux)
 
 
-def main(argv=None) -> dict:
+def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="small", choices=sorted(DDPMFamily.presets))
+    parser.add_argument("--family", default="ddpm", choices=sorted(FAMILIES),
+                        help="ddpm: hfgen's step against the baseline loop; vae, hvae: hfgen's step alone")
+    parser.add_argument("--preset", default="small", help="a preset of --family")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per path (after --warmup-steps)")
     parser.add_argument("--warmup-steps", type=int, default=3)
@@ -87,28 +98,51 @@ def main(argv=None) -> dict:
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--num-images", type=int, default=4096, help="training images to load")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the baseline")
+    parser.add_argument("--no-baseline", action="store_true", help="time hfgen's step alone")
     parser.add_argument("--torch-compile", action="store_true", help="torch.compile hfgen's model")
     parser.add_argument("--torch-compile-mode", choices=("default", "reduce-overhead", "max-autotune"),
                         default="default", help="torch.compile mode (reduce-overhead: CUDA graphs on GPUs)")
-    parser.add_argument("--dataset", default="fashion_mnist")
+    parser.add_argument("--torch-compile-backend", default="inductor",
+                        help="torch.compile backend (eager: trace only, for quick checks)")
+    parser.add_argument("--dataset", default="fashion_mnist", help="a --dataset of the training scripts, or random")
+    parser.add_argument("--channels", type=int, default=None, help="image channels (random data: default 3)")
     parser.add_argument("--sample-size", type=int, default=32)
-    args = parser.parse_args(argv)
+    return parser
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=args.mixed_precision)
-    device = accelerator.device
-    family = DDPMFamily()
-    cli = ["--output_dir", "unused", "--preset", args.preset, "--train_batch_size", str(args.batch_size),
-           "--dataset", args.dataset, "--sample_size", str(args.sample_size)]
-    cfg, model_config = resolve_config(build_parser(family).parse_args(cli), family)
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_arg_parser()
+    args = parser.parse_args(argv)
+    if args.preset not in FAMILIES[args.family].presets:
+        parser.error(f"--preset {args.preset!r}: the {args.family} family has {sorted(FAMILIES[args.family].presets)}")
+    return args
+
+
+def default_args(**overrides) -> argparse.Namespace:
+    """The CLI's defaults with ``overrides`` (keyword names as the attributes: batch_size=..., torch_compile=...)."""
+    args = build_arg_parser().parse_args([])
+    unknown = set(overrides) - set(vars(args))
+    if unknown:
+        raise TypeError(f"unknown settings {sorted(unknown)}")
+    return types.SimpleNamespace(**{**vars(args), **overrides})
+
+
+def load_uint8(args) -> torch.Tensor:
+    """The training images as a uint8 tensor (N, C, H, W): random ones, or the first --num-images of a dataset."""
+    if args.dataset == "random":
+        shape = (args.num_images, args.channels or 3, args.sample_size, args.sample_size)
+        return torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     dataset = load_image_dataset(args.dataset, "train")
     dataset = dataset.select(range(min(args.num_images, len(dataset))))
-    uint8 = images_to_uint8(dataset, sample_size=args.sample_size, show_progress=False)
-    channels = uint8.shape[1]
+    return images_to_uint8(dataset, sample_size=args.sample_size, channels=args.channels, show_progress=False)
 
-    # ------------------------------------------------------------------ (a) baseline
+
+def build_baseline_step(family, cfg, model_config, uint8, accelerator, batch_size, num_workers):
+    """(a): the diffusers example's step (see the module docstring); returns (step function, release function)."""
+    device = accelerator.device
+    channels, sample_size = uint8.shape[1], uint8.shape[-1]
     torch.manual_seed(0)
-    base_model = family.build_model(model_config, channels, args.sample_size)
+    base_model = family.build_model(model_config, channels, sample_size)
     noise_scheduler = family.scheduler
     num_timesteps = noise_scheduler.config.num_train_timesteps
     base_opt = torch.optim.AdamW(base_model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999),
@@ -120,8 +154,8 @@ def main(argv=None) -> dict:
         PIL.Image.fromarray(array[:, :, 0] if channels == 1 else array).save(buffer, format="PNG")
         png_bytes.append(buffer.getvalue())
     mode = "L" if channels == 1 else "RGB"
-    loader = torch.utils.data.DataLoader(PILTransformDataset(png_bytes, args.sample_size, mode),
-                                         batch_size=args.batch_size, shuffle=True, num_workers=args.num_workers,
+    loader = torch.utils.data.DataLoader(PILTransformDataset(png_bytes, sample_size, mode),
+                                         batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                          drop_last=True)
     lr_sched = get_scheduler("cosine", optimizer=base_opt, num_warmup_steps=10, num_training_steps=100000)
     base_ema = EMAModel(base_model.parameters(), decay=0.9999, model_cls=type(base_model),
@@ -154,39 +188,74 @@ def main(argv=None) -> dict:
             base_ema.step(base_model.parameters())
         return loss.detach().item()
 
-    # ------------------------------------------------------------------ (b) hfgen's step
-    def build_hfgen():
-        torch.manual_seed(0)
-        model = family.build_model(model_config, channels, args.sample_size)
-        model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
-                                      betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
-                                      eps=cfg.adam_epsilon, fused=device.type == "cuda")
-        ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True, model_cls=type(model),
-                       model_config=model.config)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        unwrapped = accelerator.unwrap_model(model)
-        ema.to(device)
-        if args.torch_compile:
-            model = torch.compile(model, mode=args.torch_compile_mode)
-        train_images = uint8.to(device)
-        schedule = BatchSchedule(train_images.shape[0], args.batch_size, cfg.seed, 0, 1)
-        counter = {"step": 0}
+    def release():
+        nonlocal base_model, base_opt, base_ema, loader, lr_sched
+        del base_model, base_opt, base_ema, loader, lr_sched
+        accelerator.free_memory()  # the Accelerator holds references to everything it prepared
 
-        def hfgen_step():
-            train_step(family, model, optimizer, accelerator, cfg, train_images, schedule, counter["step"],
-                       cfg.learning_rate, ema=ema, ema_model=unwrapped)
-            counter["step"] += 1
+    return baseline_step, release
 
-        return model, optimizer, ema, unwrapped, hfgen_step
 
-    def run(step_fn, steps):
-        _sync(device)
-        started = time.perf_counter()
-        for _ in range(steps):
-            step_fn()
-        _sync(device)
-        return time.perf_counter() - started
+def build_hfgen_step(family, cfg, model_config, uint8, accelerator, args):
+    """(b): hfgen's ``train_step`` as ``train`` runs it; returns (step function, eager model, optimizer)."""
+    device = accelerator.device
+    torch.manual_seed(0)
+    model = family.build_model(model_config, uint8.shape[1], uint8.shape[-1])
+    model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+                                  eps=cfg.adam_epsilon, fused=device.type == "cuda")
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True, model_cls=type(model),
+                   model_config=model.config)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+    ema.to(device)
+    if args.torch_compile:
+        model = torch.compile(model, mode=args.torch_compile_mode, backend=args.torch_compile_backend)
+    train_images = uint8.to(device)
+    schedule = BatchSchedule(train_images.shape[0], args.batch_size, cfg.seed, 0, 1)
+    counter = {"step": 0}
+
+    def hfgen_step():
+        train_step(family, model, optimizer, accelerator, cfg, train_images, schedule, counter["step"],
+                   cfg.learning_rate, ema=ema, ema_model=unwrapped)
+        counter["step"] += 1
+
+    return hfgen_step, unwrapped, optimizer
+
+
+def run_steps(step_fn, steps, device) -> float:
+    """Seconds that ``steps`` calls of ``step_fn`` take, the device synchronised before and after."""
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    _sync(device)
+    return time.perf_counter() - started
+
+
+def gflop_per_image(family, model, optimizer, accelerator, cfg, images) -> float:
+    """GFLOP of one forward + backward of the family's objective per image (eager model; matmuls, convolutions)."""
+    flop_counter = FlopCounterMode(display=False)
+    with flop_counter:
+        with accelerator.autocast():
+            loss, _ = family.loss(model, images, 0, torch.Generator(device=images.device).manual_seed(0), cfg)
+        loss.backward()
+    optimizer.zero_grad(set_to_none=True)
+    return flop_counter.get_total_flops() / images.shape[0] / 1e9
+
+
+def measure(args) -> dict:
+    """Time the baseline (DDPM only, unless ``args.no_baseline``) and hfgen's step; returns the JSON object."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=args.mixed_precision)
+    device = accelerator.device
+    family = FAMILIES[args.family]()
+    with_baseline = args.family == "ddpm" and not args.no_baseline
+    cli = ["--output_dir", "unused", "--preset", args.preset, "--train_batch_size", str(args.batch_size),
+           "--dataset", args.dataset, "--sample_size", str(args.sample_size)]
+    cfg, model_config = resolve_config(build_parser(family).parse_args(cli), family)
+    uint8 = load_uint8(args)
 
     def report(label, seconds, steps):
         img_per_s = steps * args.batch_size / seconds
@@ -197,59 +266,66 @@ def main(argv=None) -> dict:
     # One round (the default) times the baseline, frees it, then builds and times hfgen, so that CUDA peak
     # memory is per path. Interleaved rounds (--rounds > 1) share a busy machine's load changes out between the
     # two paths; peak memory is then that of both together.
-    run(baseline_step, args.warmup_steps)
     per_round = max(1, args.steps // args.rounds)
-    if args.rounds == 1:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        baseline_seconds = run(baseline_step, per_round)
-        peak_baseline = _peak_memory_gb(device)
-        del base_model, base_opt, base_ema, loader, lr_sched
-        accelerator.free_memory()  # the Accelerator holds references to everything it prepared
-    model, optimizer, ema, unwrapped, hfgen_step = build_hfgen()
-    run(hfgen_step, args.warmup_steps)
+    rounds = args.rounds if with_baseline else 1
+    baseline_seconds = peak_baseline = None
+    if with_baseline:
+        baseline_step, release_baseline = build_baseline_step(family, cfg, model_config, uint8, accelerator,
+                                                              args.batch_size, args.num_workers)
+        run_steps(baseline_step, args.warmup_steps, device)
+        if rounds == 1:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            baseline_seconds = run_steps(baseline_step, per_round, device)
+            peak_baseline = _peak_memory_gb(device)
+            release_baseline()
+    hfgen_step, unwrapped, optimizer = build_hfgen_step(family, cfg, model_config, uint8, accelerator, args)
+    run_steps(hfgen_step, args.warmup_steps, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    if args.rounds == 1:
-        hfgen_seconds = run(hfgen_step, per_round)
+    if rounds == 1:
+        hfgen_seconds = run_steps(hfgen_step, per_round, device)
     else:
         baseline_seconds = hfgen_seconds = 0.0
-        for _ in range(args.rounds):
-            baseline_seconds += run(baseline_step, per_round)
-            hfgen_seconds += run(hfgen_step, per_round)
+        for _ in range(rounds):
+            baseline_seconds += run_steps(baseline_step, per_round, device)
+            hfgen_seconds += run_steps(hfgen_step, per_round, device)
         peak_baseline = _peak_memory_gb(device)
     peak_hfgen = _peak_memory_gb(device)
-    timed_steps = per_round * args.rounds
-    img_per_s_baseline = report("baseline (diffusers example step)", baseline_seconds, timed_steps)
+    timed_steps = per_round * rounds
+    img_per_s_baseline = None
+    if with_baseline:
+        img_per_s_baseline = report("baseline (diffusers example step)", baseline_seconds, timed_steps)
     img_per_s_hfgen = report("hfgen (hfgen.training.train_step)", hfgen_seconds, timed_steps)
 
-    # FLOPs of one forward + backward of the objective (eager model; matmuls and convolutions)
-    images = uint8[: args.batch_size].to(device)
-    flop_counter = FlopCounterMode(display=False)
-    with flop_counter:
-        with accelerator.autocast():
-            loss, _ = family.loss(unwrapped, images, 0, torch.Generator(device=device).manual_seed(0), cfg)
-        loss.backward()
-    optimizer.zero_grad(set_to_none=True)
-    gflop_per_img = flop_counter.get_total_flops() / args.batch_size / 1e9
-    tflop_per_s = gflop_per_img * img_per_s_hfgen / 1e3
-    ratio = img_per_s_hfgen / img_per_s_baseline
+    gflop = gflop_per_image(family, unwrapped, optimizer, accelerator, cfg, uint8[: args.batch_size].to(device))
+    tflop_per_s = gflop * img_per_s_hfgen / 1e3
+    ratio = img_per_s_hfgen / img_per_s_baseline if with_baseline else None
     num_parameters = sum(p.numel() for p in unwrapped.parameters())
-    print(f"ratio hfgen / baseline: {ratio:.2f}x")
-    print(f"{gflop_per_img:.3f} GFLOP per image (fwd + bwd), {tflop_per_s:.3f} TFLOP/s achieved by hfgen's step; "
+    if with_baseline:
+        print(f"ratio hfgen / baseline: {ratio:.2f}x")
+    print(f"{gflop:.3f} GFLOP per image (fwd + bwd), {tflop_per_s:.3f} TFLOP/s achieved by hfgen's step; "
           f"{num_parameters / 1e6:.2f}M parameters; peak memory {peak_hfgen:.2f} GB "
           f"({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})")
-    result = {
-        "img_per_s_hfgen": round(img_per_s_hfgen, 2), "img_per_s_baseline": round(img_per_s_baseline, 2),
-        "ratio": round(ratio, 3), "gflop_per_img": round(gflop_per_img, 4), "tflop_per_s": round(tflop_per_s, 4),
-        "peak_memory_gb": round(peak_hfgen, 3), "peak_memory_gb_baseline": round(peak_baseline, 3),
-        "preset": args.preset, "batch_size": args.batch_size, "steps": timed_steps, "rounds": args.rounds,
-        "device": str(device.type),
+
+    def rounded(value, digits):
+        return None if value is None else round(value, digits)
+
+    return {
+        "img_per_s_hfgen": round(img_per_s_hfgen, 2), "img_per_s_baseline": rounded(img_per_s_baseline, 2),
+        "ratio": rounded(ratio, 3), "gflop_per_img": round(gflop, 4), "tflop_per_s": round(tflop_per_s, 4),
+        "peak_memory_gb": round(peak_hfgen, 3), "peak_memory_gb_baseline": rounded(peak_baseline, 3),
+        "family": args.family, "preset": args.preset, "batch_size": args.batch_size, "steps": timed_steps,
+        "rounds": rounds, "dataset": args.dataset, "channels": uint8.shape[1], "device": str(device.type),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "mixed_precision": args.mixed_precision, "torch_compile": args.torch_compile,
         "torch_compile_mode": args.torch_compile_mode if args.torch_compile else None,
         "num_parameters": num_parameters, "torch_threads": torch.get_num_threads(),
     }
+
+
+def main(argv=None) -> dict:
+    result = measure(parse_args(argv))
     print(json.dumps(result))
     return result
 

@@ -1,0 +1,85 @@
+"""benchmarks/gpu_suite.py keeps working between the rare runs on a GPU: its --quick mode on the CPU writes every
+measurement's JSON line (no timing assertions), and a part that overruns its budget is killed and reported."""
+
+import json
+import subprocess
+import sys
+
+from conftest import FASHION_MNIST_DIR, PYTHON, ROOT
+
+SUITE = ROOT / "benchmarks" / "gpu_suite.py"
+sys.path.insert(0, str(SUITE.parent))
+import gpu_suite  # noqa: E402  (light imports only: no torch)
+
+COMMON = ("name", "device", "device_name", "torch", "date", "quick")
+FIGURES = {
+    "ddpm_train": ("img_per_s_hfgen", "img_per_s_baseline", "ratio", "gflop_per_img", "tflop_per_s",
+                   "fraction_of_peak", "peak_memory_gb", "seconds"),
+    "ddpm_train_compiled": ("img_per_s_hfgen", "img_per_s_baseline", "ratio", "gflop_per_img", "torch_compile"),
+    "ddpm_sample": ("img_per_s", "speedup_vs_ddpm", "batch_size", "dtype"),
+    "vae_train": ("img_per_s_hfgen", "gflop_per_img", "tflop_per_s", "peak_memory_gb"),
+    "vae_train_compiled": ("img_per_s_hfgen", "torch_compile"),
+    "vae_memory": ("peak_step_memory_gb", "peak_step_memory_gb_checkpointed"),
+    "hvae_train": ("img_per_s_hfgen", "gflop_per_img", "tflop_per_s", "peak_memory_gb"),
+    "hvae_train_compiled": ("img_per_s_hfgen", "torch_compile"),
+    "hvae_memory": ("peak_step_memory_gb", "peak_step_memory_gb_checkpointed"),
+    "hvae_fmnist": ("bits_per_dim_elbo", "num_samples", "train_steps"),
+    "vae_fmnist": ("bits_per_dim_elbo", "num_samples", "train_steps"),
+    "suite": ("seconds", "budget_minutes", "parts", "errors"),
+}
+
+
+def _run(args, run_env, timeout):
+    return subprocess.run([PYTHON, str(SUITE), *args], capture_output=True, text=True, env=run_env, cwd=ROOT,
+                          timeout=timeout)
+
+
+def test_every_measurement_has_a_name():
+    measured = {name for _, names in gpu_suite.PARTS.values() for name in names}
+    assert measured == set(gpu_suite.MEASUREMENTS) == set(FIGURES) - {"suite"}
+
+
+def test_peak_lookup_by_device_name():
+    assert gpu_suite.peak_bf16_tflops("NVIDIA H200") == 989.0
+    assert gpu_suite.peak_bf16_tflops("NVIDIA H100 80GB HBM3") == 989.0
+    assert gpu_suite.peak_bf16_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu_suite.peak_bf16_tflops("cpu") is None
+
+
+def test_quick_suite_on_cpu_writes_every_line(tmp_path, run_env):
+    output = tmp_path / "suite.jsonl"
+    args = ["--device", "cpu", "--quick", "--output", str(output)]
+    have_fmnist = FASHION_MNIST_DIR.is_dir()
+    if have_fmnist:
+        args += ["--fashion-mnist-dir", str(FASHION_MNIST_DIR)]
+    run = _run(args, run_env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    in_order = [name for _, names in gpu_suite.PARTS.values() for name in names]
+    assert [line["name"] for line in lines] == [*in_order, "suite"]
+    printed = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert printed == lines
+    for line in lines:
+        assert all(key in line for key in COMMON), line
+        assert line["device"] == "cpu" and line["quick"] is True
+        if line["name"].endswith("_fmnist") and not have_fmnist:
+            assert "Fashion-MNIST" in line["error"]
+            continue
+        assert "error" not in line, line
+        assert all(key in line for key in FIGURES[line["name"]]), (line["name"], sorted(line))
+    by_name = {line["name"]: line for line in lines}
+    assert set(by_name["ddpm_sample"]["img_per_s"]) == {"ddpm_100", "dpm-solver++_20", "ddim_50"}
+    assert by_name["ddpm_train_compiled"]["torch_compile"] is True
+    assert by_name["suite"]["errors"] == ([] if have_fmnist else ["hvae_fmnist", "vae_fmnist"])
+
+
+def test_a_part_over_its_budget_is_killed_and_reported(tmp_path, run_env):
+    # 0.2 minutes: ddpm_sample's share (12%) is 1.4 s, less than its child process needs to import torch
+    output = tmp_path / "suite.jsonl"
+    run = _run(["--device", "cpu", "--quick", "--isolation", "process", "--parts", "ddpm_sample",
+                "--budget-minutes", "0.2", "--output", str(output)], run_env, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sample, suite = (json.loads(line) for line in output.read_text().splitlines())
+    assert sample["name"] == "ddpm_sample" and sample["error"].startswith("timed out"), sample
+    assert suite["name"] == "suite" and suite["errors"] == ["ddpm_sample"]
+    assert (tmp_path / "suite_logs" / "ddpm_sample.log").exists()
