@@ -28,11 +28,12 @@ from torch import nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
 from .likelihoods import get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
-from .vae import LikelihoodBoundsOutput
+from .vae import LikelihoodBoundsOutput, execution_device
 
 POSTERIORS = ("residual", "product")
 _LOG_2PI = math.log(2 * math.pi)
@@ -376,13 +377,17 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         return LikelihoodBoundsOutput(nats_per_image_elbo=nll_elbo, nats_per_image_iw=nll_iw)
 
     # ------------------------------------------------------------------ generation and reconstruction
+    # The entry points a pipeline calls besides forward carry diffusers' ``apply_forward_hook``: under
+    # ``enable_model_cpu_offload`` (accelerate's CpuOffload hook) the model moves to the execution device first.
     @torch.no_grad()
+    @apply_forward_hook
     def top_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-scale of p(z_1), each ``(1, *group_shapes()[0])``: the top group depends on no other latent."""
         h = self.groups[0].cells(self.top_state.to(self.dtype))
         return self._split(self.groups[0].prior(h))
 
     @torch.no_grad()
+    @apply_forward_hook
     def sample_top_latent(self, batch_size: int, generator=None, temperature: float = 1.0) -> torch.Tensor:
         """z_1 ~ p(z_1) with its standard deviation scaled by ``temperature``."""
         mean, log_scale = self.top_prior()
@@ -390,6 +395,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         return mean + temperature * torch.exp(log_scale) * eps
 
     @torch.no_grad()
+    @apply_forward_hook
     def generate_parameters(self, batch_size: int, generator=None, temperature=1.0, top_latent=None) -> torch.Tensor:
         """The pixel likelihood's parameters for ``batch_size`` images drawn from the prior; ``temperature``
         scales each group's prior standard deviation (one number, or a list with one per group, top first);
@@ -398,12 +404,14 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
                               top_latent=top_latent)[0]
 
     @torch.no_grad()
+    @apply_forward_hook
     def reconstruct_parameters(self, sample: torch.Tensor, generator=None, use_posterior_mean: bool = True):
         """The pixel likelihood's parameters after encoding images (``uint8`` or [-1, 1]) with every group at its
         posterior mean (or one posterior sample)."""
-        x = (self.to_uint8(sample).float() * (2.0 / 255.0) - 1.0).to(device=self.device, dtype=self.dtype)
+        x = (self.to_uint8(sample).float() * (2.0 / 255.0) - 1.0).to(device=execution_device(self), dtype=self.dtype)
         return self._top_down(x.shape[0], self.bottom_up(x), generator, use_mean=use_posterior_mean)[0]
 
+    @apply_forward_hook
     def decode_image(self, params: torch.Tensor, sample_pixels: bool = False, generator=None) -> torch.Tensor:
         """Images in [-1, 1]: the likelihood's mean, or one pixel sample if ``sample_pixels``."""
         if sample_pixels:
