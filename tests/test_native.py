@@ -98,3 +98,58 @@ def test_offload_hooks_fire_for_every_model_call(family, mode, hook_calls):
     hook_calls.clear()
     assert torch.equal(pipe.reconstruct(_images(), output_type="pt"), recon)
     assert len([name for name in hook_calls if name == model_class]) == 2 * repeats  # encode + decode
+
+
+# ---------------------------------------------------------------------------------------------- 2. from_pretrained
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+def test_from_pretrained_takes_dtype_variant_device_map_like_diffusers(family, tmp_path, caplog):
+    pipe = PIPES[family]()
+    pipe_class = type(pipe)
+    pipe.save_pretrained(tmp_path / "fp32")
+    weights = {k: v.clone() for k, v in pipe.vae.state_dict().items()}
+
+    for keyword in ("dtype", "torch_dtype"):  # diffusers 0.42 deprecates torch_dtype for dtype; both load
+        loaded = pipe_class.from_pretrained(tmp_path / "fp32", **{keyword: torch.bfloat16})
+        assert loaded.vae.dtype == torch.bfloat16
+        assert all(torch.equal(v.to(torch.bfloat16), loaded.vae.state_dict()[k]) for k, v in weights.items())
+    loaded.set_progress_bar_config(disable=True)
+    images = loaded(batch_size=2, generator=_gen(), output_type="pt").images
+    assert images.dtype == torch.float32 and images.shape == (2, 1, 16, 16) and torch.isfinite(images).all()
+    assert pipe_class.from_pretrained(tmp_path / "fp32", dtype={"vae": torch.float16}).vae.dtype == torch.float16
+    with pytest.raises(ValueError, match="both `dtype` and `torch_dtype`"):
+        pipe_class.from_pretrained(tmp_path / "fp32", dtype=torch.float16, torch_dtype=torch.float16)
+
+    # save_pretrained(variant="fp16") writes diffusion_pytorch_model.fp16.safetensors; variant="fp16" reads it back
+    pipe.to(torch.float16).save_pretrained(tmp_path / "fp16", variant="fp16")
+    assert (tmp_path / "fp16" / "vae" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    half = pipe_class.from_pretrained(tmp_path / "fp16", variant="fp16", dtype=torch.float16)
+    assert half.vae.dtype == torch.float16
+    assert all(torch.equal(v.half(), half.vae.state_dict()[k]) for k, v in weights.items())
+    with pytest.raises(FileNotFoundError, match=r"variant 'bf16'.*diffusion_pytorch_model\.fp16\.safetensors"):
+        pipe_class.from_pretrained(tmp_path / "fp16", variant="bf16")
+
+    # low_cpu_mem_usage either way, device_map as diffusers takes it, a component passed in
+    for low in (True, False):
+        loaded = pipe_class.from_pretrained(tmp_path / "fp32", low_cpu_mem_usage=low)
+        assert all(torch.equal(v, loaded.vae.state_dict()[k]) for k, v in weights.items())
+    mapped = pipe_class.from_pretrained(tmp_path / "fp32", device_map="cpu")
+    assert mapped.hf_device_map == "cpu" and mapped.vae.device.type == "cpu"
+    balanced = pipe_class.from_pretrained(tmp_path / "fp32", device_map="balanced")
+    assert balanced.hf_device_map == {"vae": "cpu"}
+    with pytest.raises(NotImplementedError, match="auto not supported. Supported strategies are: balanced"):
+        pipe_class.from_pretrained(tmp_path / "fp32", device_map="auto")
+    with pytest.raises(ValueError, match="low_cpu_mem_usage` to False"):
+        pipe_class.from_pretrained(tmp_path / "fp32", device_map="cpu", low_cpu_mem_usage=False)
+    assert pipe_class.from_pretrained(tmp_path / "fp32", vae=pipe.vae).vae is pipe.vae
+
+    # unknown keywords: diffusers' warning, not a TypeError
+    import diffusers.utils.logging
+
+    diffusers.utils.logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            loaded = pipe_class.from_pretrained(tmp_path / "fp32", not_a_keyword=1, trust_remote_code=True)
+    finally:
+        diffusers.utils.logging.disable_propagation()
+    assert "Keyword arguments {'not_a_keyword': 1} are not expected" in caplog.text
+    assert all(torch.equal(v, loaded.vae.state_dict()[k]) for k, v in weights.items())
