@@ -19,6 +19,28 @@ from diffusers.utils.torch_utils import randn_tensor
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
 
 
+def _check_generators(generator, batch_size: int) -> None:
+    """A list of generators must hold one per image (diffusers' pipelines' message)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+            f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )
+
+
+def _generators_for(generator, start: int, stop: int):
+    """The generators of images ``start:stop``: the one generator, or that slice of a list (one per image)."""
+    return generator[start:stop] if isinstance(generator, list) else generator
+
+
+def _per_image(function, generator, *tensors):
+    """``function(*tensors, generator)`` for the batch, or, with a list of generators, image by image with its own
+    generator, so that image i depends on ``generator[i]`` alone (as diffusers' ``randn_tensor`` draws)."""
+    if not isinstance(generator, list):
+        return function(*tensors, generator)
+    return torch.cat([function(*(t[i : i + 1] for t in tensors), g) for i, g in enumerate(generator)])
+
+
 class HierarchicalVAEPipeline(DiffusionPipeline):
     r"""Pipeline for unconditional image generation with a [`HierarchicalVAEModel`]: run the top-down path with each
     latent group drawn from its prior ``N(mu_p, (temperature * sigma_p)^2)``, then decode the pixels.
@@ -69,7 +91,9 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
-            generator (`torch.Generator`, *optional*): makes sampling deterministic.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a list
+                holds one generator per image, and image i then depends on ``generator[i]`` alone (every group's
+                latent and the pixel noise), as in diffusers' pipelines.
             temperature (`float` or `list[float]`, defaults to 1.0): scale of each group's prior standard deviation,
                 one number for all groups or one per group (top group first); 0 takes the prior mean.
             latents (`torch.Tensor`, *optional*): the top group's latent z_1, ``(batch_size, *vae.group_shapes()[0])``;
@@ -83,6 +107,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         temperatures = self.vae._temperatures(temperature)  # validates: one number or one per group, >= 0
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        _check_generators(generator, batch_size)
         device = self._execution_device
         top_shape = (batch_size, *self.vae.group_shapes()[0])
         if latents is None:
@@ -91,13 +116,18 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             latents = mean + temperatures[0] * torch.exp(log_scale) * eps
         elif tuple(latents.shape) != top_shape:
             raise ValueError(f"latents must have shape {top_shape}, got {tuple(latents.shape)}")
-        noise_generator = generator[0] if isinstance(generator, list) else generator
         chunks = []
         for start in self.progress_bar(range(0, batch_size, decode_batch_size)):
-            z1 = latents[start : start + decode_batch_size].to(device)
-            params = self.vae.generate_parameters(z1.shape[0], generator=noise_generator, temperature=temperatures,
+            stop = min(start + decode_batch_size, batch_size)
+            chunk_generator = _generators_for(generator, start, stop)
+            z1 = latents[start:stop].to(device)
+            params = self.vae.generate_parameters(z1.shape[0], generator=chunk_generator, temperature=temperatures,
                                                   top_latent=z1)
-            chunks.append(self.vae.decode_image(params, sample_pixels=sample_pixels, generator=noise_generator))
+            if sample_pixels:
+                chunks.append(_per_image(lambda p, g: self.vae.decode_image(p, sample_pixels=True, generator=g),
+                                         chunk_generator, params))
+            else:
+                chunks.append(self.vae.decode_image(params))
         image = torch.cat(chunks).float()
         image = self.image_processor.postprocess(image, output_type=output_type)
         self.maybe_free_model_hooks()
@@ -118,7 +148,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         Args:
             images: PIL images, a numpy array (N, H, W, C) in [0, 1], or a tensor: ``uint8`` in {0..255} or float in
                 [-1, 1], shaped (N, C, H, W); height, width and channels must match the model's config.
-            generator: drives the posterior samples when ``use_posterior_mean`` is False.
+            generator: drives the posterior samples when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: every group at its posterior mean (True) or one sample of q (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
         """
@@ -129,6 +159,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False, do_normalize=True,
                                           do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3)
             x = processor.preprocess(images)
+        _check_generators(generator, x.shape[0])
         params = self.vae.reconstruct_parameters(x.to(self._execution_device), generator=generator,
                                                  use_posterior_mean=use_posterior_mean)
         image = self.vae.decode_image(params).float()

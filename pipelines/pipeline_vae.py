@@ -17,6 +17,28 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
 
 
+def _check_generators(generator, batch_size: int) -> None:
+    """A list of generators must hold one per image (diffusers' pipelines' message)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+            f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )
+
+
+def _generators_for(generator, start: int, stop: int):
+    """The generators of images ``start:stop``: the one generator, or that slice of a list (one per image)."""
+    return generator[start:stop] if isinstance(generator, list) else generator
+
+
+def _per_image(function, generator, *tensors):
+    """``function(*tensors, generator)`` for the batch, or, with a list of generators, image by image with its own
+    generator, so that image i depends on ``generator[i]`` alone (as diffusers' ``randn_tensor`` draws)."""
+    if not isinstance(generator, list):
+        return function(*tensors, generator)
+    return torch.cat([function(*(t[i : i + 1] for t in tensors), g) for i, g in enumerate(generator)])
+
+
 class VAEPipeline(DiffusionPipeline):
     r"""Pipeline for unconditional image generation with a [`VAEModel`]: draw ``z ~ N(0, temperature^2 I)``
     and decode it.
@@ -66,7 +88,9 @@ class VAEPipeline(DiffusionPipeline):
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
-            generator (`torch.Generator`, *optional*): makes sampling deterministic.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a list
+                holds one generator per image, and image i then depends on ``generator[i]`` alone (its latent and its
+                pixel noise), as in diffusers' pipelines.
             temperature (`float`, defaults to 1.0): scale of the prior's standard deviation; 0 decodes z = 0.
             sample_pixels (`bool`, defaults to False): show one draw from p(x | z) instead of its mean
                 (the mean is what sample grids usually show; the draw is a true sample of the model).
@@ -78,12 +102,17 @@ class VAEPipeline(DiffusionPipeline):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        _check_generators(generator, batch_size)
         latents = self.vae.sample_latents(batch_size, generator=generator, temperature=temperature)
-        pixel_generator = generator[0] if isinstance(generator, list) else generator
         chunks = []
         for start in self.progress_bar(range(0, batch_size, decode_batch_size)):
-            z = latents[start : start + decode_batch_size]
-            chunks.append(self.vae.decode(z, sample_pixels=sample_pixels, generator=pixel_generator).sample)
+            stop = min(start + decode_batch_size, batch_size)
+            z = latents[start:stop]
+            if sample_pixels:
+                chunks.append(_per_image(lambda z, g: self.vae.decode(z, sample_pixels=True, generator=g).sample,
+                                         _generators_for(generator, start, stop), z))
+            else:
+                chunks.append(self.vae.decode(z).sample)
         image = torch.cat(chunks).float()
         image = self.image_processor.postprocess(image, output_type=output_type)
         self.maybe_free_model_hooks()
@@ -104,11 +133,12 @@ class VAEPipeline(DiffusionPipeline):
         Args:
             images: PIL images, a numpy array (N, H, W, C) in [0, 1], or a tensor: ``uint8`` in {0..255} or float in
                 [-1, 1], shaped (N, C, H, W); height, width and channels must match the model's config.
-            generator: drives the posterior sample when ``use_posterior_mean`` is False.
+            generator: drives the posterior sample when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: decode the posterior mean (True) or one sample of q(z | x) (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
         """
         x = self._to_model_range(images)
+        _check_generators(generator, x.shape[0])
         posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype)).latent_dist
         z = posterior.mode() if use_posterior_mean else posterior.sample(generator=generator)
         image = self.vae.decode(z).sample.float()

@@ -153,3 +153,36 @@ def test_from_pretrained_takes_dtype_variant_device_map_like_diffusers(family, t
         diffusers.utils.logging.disable_propagation()
     assert "Keyword arguments {'not_a_keyword': 1} are not expected" in caplog.text
     assert all(torch.equal(v, loaded.vae.state_dict()[k]) for k, v in weights.items())
+
+
+# ---------------------------------------------------------------------------------------------- 3. generator lists
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+@pytest.mark.parametrize("sample_pixels", [False, True])
+def test_generator_list_image_i_is_the_image_generator_i_draws_alone(family, sample_pixels):
+    pipe = PIPES[family]()
+
+    def images(seeds, **kwargs):
+        generator = [_gen(s) for s in seeds] if isinstance(seeds, list) else _gen(seeds)
+        return pipe(batch_size=len(seeds) if isinstance(seeds, list) else 1, generator=generator,
+                    sample_pixels=sample_pixels, output_type="pt", **kwargs).images
+
+    # decode_batch_size=2 splits the batch into chunks: each chunk takes its own slice of the list
+    listed = images([11, 12, 13], decode_batch_size=2)
+    # image i depends on generator[i] alone: change the others and it stays the same, bit for bit
+    assert torch.equal(images([21, 12, 23], decode_batch_size=2)[1], listed[1])
+    assert torch.equal(images([11, 22, 13], decode_batch_size=2)[[0, 2]], listed[[0, 2]])
+    # and it is the image that generator alone draws with batch_size=1 (the same noise; the network then runs on a
+    # batch of 1 instead of 2, which on CPU changes the last bit of some convolution sums, hence the 1e-6)
+    for i, seed in enumerate([11, 12, 13]):
+        torch.testing.assert_close(listed[i : i + 1], images(seed), rtol=0, atol=1e-6)
+    assert not torch.equal(listed[0], listed[1])
+    message = (r"You have passed a list of generators of length 2, but requested an effective batch size of 3\. "
+               r"Make sure the batch size matches the length of the generators\.")
+    with pytest.raises(ValueError, match=message):
+        pipe(batch_size=3, generator=[_gen(1), _gen(2)])
+    with pytest.raises(ValueError, match="list of generators of length 3"):
+        pipe.reconstruct(_images(2), generator=[_gen(1), _gen(2), _gen(3)], use_posterior_mean=False)
+    # posterior samples in reconstruction follow the same rule
+    recon = pipe.reconstruct(_images(2), generator=[_gen(1), _gen(2)], use_posterior_mean=False, output_type="pt")
+    other = pipe.reconstruct(_images(2), generator=[_gen(5), _gen(2)], use_posterior_mean=False, output_type="pt")
+    assert torch.equal(recon[1], other[1]) and not torch.equal(recon[0], other[0])

@@ -304,9 +304,12 @@ class VAEModel(ModelMixin, ConfigMixin):
     @torch.no_grad()
     @apply_forward_hook
     def sample_latents(
-        self, batch_size: int, generator: torch.Generator | None = None, temperature: float = 1.0
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Draw z ~ N(0, temperature^2 I) for ``batch_size`` images on the device the model computes on."""
+        """Draw z ~ N(0, temperature^2 I) for ``batch_size`` images on the device the model computes on; with a list
+        of generators (one per image, as diffusers' ``randn_tensor`` takes it) image i's latent is ``generator[i]``'s."""
+        check_generator_list(generator, batch_size)
         shape = (batch_size, *self.latent_shape)
         return randn_tensor(shape, generator=generator, device=execution_device(self), dtype=torch.float32) * temperature
 
@@ -323,3 +326,12 @@ def execution_device(model: nn.Module) -> torch.device:
             if device is not None:
                 return torch.device(device)
     return next(model.parameters()).device
+
+
+def check_generator_list(generator, batch_size: int) -> None:
+    """Refuse a list of generators whose length is not the batch size, with diffusers' pipelines' message."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+            f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )
