@@ -186,3 +186,93 @@ def test_generator_list_image_i_is_the_image_generator_i_draws_alone(family, sam
     recon = pipe.reconstruct(_images(2), generator=[_gen(1), _gen(2)], use_posterior_mean=False, output_type="pt")
     other = pipe.reconstruct(_images(2), generator=[_gen(5), _gen(2)], use_posterior_mean=False, output_type="pt")
     assert torch.equal(recon[1], other[1]) and not torch.equal(recon[0], other[0])
+
+
+# ---------------------------------------------------------------------------------------------- 4. latents
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+def test_latents_in_and_out_reproduce_a_sample(family):
+    pipe = PIPES[family]()
+    out = pipe(batch_size=3, generator=_gen(3), temperature=0.8, decode_batch_size=2, output_type="pt")
+    again = pipe(batch_size=3, latents=out.latents, decode_batch_size=2, output_type="pt")
+    assert torch.equal(again.images, out.images)  # bit for bit, from the returned latents alone
+    images, latents = pipe(batch_size=3, generator=_gen(3), temperature=0.8, decode_batch_size=2, output_type="pt",
+                           return_dict=False)
+    assert torch.equal(images, out.images)
+    # generator lists: the latents image i drew are those its generator draws alone, bit for bit
+    listed = pipe(batch_size=2, generator=[_gen(7), _gen(8)], output_type="pt").latents
+    alone = pipe(batch_size=1, generator=_gen(8), output_type="pt").latents
+    if family == "vae":
+        assert torch.equal(listed[1:], alone)
+        with pytest.raises(ValueError, match=r"latents must have shape \(3, 4, 8, 8\).*got \(2, 4, 8, 8\)"):
+            pipe(batch_size=3, latents=out.latents[:2])
+        return
+    assert torch.equal(listed[0][1:], alone[0])  # the top group's noise and prior do not depend on the batch
+    for a, b in zip(listed[1:], alone[1:]):  # below it the prior's mean comes from a batch of 2 vs 1: last bits
+        torch.testing.assert_close(a[1:], b, rtol=0, atol=1e-6)
+    shapes = pipe.vae.group_shapes()
+    assert [tuple(z.shape) for z in out.latents] == [(3, *shape) for shape in shapes]
+    # any prefix of groups given, the rest drawn: the given ones come back unchanged
+    prefix = pipe(batch_size=3, latents=out.latents[:2], generator=_gen(4), output_type="pt")
+    assert all(torch.equal(a, b) for a, b in zip(prefix.latents[:2], out.latents[:2]))
+    assert not torch.equal(prefix.latents[2], out.latents[2])
+    # with temperature 0 below the given groups the images are a function of them alone
+    a, b = (pipe(batch_size=3, latents=out.latents[:2], generator=_gen(seed), temperature=[1, 1, 0, 0],
+                 output_type="pt").images for seed in (1, 2))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"latents must have shape \(3, 2, 4, 4\) for group 1.*got \(3, 2, 8, 8\)"):
+        pipe(batch_size=3, latents=[out.latents[0], out.latents[2]])
+    with pytest.raises(ValueError, match="latents holds 5 groups, but the model has 4"):
+        pipe(batch_size=3, latents=out.latents + out.latents[:1])
+
+
+@pytest.mark.parametrize("family", ["vae", "hvae"])
+def test_encode_and_interpolation_endpoints_are_the_images_decodings(family):
+    pipe = PIPES[family]()
+    x = _images(2, seed=4)
+    recon = pipe.reconstruct(x, output_type="pt")
+    encoded = pipe.encode(x)
+    means = encoded if family == "vae" else encoded.latent_means
+    decoded = pipe(batch_size=2, latents=means, output_type="pt").images
+    assert torch.equal(decoded, recon)  # the posterior means decode to the reconstruction, bit for bit
+    steps = pipe.interpolate(x[:1], x[1:], num_steps=5, output_type="pt")
+    assert steps.images.shape == (5, 1, 16, 16)
+    for index, image in ((0, x[:1]), (-1, x[1:])):
+        own = pipe.encode(image)
+        own = [own] if family == "vae" else own.latent_means
+        ends = [steps.latents[[index]]] if family == "vae" else [z[[index]] for z in steps.latents]
+        assert all(torch.equal(end, z) for end, z in zip(ends, own))  # each image's own latents, bit for bit
+    # ... so the end images are the two reconstructions (decoded in a batch of 5 instead of 2: the last bit of some
+    # CPU convolution sums differs, hence 1e-6)
+    torch.testing.assert_close(steps.images[[0, -1]], recon, rtol=0, atol=1e-6)
+    # spherical: the midpoint keeps the norm (a straight line would shrink it)
+    from hfgen.pipelines.pipeline_vae import slerp
+
+    a, b = torch.randn(1, 64, generator=_gen(1)), torch.randn(1, 64, generator=_gen(2))
+    mid = slerp(a, b, 0.5)
+    assert abs(mid.norm() - (a.norm() + b.norm()) / 2) < 0.35 * a.norm()
+    assert mid.norm() > ((a + b) / 2).norm()
+    if family == "hvae":
+        samples = pipe.encode(x, generator=[_gen(1), _gen(2)])
+        assert [tuple(z.shape) for z in samples.latents] == [(2, *s) for s in pipe.vae.group_shapes()]
+        assert not torch.equal(samples.latents[0], samples.latent_means[0])
+        assert all((s > -10).all() for s in samples.latent_log_scales)
+
+
+def test_hvae_keep_top_groups_of_an_image_and_draw_the_rest():
+    pipe = _hvae_pipe()
+    x = _images(2, seed=4)
+    means = pipe.encode(x).latent_means
+    out = pipe(images=x, keep_groups=2, batch_size=4, temperature=0.7, generator=_gen(1), output_type="pt")
+    assert out.images.shape == (4, 1, 16, 16)
+    for group in range(2):  # each image fills two places, with its own posterior means in the kept groups
+        assert torch.equal(out.latents[group], means[group].repeat_interleave(2, dim=0))
+    assert not torch.equal(out.latents[2][0], out.latents[2][1])  # the rest drawn: two variations of image 0
+    # keeping every group at temperature anything gives the reconstruction (to the batch-size rounding)
+    full = pipe(images=x, keep_groups=pipe.vae.num_groups, output_type="pt").images
+    assert torch.equal(full, pipe.reconstruct(x, output_type="pt"))
+    with pytest.raises(ValueError, match="keep_groups must be between 0 and 4"):
+        pipe(images=x, keep_groups=5)
+    with pytest.raises(ValueError, match="batch_size must be a multiple of the number of images"):
+        pipe(images=x, keep_groups=1, batch_size=3)
+    with pytest.raises(ValueError, match="images and keep_groups go together"):
+        pipe(images=x)
