@@ -210,18 +210,90 @@ def pipeline_class_name(index: dict) -> str:
     return name[1] if isinstance(name, (list, tuple)) else name
 
 
-def load_pretrained(pipeline_class, pretrained_model_name_or_path, *, revision=None, torch_dtype=None,
-                    use_safetensors=None, cache_dir=None, token=None, local_files_only=False, force_download=False,
-                    **unexpected):
+#: keywords of DiffusionPipeline.from_pretrained that have no meaning for hfgen's pipelines (ONNX, custom code,
+#: quantisation, connected pipelines): read and ignored with a warning, as diffusers ignores unused ones
+_IGNORED_KEYWORDS = ("custom_pipeline", "custom_revision", "provider", "sess_options", "provider_options", "use_onnx",
+                     "load_connected_pipeline", "quantization_config", "use_flashpack", "mirror", "from_flax",
+                     "output_loading_info")
+
+
+def _component_dtype(dtype, name: str):
+    """The dtype of component ``name`` from ``from_pretrained``'s ``dtype``: one ``torch.dtype`` for all, or a
+    dict by component name with ``"default"`` for the rest (as diffusers takes it)."""
+    if isinstance(dtype, dict):
+        import torch
+
+        return dtype.get(name, dtype.get("default", torch.float32))
+    return dtype
+
+
+def _resolve_device_map(device_map, low_cpu_mem_usage):
+    """``device_map`` checked as ``DiffusionPipeline.from_pretrained`` checks it (same messages); returns the device
+    the component goes to (an hfgen pipeline has one model, so ``"balanced"`` puts it on the first accelerator)."""
+    if device_map is None:
+        return None
+    from diffusers.pipelines.pipeline_utils import SUPPORTED_DEVICE_MAP
+    from diffusers.utils.torch_utils import get_device
+
+    if not isinstance(device_map, str):
+        raise ValueError("`device_map` must be a string.")
+    if device_map not in SUPPORTED_DEVICE_MAP:
+        raise NotImplementedError(f"{device_map} not supported. Supported strategies are: "
+                                  f"{', '.join(SUPPORTED_DEVICE_MAP)}")
+    if low_cpu_mem_usage is False:
+        raise ValueError(f"You cannot set `low_cpu_mem_usage` to False while using device_map={device_map} for "
+                         "loading and dispatching. Please make sure to set `low_cpu_mem_usage=True`.")
+    return get_device() if device_map == "balanced" else device_map
+
+
+def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
     """``from_pretrained`` of hfgen's pipelines: a local folder or a Hub repo id, read into hfgen's own classes
-    (``pipeline_class._hfgen_components``); no code from the folder runs, weights only from safetensors."""
-    if unexpected:
-        raise TypeError(f"{pipeline_class.__name__}.from_pretrained() got unexpected arguments {sorted(unexpected)}; "
-                        f"it takes revision, torch_dtype, cache_dir, token, local_files_only, force_download")
-    if use_safetensors is False:
+    (``pipeline_class._hfgen_components``); no code from the folder runs, weights only from safetensors.
+
+    Takes ``DiffusionPipeline.from_pretrained``'s keywords as diffusers 0.42 does: ``dtype`` (or the deprecated
+    ``torch_dtype``; one dtype or a dict by component with ``"default"``), ``variant``, ``low_cpu_mem_usage``,
+    ``device_map`` (``"balanced"``, ``"cpu"`` or the accelerator's name; the pipeline records it in
+    ``hf_device_map``), ``max_memory``, ``offload_folder``, ``offload_state_dict``, ``disable_mmap``, the Hub ones
+    (``revision``, ``cache_dir``, ``token``, ``local_files_only``, ``force_download``, ``proxies``) and a component
+    to use instead of the folder's (``vae=model``). Keywords without a meaning here are ignored with diffusers'
+    warning, not refused."""
+    from diffusers.models.modeling_utils import _LOW_CPU_MEM_USAGE_DEFAULT
+    from diffusers.utils import logging
+    from diffusers.utils.deprecation_utils import _resolve_dtype
+
+    logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
+    hub = {key: kwargs.pop(key, default) for key, default in (
+        ("cache_dir", None), ("token", None), ("local_files_only", False), ("force_download", False),
+        ("proxies", None))}
+    if hub["proxies"] is None:
+        del hub["proxies"]
+    hub["local_files_only"] = bool(hub["local_files_only"])
+    revision = kwargs.pop("revision", None)
+    dtype = _resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
+    import torch
+
+    if dtype is not None and not isinstance(dtype, (dict, torch.dtype)):
+        logger.warning(f"Passed `dtype` {dtype} is not a `torch.dtype`. Defaulting to `torch.float32`.")
+        dtype = torch.float32
+    variant = kwargs.pop("variant", None)
+    low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", _LOW_CPU_MEM_USAGE_DEFAULT)
+    device_map = kwargs.pop("device_map", None)
+    device = _resolve_device_map(device_map, low_cpu_mem_usage)
+    loading = {key: kwargs.pop(key) for key in ("max_memory", "offload_folder", "offload_state_dict", "disable_mmap")
+               if key in kwargs}
+    if kwargs.pop("use_safetensors", None) is False:
         raise ValueError("hfgen loads weights only from safetensors files; use_safetensors=False is not supported")
-    folder = resolve_folder(pretrained_model_name_or_path, revision, cache_dir=cache_dir, token=token,
-                            local_files_only=local_files_only, force_download=force_download)
+    kwargs.pop("trust_remote_code", None)  # hfgen never runs a folder's code, so it needs no permission to
+    passed = {name: kwargs.pop(name) for name in pipeline_class._hfgen_components if name in kwargs}
+    ignored = {key: kwargs.pop(key) for key in _IGNORED_KEYWORDS if key in kwargs}
+    if ignored:
+        logger.warning(f"Keyword arguments {ignored} have no meaning for {pipeline_class.__name__} (hfgen loads "
+                       f"its own model classes from safetensors weights) and will be ignored.")
+    if kwargs:  # diffusers' own behaviour for keywords it does not know
+        logger.warning(f"Keyword arguments {kwargs} are not expected by {pipeline_class.__name__} and will be "
+                       f"ignored.")
+
+    folder = resolve_folder(pretrained_model_name_or_path, revision, **hub)
     index = read_model_index(folder)
     found = pipeline_class_name(index)
     if found != pipeline_class.__name__:
@@ -229,13 +301,27 @@ def load_pretrained(pipeline_class, pretrained_model_name_or_path, *, revision=N
                          f"{pipeline_class.__name__}; load it with {found}.from_pretrained or hfgen sample")
     components = {}
     for name, model_class in pipeline_class._hfgen_components.items():
+        if name in passed:
+            components[name] = passed[name]
+            continue
+        pattern = f"*.{variant}.safetensors" if variant else "*.safetensors"
+        if variant and not any((folder / name).glob(pattern)):
+            found_files = sorted(p.name for p in (folder / name).glob("*.safetensors"))
+            raise FileNotFoundError(f"{folder / name} has no {pattern} weights for variant {variant!r}; found "
+                                    f"{found_files or 'no safetensors files'} (save_pretrained(..., "
+                                    f"variant={variant!r}) writes them)")
         if not any((folder / name).glob("*.safetensors")):
             raise FileNotFoundError(f"{folder / name} has no safetensors weights for the {model_class.__name__} "
                                     f"component {name!r}; hfgen loads weights only from .safetensors files "
                                     f"(written by save_pretrained)")
-        components[name] = model_class.from_pretrained(folder, subfolder=name, use_safetensors=True,
-                                                       torch_dtype=torch_dtype)
-    return pipeline_class(**components)
+        component_dtype = _component_dtype(dtype, name)
+        components[name] = model_class.from_pretrained(
+            folder, subfolder=name, use_safetensors=True, variant=variant, low_cpu_mem_usage=low_cpu_mem_usage,
+            device_map=device, **({"dtype": component_dtype} if component_dtype is not None else {}), **loading)
+    pipeline = pipeline_class(**components)
+    if device_map is not None:
+        pipeline.hf_device_map = {name: device for name in components} if device_map == "balanced" else device_map
+    return pipeline
 
 
 def save_pretrained(pipeline, save_directory, **kwargs) -> None:

@@ -7,6 +7,8 @@ can carry this file as remote code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import PIL.Image
 import torch
@@ -17,6 +19,64 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.utils.torch_utils import randn_tensor
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
+
+
+def _check_generators(generator, batch_size: int) -> None:
+    """A list of generators must hold one per image (diffusers' pipelines' message)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+            f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )
+
+
+def _generators_for(generator, start: int, stop: int):
+    """The generators of images ``start:stop``: the one generator, or that slice of a list (one per image)."""
+    return generator[start:stop] if isinstance(generator, list) else generator
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between latents ``a`` and ``b`` (same shape, batch first), image by image: along the
+    great circle through them, with the norm interpolated linearly, so that midpoints of Gaussian latents keep a
+    typical norm (a straight line passes near 0). ``t`` is a number, or one per image (shape ``(batch,)``); 0 gives
+    ``a`` and 1 gives ``b`` exactly. Nearly parallel latents fall back to a straight line."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=a.device).reshape(-1, *([1] * (a.ndim - 1)))
+    a32, b32 = a.float().flatten(1), b.float().flatten(1)
+    cos = (_unit(a32) * _unit(b32)).sum(1).clamp(-1, 1).reshape(-1, *([1] * (a.ndim - 1)))
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    parallel = sin.abs() < 1e-4
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    wa = torch.where(parallel, 1 - t, torch.sin((1 - t) * theta) / safe)
+    wb = torch.where(parallel, t, torch.sin(t * theta) / safe)
+    out = wa * a.float() + wb * b.float()
+    # exact endpoints whatever the rounding of the weights
+    out = torch.where(t == 0, a.float(), torch.where(t == 1, b.float(), out))
+    return out.to(a.dtype)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass
+class HierarchicalVAEPipelineOutput(ImagePipelineOutput):
+    """Output of [`HierarchicalVAEPipeline`].
+
+    images: the images (PIL, numpy or torch, per ``output_type``).
+    latents: every group's latent the images were decoded from, a list (top group first) of
+        ``(batch, *vae.group_shapes()[i])``; ``pipe(latents=latents)`` decodes them again.
+    """
+
+    latents: list = None
+
+
+def _per_image(function, generator, *tensors):
+    """``function(*tensors, generator)`` for the batch, or, with a list of generators, image by image with its own
+    generator, so that image i depends on ``generator[i]`` alone (as diffusers' ``randn_tensor`` draws)."""
+    if not isinstance(generator, list):
+        return function(*tensors, generator)
+    return torch.cat([function(*(t[i : i + 1] for t in tensors), g) for i, g in enumerate(generator)])
 
 
 class HierarchicalVAEPipeline(DiffusionPipeline):
@@ -56,54 +116,115 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         temperature: float | list[float] = 1.0,
-        latents: torch.Tensor | None = None,
+        latents: torch.Tensor | list[torch.Tensor] | None = None,
+        images: ImageInput | None = None,
+        keep_groups: int | None = None,
         sample_pixels: bool = False,
         decode_batch_size: int = 256,
         output_type: str = "pil",
         return_dict: bool = True,
-    ) -> ImagePipelineOutput | tuple:
+    ) -> HierarchicalVAEPipelineOutput | tuple:
         r"""Generate images.
 
         Args:
-            batch_size (`int`, defaults to 1): number of images.
-            generator (`torch.Generator`, *optional*): makes sampling deterministic.
+            batch_size (`int`, *optional*): number of images; defaults to 1, or with ``images`` to one per image.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a list
+                holds one generator per image, and image i then depends on ``generator[i]`` alone (every group's
+                latent and the pixel noise), as in diffusers' pipelines.
             temperature (`float` or `list[float]`, defaults to 1.0): scale of each group's prior standard deviation,
                 one number for all groups or one per group (top group first); 0 takes the prior mean.
-            latents (`torch.Tensor`, *optional*): the top group's latent z_1, ``(batch_size, *vae.group_shapes()[0])``;
-                drawn at the top group's temperature when not given. With a fixed ``latents`` and temperature 0 for
-                the other groups the images are deterministic.
+            latents (`torch.Tensor` or `list[torch.Tensor]`, *optional*): latents to start from: a list with one
+                tensor per group for any number of groups from the top, ``(batch_size, *vae.group_shapes()[i])``
+                each (a tensor alone is the top group's); the groups below are drawn from the prior at their
+                temperature. The ``latents`` of an earlier output, or ``encode``'s, decode the same images again.
+            images (*optional*), keep_groups (`int`, *optional*): NVAE's "keep the top ``keep_groups`` groups of an
+                image's posterior (their means, as ``encode`` gives them), draw the rest from the prior at
+                ``temperature``": variations of ``images`` that keep their coarse content (PIL images, numpy or
+                tensors as ``reconstruct`` takes them). ``batch_size`` then must be a multiple of the number of
+                images; each image fills ``batch_size / len(images)`` consecutive places.
             sample_pixels (`bool`, defaults to False): show one draw from p(x | z) instead of its mean.
             decode_batch_size (`int`, defaults to 256): images generated at a time (bounds memory).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+            return_dict (`bool`, defaults to True): return a [`HierarchicalVAEPipelineOutput`] (images and every
+                group's latents) instead of the tuple ``(images, latents)``.
         """
         temperatures = self.vae._temperatures(temperature)  # validates: one number or one per group, >= 0
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         device = self._execution_device
-        top_shape = (batch_size, *self.vae.group_shapes()[0])
-        if latents is None:
+        if (images is None) != (keep_groups is None):
+            raise ValueError("images and keep_groups go together (keep the top keep_groups groups of each image's "
+                             f"posterior); got images={'None' if images is None else 'given'}, keep_groups={keep_groups}")
+        if images is not None:
+            if latents is not None:
+                raise ValueError("give either latents or images with keep_groups, not both")
+            if not 0 <= keep_groups <= self.vae.num_groups:
+                raise ValueError(f"keep_groups must be between 0 and {self.vae.num_groups} (the model's groups), "
+                                 f"got {keep_groups}")
+            means = self.encode(images).latent_means[:keep_groups]
+            num_images = self._preprocess(images).shape[0]
+            batch_size = batch_size or num_images
+            if batch_size % num_images:
+                raise ValueError(f"batch_size must be a multiple of the number of images ({num_images}), got "
+                                 f"{batch_size}")
+            latents = [z.repeat_interleave(batch_size // num_images, dim=0) for z in means]
+        batch_size = batch_size or 1
+        _check_generators(generator, batch_size)
+        given = [z.to(device) for z in self.vae.check_latents(latents, batch_size)]
+        if not given:
             mean, log_scale = self.vae.top_prior()
+            top_shape = (batch_size, *self.vae.group_shapes()[0])
             eps = randn_tensor(top_shape, generator=generator, device=device, dtype=torch.float32)
-            latents = mean + temperatures[0] * torch.exp(log_scale) * eps
-        elif tuple(latents.shape) != top_shape:
-            raise ValueError(f"latents must have shape {top_shape}, got {tuple(latents.shape)}")
-        noise_generator = generator[0] if isinstance(generator, list) else generator
-        chunks = []
+            given = [mean + temperatures[0] * torch.exp(log_scale) * eps]
+        chunks, drawn = [], []
         for start in self.progress_bar(range(0, batch_size, decode_batch_size)):
-            z1 = latents[start : start + decode_batch_size].to(device)
-            params = self.vae.generate_parameters(z1.shape[0], generator=noise_generator, temperature=temperatures,
-                                                  top_latent=z1)
-            chunks.append(self.vae.decode_image(params, sample_pixels=sample_pixels, generator=noise_generator))
+            stop = min(start + decode_batch_size, batch_size)
+            chunk_generator = _generators_for(generator, start, stop)
+            params, chunk_latents = self.vae.generate_parameters(
+                stop - start, generator=chunk_generator, temperature=temperatures,
+                latents=[z[start:stop] for z in given], return_latents=True)
+            drawn.append(chunk_latents)
+            if sample_pixels:
+                chunks.append(_per_image(lambda p, g: self.vae.decode_image(p, sample_pixels=True, generator=g),
+                                         chunk_generator, params))
+            else:
+                chunks.append(self.vae.decode_image(params))
         image = torch.cat(chunks).float()
         image = self.image_processor.postprocess(image, output_type=output_type)
+        latents = [torch.cat(group) for group in zip(*drawn)]
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+            return (image, latents)
+        return HierarchicalVAEPipelineOutput(images=image, latents=latents)
+
+    @torch.no_grad()
+    def encode(self, images: ImageInput, generator: torch.Generator | list[torch.Generator] | None = None):
+        r"""Each group's posterior for ``images`` (any form ``reconstruct`` takes), as the model's ``encode`` gives it:
+        ``latent_means`` (every group at its posterior mean given the means above it: ``pipe(latents=latent_means)``
+        decodes what ``reconstruct`` gives) and ``latents`` (one posterior sample, drawn from ``generator``)."""
+        x = self._preprocess(images)
+        _check_generators(generator, x.shape[0])
+        out = self.vae.encode(x.to(self._execution_device), generator=generator)
+        self.maybe_free_model_hooks()
+        return out
+
+    @torch.no_grad()
+    def interpolate(self, image_a: ImageInput, image_b: ImageInput, num_steps: int = 8, output_type: str = "pil",
+                    return_dict: bool = True) -> HierarchicalVAEPipelineOutput | tuple:
+        r"""``num_steps`` images along the spherical interpolation (``slerp``), group by group, between the posterior
+        means of two images; the first and last decode the two images' own latents, as ``reconstruct`` does."""
+        if num_steps < 2:
+            raise ValueError(f"num_steps must be >= 2 (the two ends included), got {num_steps}")
+        a, b = self.encode(image_a).latent_means, self.encode(image_b).latent_means
+        if a[0].shape[0] != 1 or b[0].shape[0] != 1:
+            raise ValueError(f"interpolate takes one image at each end, got {a[0].shape[0]} and {b[0].shape[0]}")
+        t = torch.linspace(0, 1, num_steps)
+        latents = [slerp(za.expand(num_steps, *za.shape[1:]), zb.expand(num_steps, *zb.shape[1:]), t)
+                   for za, zb in zip(a, b)]
+        return self(batch_size=num_steps, latents=latents, output_type=output_type, return_dict=return_dict)
 
     @torch.no_grad()
     def reconstruct(
@@ -118,19 +239,23 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         Args:
             images: PIL images, a numpy array (N, H, W, C) in [0, 1], or a tensor: ``uint8`` in {0..255} or float in
                 [-1, 1], shaped (N, C, H, W); height, width and channels must match the model's config.
-            generator: drives the posterior samples when ``use_posterior_mean`` is False.
+            generator: drives the posterior samples when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: every group at its posterior mean (True) or one sample of q (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
         """
-        if isinstance(images, torch.Tensor):
-            x = images
-        else:
-            channels = self.vae.config.in_channels
-            processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False, do_normalize=True,
-                                          do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3)
-            x = processor.preprocess(images)
+        x = self._preprocess(images)
+        _check_generators(generator, x.shape[0])
         params = self.vae.reconstruct_parameters(x.to(self._execution_device), generator=generator,
                                                  use_posterior_mean=use_posterior_mean)
         image = self.vae.decode_image(params).float()
         self.maybe_free_model_hooks()
         return self.image_processor.postprocess(image, output_type=output_type)
+
+    def _preprocess(self, images: ImageInput) -> torch.Tensor:
+        """Images of any accepted form -> a tensor the model takes (``uint8`` as is, otherwise floats in [-1, 1])."""
+        if isinstance(images, torch.Tensor):
+            return images
+        channels = self.vae.config.in_channels
+        processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False, do_normalize=True,
+                                      do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3)
+        return processor.preprocess(images)

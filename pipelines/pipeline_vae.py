@@ -6,6 +6,8 @@ can carry this file as remote code.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import PIL.Image
 import torch
@@ -15,6 +17,64 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
+
+
+def _check_generators(generator, batch_size: int) -> None:
+    """A list of generators must hold one per image (diffusers' pipelines' message)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+            f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )
+
+
+def _generators_for(generator, start: int, stop: int):
+    """The generators of images ``start:stop``: the one generator, or that slice of a list (one per image)."""
+    return generator[start:stop] if isinstance(generator, list) else generator
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between latents ``a`` and ``b`` (same shape, batch first), image by image: along the
+    great circle through them, with the norm interpolated linearly, so that midpoints of Gaussian latents keep a
+    typical norm (a straight line passes near 0). ``t`` is a number, or one per image (shape ``(batch,)``); 0 gives
+    ``a`` and 1 gives ``b`` exactly. Nearly parallel latents fall back to a straight line."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=a.device).reshape(-1, *([1] * (a.ndim - 1)))
+    a32, b32 = a.float().flatten(1), b.float().flatten(1)
+    cos = (_unit(a32) * _unit(b32)).sum(1).clamp(-1, 1).reshape(-1, *([1] * (a.ndim - 1)))
+    theta = torch.arccos(cos)
+    sin = torch.sin(theta)
+    parallel = sin.abs() < 1e-4
+    safe = torch.where(parallel, torch.ones_like(sin), sin)
+    wa = torch.where(parallel, 1 - t, torch.sin((1 - t) * theta) / safe)
+    wb = torch.where(parallel, t, torch.sin(t * theta) / safe)
+    out = wa * a.float() + wb * b.float()
+    # exact endpoints whatever the rounding of the weights
+    out = torch.where(t == 0, a.float(), torch.where(t == 1, b.float(), out))
+    return out.to(a.dtype)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+@dataclass
+class VAEPipelineOutput(ImagePipelineOutput):
+    """Output of [`VAEPipeline`].
+
+    images: the images (PIL, numpy or torch, per ``output_type``).
+    latents: the latents z they were decoded from, ``(batch, *vae.latent_shape)``; ``pipe(latents=latents)``
+        decodes them again.
+    """
+
+    latents: torch.Tensor = None
+
+
+def _per_image(function, generator, *tensors):
+    """``function(*tensors, generator)`` for the batch, or, with a list of generators, image by image with its own
+    generator, so that image i depends on ``generator[i]`` alone (as diffusers' ``randn_tensor`` draws)."""
+    if not isinstance(generator, list):
+        return function(*tensors, generator)
+    return torch.cat([function(*(t[i : i + 1] for t in tensors), g) for i, g in enumerate(generator)])
 
 
 class VAEPipeline(DiffusionPipeline):
@@ -57,39 +117,85 @@ class VAEPipeline(DiffusionPipeline):
         batch_size: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         temperature: float = 1.0,
+        latents: torch.Tensor | None = None,
         sample_pixels: bool = False,
         decode_batch_size: int = 256,
         output_type: str = "pil",
         return_dict: bool = True,
-    ) -> ImagePipelineOutput | tuple:
+    ) -> VAEPipelineOutput | tuple:
         r"""Generate images.
 
         Args:
             batch_size (`int`, defaults to 1): number of images.
-            generator (`torch.Generator`, *optional*): makes sampling deterministic.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a list
+                holds one generator per image, and image i then depends on ``generator[i]`` alone (its latent and its
+                pixel noise), as in diffusers' pipelines.
             temperature (`float`, defaults to 1.0): scale of the prior's standard deviation; 0 decodes z = 0.
+            latents (`torch.Tensor`, *optional*): the latents to decode, ``(batch_size, *vae.latent_shape)`` (for
+                instance the ``latents`` of an earlier output, or ``encode``'s); drawn when not given.
             sample_pixels (`bool`, defaults to False): show one draw from p(x | z) instead of its mean
                 (the mean is what sample grids usually show; the draw is a true sample of the model).
             decode_batch_size (`int`, defaults to 256): latents decoded at a time (bounds memory).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
-            return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+            return_dict (`bool`, defaults to True): return a [`VAEPipelineOutput`] (images and the latents they
+                were decoded from) instead of the tuple ``(images, latents)``.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        latents = self.vae.sample_latents(batch_size, generator=generator, temperature=temperature)
-        pixel_generator = generator[0] if isinstance(generator, list) else generator
+        _check_generators(generator, batch_size)
+        if latents is None:
+            latents = self.vae.sample_latents(batch_size, generator=generator, temperature=temperature)
+        else:
+            expected = (batch_size, *self.vae.latent_shape)
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"latents must have shape {expected} (batch_size, *vae.latent_shape), got "
+                                 f"{tuple(latents.shape)}")
+            latents = latents.to(device=self._execution_device, dtype=torch.float32)
         chunks = []
         for start in self.progress_bar(range(0, batch_size, decode_batch_size)):
-            z = latents[start : start + decode_batch_size]
-            chunks.append(self.vae.decode(z, sample_pixels=sample_pixels, generator=pixel_generator).sample)
+            stop = min(start + decode_batch_size, batch_size)
+            z = latents[start:stop]
+            if sample_pixels:
+                chunks.append(_per_image(lambda z, g: self.vae.decode(z, sample_pixels=True, generator=g).sample,
+                                         _generators_for(generator, start, stop), z))
+            else:
+                chunks.append(self.vae.decode(z).sample)
         image = torch.cat(chunks).float()
         image = self.image_processor.postprocess(image, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+            return (image, latents)
+        return VAEPipelineOutput(images=image, latents=latents)
+
+    @torch.no_grad()
+    def encode(
+        self, images: ImageInput, generator: torch.Generator | list[torch.Generator] | None = None,
+        use_posterior_mean: bool = True,
+    ) -> torch.Tensor:
+        r"""The latents of ``images`` (any form ``reconstruct`` takes): the posterior means, or one sample of
+        q(z | x) each (``use_posterior_mean=False``, drawn from ``generator``). ``pipe(latents=...)`` decodes them."""
+        x = self._to_model_range(images)
+        _check_generators(generator, x.shape[0])
+        posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype)).latent_dist
+        latents = posterior.mode() if use_posterior_mean else posterior.sample(generator=generator)
+        self.maybe_free_model_hooks()
+        return latents
+
+    @torch.no_grad()
+    def interpolate(self, image_a: ImageInput, image_b: ImageInput, num_steps: int = 8, output_type: str = "pil",
+                    return_dict: bool = True) -> VAEPipelineOutput | tuple:
+        r"""``num_steps`` images along the spherical interpolation (``slerp``) between the latents (posterior means)
+        of two images; the first and last decode the two images' own latents, as ``reconstruct`` does."""
+        if num_steps < 2:
+            raise ValueError(f"num_steps must be >= 2 (the two ends included), got {num_steps}")
+        a, b = self.encode(image_a), self.encode(image_b)
+        if a.shape[0] != 1 or b.shape[0] != 1:
+            raise ValueError(f"interpolate takes one image at each end, got {a.shape[0]} and {b.shape[0]}")
+        t = torch.linspace(0, 1, num_steps)
+        latents = slerp(a.expand(num_steps, *a.shape[1:]), b.expand(num_steps, *b.shape[1:]), t)
+        return self(batch_size=num_steps, latents=latents, output_type=output_type, return_dict=return_dict)
 
     @torch.no_grad()
     def reconstruct(
@@ -104,11 +210,12 @@ class VAEPipeline(DiffusionPipeline):
         Args:
             images: PIL images, a numpy array (N, H, W, C) in [0, 1], or a tensor: ``uint8`` in {0..255} or float in
                 [-1, 1], shaped (N, C, H, W); height, width and channels must match the model's config.
-            generator: drives the posterior sample when ``use_posterior_mean`` is False.
+            generator: drives the posterior sample when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: decode the posterior mean (True) or one sample of q(z | x) (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
         """
         x = self._to_model_range(images)
+        _check_generators(generator, x.shape[0])
         posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype)).latent_dist
         z = posterior.mode() if use_posterior_mean else posterior.sample(generator=generator)
         image = self.vae.decode(z).sample.float()

@@ -28,11 +28,12 @@ from torch import nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
 from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
-from .vae import LikelihoodBoundsOutput
+from .vae import LikelihoodBoundsOutput, check_generator_list, execution_device
 
 POSTERIORS = ("residual", "product")
 _LOG_2PI = math.log(2 * math.pi)
@@ -57,6 +58,22 @@ class HierarchicalVAEOutput(BaseOutput):
     kl_per_group: torch.Tensor = None
     elbo: torch.Tensor = None
     bits_per_dim: torch.Tensor = None
+
+
+@dataclass
+class HierarchicalVAEEncoderOutput(BaseOutput):
+    """Output of ``HierarchicalVAEModel.encode``: lists with one tensor per latent group, top first, each
+    ``(batch, *group_shapes()[i])``.
+
+    latent_means: the posterior means, every group given the means of the groups above it (what
+        ``reconstruct_parameters`` decodes by default); ``pipeline(latents=latent_means)`` decodes the same image.
+    latents: one sample of the posterior, every group given the samples above it.
+    latent_log_scales: the log standard deviations of q for ``latents``.
+    """
+
+    latent_means: list = None
+    latents: list = None
+    latent_log_scales: list = None
 
 
 @dataclass
@@ -292,10 +309,12 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         mean = (prior_mean * prec_p + mean_e * prec_e) / precision
         return mean, -0.5 * torch.log(precision)
 
-    def _top_down(self, batch_size, activations=None, generator=None, temperatures=None, top_latent=None,
-                  use_mean=False, want_log_ratio=False, want_kl_per_unit=False):
-        """Run the top-down path: with ``activations`` (inference) z_i ~ q, else z_i ~ p at ``temperatures``.
-        Returns the likelihood parameters and one ``_GroupStats`` per group (inference only)."""
+    def _top_down(self, batch_size, activations=None, generator=None, temperatures=None, latents=(),
+                  use_mean=False, want_log_ratio=False, want_kl_per_unit=False, record=None):
+        """Run the top-down path: with ``activations`` (inference) z_i ~ q, else z_i ~ p at ``temperatures`` except
+        for the first ``len(latents)`` groups, which take the given ``latents``. ``record``, a list, receives each
+        group's z (inference: with the posterior's mean and log-scale, as ``(z, mean, log_scale)``). Returns the
+        likelihood parameters and one ``_GroupStats`` per group (inference only)."""
         h = self.top_state.expand(batch_size, -1, -1, -1).to(self.dtype)
         stats: list[_GroupStats] = []
         up = iter(self.upsample)
@@ -320,14 +339,18 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
                 kl_per_unit = _gaussian_kl_per_unit(mean, log_scale, prior_mean, prior_log_scale)
                 stats.append(_GroupStats(kl=kl_per_unit.flatten(1).sum(1), log_q_minus_log_p=log_ratio,
                                          kl_per_unit=kl_per_unit if want_kl_per_unit else None))
-            elif i == 0 and top_latent is not None:
-                z = top_latent.to(device=prior_mean.device, dtype=prior_mean.dtype)
+                if record is not None:
+                    record.append((z, mean, log_scale))
+            elif i < len(latents):
+                z = latents[i].to(device=prior_mean.device, dtype=prior_mean.dtype)
             else:
                 z = prior_mean
                 if temperatures[i] > 0:
                     eps = randn_tensor(prior_mean.shape, generator=generator, device=prior_mean.device,
                                        dtype=prior_mean.dtype)
                     z = prior_mean + temperatures[i] * torch.exp(prior_log_scale) * eps
+            if record is not None and activations is None:
+                record.append(z)
             h = h + group.z_proj(z.to(h.dtype))
         for rest in up:  # scales below the last group's
             h = rest(h)
@@ -389,34 +412,97 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         return LikelihoodBoundsOutput(nats_per_image_elbo=nll_elbo, nats_per_image_iw=nll_iw)
 
     # ------------------------------------------------------------------ generation and reconstruction
+    # The entry points a pipeline calls besides forward carry diffusers' ``apply_forward_hook``: under
+    # ``enable_model_cpu_offload`` (accelerate's CpuOffload hook) the model moves to the execution device first.
     @torch.no_grad()
+    @apply_forward_hook
     def top_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-scale of p(z_1), each ``(1, *group_shapes()[0])``: the top group depends on no other latent."""
         h = self.groups[0].cells(self.top_state.to(self.dtype))
         return self._split(self.groups[0].prior(h))
 
     @torch.no_grad()
+    @apply_forward_hook
     def sample_top_latent(self, batch_size: int, generator=None, temperature: float = 1.0) -> torch.Tensor:
-        """z_1 ~ p(z_1) with its standard deviation scaled by ``temperature``."""
+        """z_1 ~ p(z_1) with its standard deviation scaled by ``temperature``; with a list of generators (one per
+        image) image i's draw is ``generator[i]``'s."""
+        check_generator_list(generator, batch_size)
         mean, log_scale = self.top_prior()
         eps = randn_tensor((batch_size, *mean.shape[1:]), generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + temperature * torch.exp(log_scale) * eps
 
-    @torch.no_grad()
-    def generate_parameters(self, batch_size: int, generator=None, temperature=1.0, top_latent=None) -> torch.Tensor:
-        """The pixel likelihood's parameters for ``batch_size`` images drawn from the prior; ``temperature``
-        scales each group's prior standard deviation (one number, or a list with one per group, top first);
-        ``top_latent`` fixes z_1 (then temperature 0 for the other groups makes the result deterministic)."""
-        return self._top_down(batch_size, temperatures=self._temperatures(temperature), generator=generator,
-                              top_latent=top_latent)[0]
+    def check_latents(self, latents, batch_size: int) -> list[torch.Tensor]:
+        """``latents`` (a tensor for the top group, or a list with one tensor per group for any prefix of the groups,
+        top first) as a list, each checked against ``(batch_size, *group_shapes()[i])``."""
+        if latents is None:
+            return []
+        given = [latents] if isinstance(latents, torch.Tensor) else list(latents)
+        shapes = self.group_shapes()
+        if len(given) > self.num_groups:
+            raise ValueError(f"latents holds {len(given)} groups, but the model has {self.num_groups}; expected a "
+                             f"list of at most {self.num_groups} tensors (top group first)")
+        for i, z in enumerate(given):
+            expected = (batch_size, *shapes[i])
+            if not isinstance(z, torch.Tensor) or tuple(z.shape) != expected:
+                got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+                raise ValueError(f"latents must have shape {expected} for group {i} (batch_size, *group_shapes()[{i}]), "
+                                 f"got {got}")
+        return given
 
     @torch.no_grad()
+    @apply_forward_hook
+    def generate_parameters(self, batch_size: int, generator=None, temperature=1.0, top_latent=None, latents=None,
+                            return_latents: bool = False):
+        """The pixel likelihood's parameters for ``batch_size`` images drawn from the prior; ``temperature``
+        scales each group's prior standard deviation (one number, or a list with one per group, top first).
+        ``latents`` fixes the first groups (a list of tensors, one per group, any prefix; ``top_latent`` is the
+        same as ``latents=[top_latent]``): with temperature 0 for the rest the result is deterministic. With a list
+        of generators (one per image) image i's draws are ``generator[i]``'s alone. ``return_latents`` also returns
+        every group's z (a list, top first)."""
+        if top_latent is not None and latents is not None:
+            raise ValueError("give either top_latent or latents (a list, one tensor per group), not both")
+        check_generator_list(generator, batch_size)
+        given = self.check_latents([top_latent] if top_latent is not None else latents, batch_size)
+        drawn: list[torch.Tensor] = []
+        params = self._top_down(batch_size, temperatures=self._temperatures(temperature), generator=generator,
+                                latents=given, record=drawn)[0]
+        return (params, drawn) if return_latents else params
+
+    @torch.no_grad()
+    @apply_forward_hook
+    def encode(self, sample: torch.Tensor, generator=None, return_dict: bool = True):
+        """Each group's posterior for images (``uint8`` or [-1, 1]); see ``HierarchicalVAEEncoderOutput``.
+
+        ``latent_means`` runs the top-down path with every group at its posterior mean (the latents
+        ``reconstruct_parameters`` decodes by default); ``latents`` is one sample of q (each group given the
+        sampled groups above it), drawn from ``generator`` (one per image when a list)."""
+        x = self._model_input(sample)
+        check_generator_list(generator, x.shape[0])
+        activations = self.bottom_up(x)
+        means: list = []
+        samples: list = []
+        self._top_down(x.shape[0], activations, use_mean=True, record=means)
+        self._top_down(x.shape[0], activations, generator, record=samples)
+        out = HierarchicalVAEEncoderOutput(latent_means=[m[0] for m in means], latents=[z[0] for z in samples],
+                                           latent_log_scales=[z[2] for z in samples])
+        return out if return_dict else out.to_tuple()
+
+    def _model_input(self, sample: torch.Tensor) -> torch.Tensor:
+        """Images (``uint8`` or [-1, 1]) checked, rounded to the 8-bit grid and put in [-1, 1] on the device the
+        model computes on."""
+        x = self.to_uint8(sample).float() * (2.0 / 255.0) - 1.0
+        return x.to(device=execution_device(self), dtype=self.dtype)
+
+    @torch.no_grad()
+    @apply_forward_hook
     def reconstruct_parameters(self, sample: torch.Tensor, generator=None, use_posterior_mean: bool = True):
         """The pixel likelihood's parameters after encoding images (``uint8`` or [-1, 1]) with every group at its
         posterior mean (or one posterior sample)."""
-        x = (self.to_uint8(sample).float() * (2.0 / 255.0) - 1.0).to(device=self.device, dtype=self.dtype)
+        x = self._model_input(sample)
+        check_generator_list(generator, x.shape[0])
         return self._top_down(x.shape[0], self.bottom_up(x), generator, use_mean=use_posterior_mean)[0]
 
+    @apply_forward_hook
     def decode_image(self, params: torch.Tensor, sample_pixels: bool = False, generator=None) -> torch.Tensor:
         """Images in [-1, 1]: the likelihood's mean, or one pixel sample if ``sample_pixels``."""
         if sample_pixels:

@@ -23,6 +23,7 @@ from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDis
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
@@ -226,6 +227,9 @@ class VAEModel(ModelMixin, ConfigMixin):
         return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
 
     # ------------------------------------------------------------------ encode / decode
+    # The entry points a pipeline calls besides forward carry diffusers' ``apply_forward_hook``: under
+    # ``enable_model_cpu_offload`` (accelerate's CpuOffload hook) the model moves to the execution device first.
+    @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         """Posterior q(z | x) for images ``x`` in [-1, 1] as a ``DiagonalGaussianDistribution``."""
         moments = self.encoder(x).float()
@@ -236,6 +240,7 @@ class VAEModel(ModelMixin, ConfigMixin):
         """The pixel likelihood's parameters for latents ``z``."""
         return self.decoder(z.to(self.dtype))
 
+    @apply_forward_hook
     def decode(
         self,
         z: torch.Tensor,
@@ -316,9 +321,36 @@ class VAEModel(ModelMixin, ConfigMixin):
         return LikelihoodBoundsOutput(nats_per_image_elbo=nll_elbo, nats_per_image_iw=nll_iw)
 
     @torch.no_grad()
+    @apply_forward_hook
     def sample_latents(
-        self, batch_size: int, generator: torch.Generator | None = None, temperature: float = 1.0
+        self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Draw z ~ N(0, temperature^2 I) for ``batch_size`` images."""
+        """Draw z ~ N(0, temperature^2 I) for ``batch_size`` images on the device the model computes on; with a list
+        of generators (one per image, as diffusers' ``randn_tensor`` takes it) image i's latent is ``generator[i]``'s."""
+        check_generator_list(generator, batch_size)
         shape = (batch_size, *self.latent_shape)
-        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32) * temperature
+        return randn_tensor(shape, generator=generator, device=execution_device(self), dtype=torch.float32) * temperature
+
+
+def execution_device(model: nn.Module) -> torch.device:
+    """The device ``model`` computes on: its parameters' device, or under accelerate's offload hooks (whose
+    parameters may sit on the CPU or the meta device between calls) the hooks' execution device, found as
+    diffusers' ``DiffusionPipeline._execution_device`` finds it."""
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        hooks = getattr(hook, "hooks", (hook,))  # accelerate's SequentialHook chains several
+        for h in hooks:
+            device = getattr(h, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    return next(model.parameters()).device
+
+
+def check_generator_list(generator, batch_size: int) -> None:
+    """Refuse a list of generators whose length is not the batch size, with diffusers' pipelines' message."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+            f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )
