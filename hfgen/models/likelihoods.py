@@ -79,6 +79,21 @@ class SourceRegion:
         self.sample_size, self.height, self.width = sample_size, height, width
         self.top, self.left = (sample_size - height) // 2, (sample_size - width) // 2
 
+    @staticmethod
+    def num_dims(region: "SourceRegion | None", channels: int, sample_size: int) -> int:
+        """C * H * W of the pixels a model with this region (None: the whole square) scores."""
+        if region is None:
+            return channels * sample_size * sample_size
+        return channels * region.height * region.width
+
+    @staticmethod
+    def log_prob(region: "SourceRegion | None", likelihood: "PixelLikelihood", params: torch.Tensor,
+                 target: torch.Tensor) -> torch.Tensor:
+        """``likelihood.log_prob`` over the region's pixels only (all of them when ``region`` is None)."""
+        if region is not None:
+            params, target = region.crop(params), region.crop(target)
+        return likelihood.log_prob(params, target)
+
     def crop(self, tensor: torch.Tensor) -> torch.Tensor:
         """The region of a ``(..., sample_size, sample_size)`` tensor."""
         return tensor[..., self.top : self.top + self.height, self.left : self.left + self.width]

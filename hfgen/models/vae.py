@@ -204,15 +204,11 @@ class VAEModel(ModelMixin, ConfigMixin):
     def num_dims(self) -> int:
         """C * H * W of one of the data's own images (``source_size``, else the whole square): the D in bits per
         dimension."""
-        if self.source_region is None:
-            return self.config.in_channels * self.config.sample_size**2
-        return self.config.in_channels * self.source_region.height * self.source_region.width
+        return SourceRegion.num_dims(self.source_region, self.config.in_channels, self.config.sample_size)
 
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored)."""
-        if self.source_region is not None:
-            params, target = self.source_region.crop(params), self.source_region.crop(target)
-        return self.pixel_likelihood.log_prob(params, target)
+        return SourceRegion.log_prob(self.source_region, self.pixel_likelihood, params, target)
 
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
         """Check an image batch's shape and return it as 8-bit data.
