@@ -103,7 +103,7 @@ def score(images: torch.Tensor, seconds: float, reference, net, args, metrics=("
 
 
 def measure(folder: Path, args, reference, net) -> dict:
-    from hfgen.cli import load_pipeline
+    from hfgen.families import load_pipeline
     from hfgen.metrics import generate_uint8
 
     device = torch.device(args.device) if args.device else torch.device("cpu")

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from hfgen.cli import load_pipeline
+from hfgen.families import load_pipeline
 from hfgen.metrics import evaluate_samples, load_feature_net, reference_statistics
 
 SETTINGS = {  # scheduler -> the (clip_sample, timestep_spacing) pairs compared

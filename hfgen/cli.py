@@ -28,24 +28,12 @@ def _device(name: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_pipeline(path_or_repo_id: str, device: torch.device | str | None = None, revision: str | None = None):
-    """Load an hfgen pipeline folder or Hub repo id (its configs and safetensors weights are downloaded first) and
-    return ``(pipeline, family)``. Folders of every hfgen version load, and no code from them runs."""
-    from .families import family_for_pipeline_class
-    from .remote_code import pipeline_class_name, read_model_index, resolve_folder
-
-    path = resolve_folder(path_or_repo_id, revision)
-    family = family_for_pipeline_class(pipeline_class_name(read_model_index(path)))
-    pipeline = family.pipeline_class.from_pretrained(path, use_safetensors=True)
-    if device is not None:
-        pipeline.to(device)
-    return pipeline, family
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
     from diffusers.utils import make_image_grid
 
     device = _device(args.device)
+    from .families import load_pipeline
+
     pipeline, family = load_pipeline(args.model, device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     options = _sampling_options(args, family)
@@ -123,6 +111,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError(f"--write-metrics writes into a local pipeline folder, and {args.model!r} is not one; "
                          f"evaluate a downloaded folder to record its figures")
     device = _device(args.device)
+    from .families import load_pipeline
+
     pipeline, family = load_pipeline(args.model, device)
     model = family.model_of(pipeline)
     metrics, images = {}, None

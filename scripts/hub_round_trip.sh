@@ -65,7 +65,7 @@ echo "== hfgen, by repo id: 4 images, seed 0"
 python - "$repo_id" "$ddpm" <<'EOF' 2>&1 | grep -v -e "it/s]" -e "^$"
 import hashlib, sys
 import torch
-from hfgen.cli import load_pipeline
+from hfgen.families import load_pipeline
 
 pipe, family = load_pipeline(sys.argv[1])
 steps = {"num_inference_steps": 50} if sys.argv[2] == "1" else {}

@@ -115,7 +115,7 @@ def test_folder_loads_and_samples_in_plain_diffusers_without_hfgen(trained):
 
 @requires_fashion_mnist
 def test_scheduler_swap_is_deterministic_and_the_vae_refuses_it(trained, tmp_path, capsys):
-    from hfgen.cli import load_pipeline
+    from hfgen.families import load_pipeline
 
     pipeline, family = load_pipeline(str(trained), "cpu")
     assert isinstance(family, DDPMFamily)

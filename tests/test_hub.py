@@ -27,7 +27,8 @@ import yaml
 from huggingface_hub import ModelCard
 
 from hfgen import HierarchicalVAEPipeline, VAEPipeline
-from hfgen.cli import load_pipeline, main
+from hfgen.cli import main
+from hfgen.families import load_pipeline
 from hfgen.families import DDPMFamily, HVAEFamily, VAEFamily, family_for_pipeline_class
 from hfgen.hub import card_metrics, publish_files, render_model_card
 from hfgen.remote_code import bundle_modules
@@ -483,7 +484,7 @@ HFGEN_BY_REPO_ID = textwrap.dedent("""
     from pathlib import Path
     import numpy as np, torch
     from hfgen import HierarchicalVAEPipeline, VAEPipeline
-    from hfgen.cli import load_pipeline
+    from hfgen.families import load_pipeline
 
     results = {}
     for name, sources, out in json.loads(sys.argv[1]):

@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from hfgen import HierarchicalVAEModel, HierarchicalVAEPipeline
-from hfgen.cli import load_pipeline, main as cli_main
+from hfgen.cli import main as cli_main
+from hfgen.families import load_pipeline
 from hfgen.families import HVAEFamily, family_for_pipeline_class
 from hfgen.families.hvae import kl_objective
 from hfgen.training import TrainingState, build_parser, train

@@ -21,5 +21,18 @@ def family_for_pipeline_class(class_name: str) -> ModelFamily:
     return FAMILIES_BY_PIPELINE[class_name]()
 
 
+def load_pipeline(path_or_repo_id: str, device=None, revision: str | None = None):
+    """Load an hfgen pipeline folder or Hub repo id (its configs and safetensors weights are downloaded first) and
+    return ``(pipeline, family)``. Folders of every hfgen version load, and no code from them runs."""
+    from ..remote_code import pipeline_class_name, read_model_index, resolve_folder
+
+    path = resolve_folder(path_or_repo_id, revision)
+    family = family_for_pipeline_class(pipeline_class_name(read_model_index(path)))
+    pipeline = family.pipeline_class.from_pretrained(path, use_safetensors=True)
+    if device is not None:
+        pipeline.to(device)
+    return pipeline, family
+
+
 __all__ = ["Bounds", "DDPMFamily", "FAMILIES_BY_PIPELINE", "HVAEFamily", "ModelFamily", "Preset", "VAEFamily",
-           "family_for_pipeline_class"]
+           "family_for_pipeline_class", "load_pipeline"]
