@@ -10,6 +10,7 @@ checkpoints and resume, a wall-clock budget, and the final pipeline folder with 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -236,157 +237,202 @@ def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, 
 
 def train(family: ModelFamily, args: argparse.Namespace) -> dict:
     """Train ``family`` as ``args`` says (see ``build_parser``); returns the final metrics (main process)."""
-    cfg, model_config = resolve_config(args, family)
-    output_dir = Path(cfg.output_dir)
-    accelerator = Accelerator(
-        cpu=_no_accelerator_present(),
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision,
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    set_seed(cfg.seed)  # model initialisation; per-step noise uses its own generators
+    run = TrainingRun.setup(family, args)
+    last_validation = run_training_steps(run)
+    return write_final_folder(run, last_validation)
 
-    # ---------------------------------------------------------------- data (uint8, whole split in memory)
-    train_images, source_shape, _ = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples,
-                                                accelerator)
-    channels = train_images.shape[1]
-    eval_images, eval_source_shape, _ = _load_split(cfg, cfg.eval_split, channels, cfg.eval_max_samples or None,
-                                                    accelerator)
-    # bits/dim count the data's own pixels; a VAE family then scores only those (the padded border is a fixed
-    # function of the image), so that its bound is one on the unpadded image
-    cfg.source_shape = source_shape.as_list()
-    if (family.scores_source_pixels and source_shape.is_padded(cfg.sample_size) and not source_shape.mixed_sizes
-            and "source_size" not in model_config):
-        model_config = {**model_config, "source_size": [source_shape.height, source_shape.width]}
-    device = accelerator.device
-    if device.type == "cuda" and train_images.numel() < 4 * 2**30:
-        train_images = train_images.to(device)  # dequantisation and flips then happen on the device
-    batches = BatchSchedule(train_images.shape[0], cfg.train_batch_size, cfg.seed,
-                            accelerator.process_index, accelerator.num_processes)
 
-    # ---------------------------------------------------------------- model, optimiser, EMA, state
-    model = family.build_model(model_config, channels, cfg.sample_size)
-    if cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
-    if not cfg.no_channels_last:
-        model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs (oneDNN) and GPUs alike
-    num_parameters = sum(p.numel() for p in model.parameters())
-    # One fused kernel per step on CUDA instead of a launch per parameter tensor.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
-                                  fused=accelerator.device.type == "cuda")
-    ema = None
-    if not cfg.no_ema:
-        ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True, model_cls=type(model),
-                       model_config=model.config)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
-    if cfg.torch_compile:  # opt-in; `unwrapped` stays the eager module (EMA, evaluation, sampling, saving)
-        model = torch.compile(model, mode=cfg.torch_compile_mode)
-    state = TrainingState()
-    if ema is not None:
-        ema.to(device)
-        accelerator.register_for_checkpointing(ema)
-    accelerator.register_for_checkpointing(state)
+class TrainingRun:
+    """Everything a training run holds: settings, Accelerate, the data, the model with its optimiser, EMA weights
+    and checkpointed state, and what evaluates and samples it. ``setup`` builds it (resuming from a checkpoint
+    when asked); ``run_training_steps`` and ``write_final_folder`` use it."""
 
-    resume_path = resolve_resume_path(output_dir, cfg.resume_from_checkpoint)
-    if resume_path is not None:
-        accelerator.print(f"resuming from {resume_path}")
-        accelerator.load_state(str(resume_path))
-        if ema is not None:
-            ema.to(device)  # the EMA weights come back from the checkpoint on the CPU
-    elif cfg.resume_from_checkpoint:
-        accelerator.print("no checkpoint found under --output_dir; starting a fresh run")
+    @classmethod
+    def setup(cls, family: ModelFamily, args: argparse.Namespace) -> "TrainingRun":
+        run = cls()
+        run.family = family
+        cfg, model_config = resolve_config(args, family)
+        run.cfg, run.output_dir = cfg, Path(cfg.output_dir)
+        accelerator = run.accelerator = Accelerator(
+            cpu=_no_accelerator_present(),
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision=cfg.mixed_precision,
+            log_with=None if cfg.report_to == "none" else cfg.report_to,
+            project_config=ProjectConfiguration(project_dir=str(run.output_dir),
+                                                logging_dir=str(run.output_dir / "logs")),
+        )
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        if accelerator.is_main_process:
+            run.output_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(cfg.seed)  # model initialisation; per-step noise uses its own generators
+        run.model_config = run._load_data(model_config)
+        run._build_model()
+        run._resume_or_start()
+        run._prepare_sample_quality()
+        return run
 
-    if getattr(cfg, "push_to_hub", False) and accelerator.is_main_process:
-        # before any training: a missing token or a repo that cannot be created stops the run now, not at the end
-        from ..hub import create_repo
+    def _load_data(self, model_config: dict) -> dict:
+        """The training and validation splits as uint8 tensors (whole splits in memory); returns the model config
+        with ``source_size`` for a family that scores only the data's own pixels of padded images."""
+        cfg, accelerator = self.cfg, self.accelerator
+        self.train_images, source_shape, _ = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples,
+                                                         accelerator)
+        self.channels = self.train_images.shape[1]
+        self.eval_images, self.eval_source_shape, _ = _load_split(cfg, cfg.eval_split, self.channels,
+                                                                  cfg.eval_max_samples or None, accelerator)
+        self.device = accelerator.device
+        if self.device.type == "cuda" and self.train_images.numel() < 4 * 2**30:
+            self.train_images = self.train_images.to(self.device)  # dequantisation and flips happen on the device
+        self.batches = BatchSchedule(self.train_images.shape[0], cfg.train_batch_size, cfg.seed,
+                                     accelerator.process_index, accelerator.num_processes)
+        # bits/dim count the data's own pixels; a VAE family then scores only those (the padded border is a fixed
+        # function of the image), so that its bound is one on the unpadded image
+        cfg.source_shape = source_shape.as_list()
+        if (self.family.scores_source_pixels and source_shape.is_padded(cfg.sample_size)
+                and not source_shape.mixed_sizes and "source_size" not in model_config):
+            model_config = {**model_config, "source_size": [source_shape.height, source_shape.width]}
+        return model_config
 
-        create_repo(cfg.hub_model_id, private=cfg.hub_private_repo, exist_ok=True, repo_type="model")
-    if accelerator.is_main_process:
-        write_json_atomically(output_dir / "training_config.json",
-                               {"family": family.name, "model_config": model_config, **vars(cfg)})
-    if cfg.report_to != "none":
-        accelerator.init_trackers(f"hfgen-{family.name}", config={
-            k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
+    def _build_model(self) -> None:
+        """The model, its optimiser and EMA weights, prepared by Accelerate (and compiled when asked)."""
+        cfg, accelerator = self.cfg, self.accelerator
+        model = self.family.build_model(self.model_config, self.channels, cfg.sample_size)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        if not cfg.no_channels_last:
+            model.to(memory_format=torch.channels_last)  # faster convolutions on CPUs (oneDNN) and GPUs alike
+        self.num_parameters = sum(p.numel() for p in model.parameters())
+        # One fused kernel per step on CUDA instead of a launch per parameter tensor.
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
+                                      betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
+                                      eps=cfg.adam_epsilon, fused=self.device.type == "cuda")
+        self.ema = None
+        if not cfg.no_ema:
+            self.ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True, model_cls=type(model),
+                                model_config=model.config)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.unwrapped = accelerator.unwrap_model(self.model)
+        if cfg.torch_compile:  # opt-in; `unwrapped` stays the eager module (EMA, evaluation, sampling, saving)
+            self.model = torch.compile(self.model, mode=cfg.torch_compile_mode)
 
-    def evaluate(images: torch.Tensor, shape, importance_samples: int) -> dict:
+    def _resume_or_start(self) -> None:
+        """Register what checkpoints hold, resume from one when asked, create the Hub repo early, write
+        ``training_config.json`` and start the trackers."""
+        cfg, accelerator, family = self.cfg, self.accelerator, self.family
+        self.state = TrainingState()
+        if self.ema is not None:
+            self.ema.to(self.device)
+            accelerator.register_for_checkpointing(self.ema)
+        accelerator.register_for_checkpointing(self.state)
+        resume_path = resolve_resume_path(self.output_dir, cfg.resume_from_checkpoint)
+        if resume_path is not None:
+            accelerator.print(f"resuming from {resume_path}")
+            accelerator.load_state(str(resume_path))
+            if self.ema is not None:
+                self.ema.to(self.device)  # the EMA weights come back from the checkpoint on the CPU
+        elif cfg.resume_from_checkpoint:
+            accelerator.print("no checkpoint found under --output_dir; starting a fresh run")
+        if getattr(cfg, "push_to_hub", False) and accelerator.is_main_process:
+            # before any training: a missing token or a repo that cannot be created stops the run now, not at the end
+            from ..hub import create_repo
+
+            create_repo(cfg.hub_model_id, private=cfg.hub_private_repo, exist_ok=True, repo_type="model")
+        if accelerator.is_main_process:
+            write_json_atomically(self.output_dir / "training_config.json", self.training_config())
+        if cfg.report_to != "none":
+            accelerator.init_trackers(f"hfgen-{family.name}", config={
+                k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))})
+
+    def _prepare_sample_quality(self) -> None:
+        """The feature network and validation statistics of ``--fd_steps`` (main process only)."""
+        cfg = self.cfg
+        self.fd_net = self.fd_reference = None
+        if not cfg.fd_steps:
+            return
+        if (self.channels, cfg.sample_size) != (1, 32):
+            raise ValueError(f"--fd_steps needs Fashion-MNIST-like data (1 channel, sample_size 32) for the fd_fmnist "
+                             f"feature network; got {self.channels} channel(s), sample_size {cfg.sample_size}")
+        if self.accelerator.is_main_process:
+            from ..metrics import load_feature_net, reference_statistics
+
+            self.fd_net = load_feature_net("fmnist", self.device)
+            self.fd_reference = reference_statistics(
+                cfg.dataset, cfg.eval_split, sample_size=cfg.sample_size, channels=self.channels,
+                resize_mode=cfg.resize_mode, convert_channels=cfg.convert_channels, net=self.fd_net,
+                config_name=cfg.dataset_config_name, image_column=cfg.image_column, show_progress=False)
+
+    # ------------------------------------------------------------------ what the loop and the end use
+    def training_config(self) -> dict:
+        return {"family": self.family.name, "model_config": self.model_config, **vars(self.cfg)}
+
+    def evaluate(self, images: torch.Tensor, shape, importance_samples: int) -> dict:
+        """Likelihood bounds of the model as it is now over ``images`` (all processes take part)."""
+        accelerator = self.accelerator
         return evaluate_likelihood(
-            family, unwrapped, images, importance_samples=importance_samples, batch_size=cfg.eval_batch_size,
-            seed=cfg.seed, process_index=accelerator.process_index, num_processes=accelerator.num_processes,
+            self.family, self.unwrapped, images, importance_samples=importance_samples,
+            batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed, process_index=accelerator.process_index,
+            num_processes=accelerator.num_processes,
             reduce_sum=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
             show_progress=accelerator.is_local_main_process, source_shape=shape,
         )
 
-    fd_net = fd_reference = None
-    if cfg.fd_steps:
-        if (channels, cfg.sample_size) != (1, 32):
-            raise ValueError(f"--fd_steps needs Fashion-MNIST-like data (1 channel, sample_size 32) for the fd_fmnist "
-                             f"feature network; got {channels} channel(s), sample_size {cfg.sample_size}")
-        if accelerator.is_main_process:
-            from ..metrics import load_feature_net, reference_statistics
-
-            fd_net = load_feature_net("fmnist", device)
-            fd_reference = reference_statistics(
-                cfg.dataset, cfg.eval_split, sample_size=cfg.sample_size, channels=channels,
-                resize_mode=cfg.resize_mode, convert_channels=cfg.convert_channels, net=fd_net,
-                config_name=cfg.dataset_config_name, image_column=cfg.image_column, show_progress=False)
-
-    def sample_fd() -> float:
+    def sample_fd(self) -> float:
         """fd_fmnist of cfg.fd_num_samples images sampled from the model as it is now (main process only)."""
         from ..metrics import extract_features, generate_uint8, sample_quality
 
-        images = generate_uint8(family, family.make_pipeline(unwrapped), cfg.fd_num_samples,
-                                batch_size=cfg.eval_batch_size, seed=cfg.seed, show_progress=False, channels=channels)
-        features = extract_features(fd_net, images, show_progress=False)
-        return sample_quality(features, fd_reference, ("fd",))["fd_fmnist"]
+        images = generate_uint8(self.family, self.family.make_pipeline(self.unwrapped), self.cfg.fd_num_samples,
+                                batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed, show_progress=False,
+                                channels=self.channels)
+        features = extract_features(self.fd_net, images, show_progress=False)
+        return sample_quality(features, self.fd_reference, ("fd",))["fd_fmnist"]
 
-    def sample_grid(path: Path, step: int) -> None:
-        pipeline = family.make_pipeline(unwrapped)
+    def sample_grid(self, path: Path, step: int) -> None:
+        pipeline = self.family.make_pipeline(self.unwrapped)
         pipeline.set_progress_bar_config(disable=True)
-        images = family.sample_images(pipeline, cfg.num_sample_images,
-                                      torch.Generator(device=device).manual_seed(cfg.seed))
+        images = self.family.sample_images(pipeline, self.cfg.num_sample_images,
+                                           torch.Generator(device=self.device).manual_seed(self.cfg.seed))
         cols = int(math.ceil(math.sqrt(len(images))))
         rows = int(math.ceil(len(images) / cols))
         images = images + [images[0].copy().point(lambda _: 0)] * (rows * cols - len(images))
         grid = make_image_grid(images, rows=rows, cols=cols)
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
-        for tracker in accelerator.trackers:
+        for tracker in self.accelerator.trackers:
             if hasattr(tracker, "log_images") and tracker.name == "tensorboard":
                 import numpy as np
 
                 tracker.log_images({"samples": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
 
-    class ema_weights:
-        """Within this block the model holds the EMA weights (no-op without EMA)."""
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Within this block the model holds the EMA weights, in evaluation mode (no-op without EMA)."""
+        self.model.eval()
+        if self.ema is not None:
+            self.ema.store(self.unwrapped.parameters())
+            self.ema.copy_to(self.unwrapped.parameters())
+        try:
+            yield
+        finally:
+            if self.ema is not None:
+                self.ema.restore(self.unwrapped.parameters())
+            self.model.train()
 
-        def __enter__(self):
-            if ema is not None:
-                ema.store(unwrapped.parameters())
-                ema.copy_to(unwrapped.parameters())
 
-        def __exit__(self, *exc):
-            if ema is not None:
-                ema.restore(unwrapped.parameters())
-
-    # ---------------------------------------------------------------- the loop
+def run_training_steps(run: TrainingRun) -> dict:
+    """The step loop: optimizer steps until the step or time budget is spent, with logs, validation bounds, fd,
+    sample grids and checkpoints at their cadences. Returns the last validation figures (for metrics.json)."""
+    cfg, accelerator, state, device = run.cfg, run.accelerator, run.state, run.device
     budget_seconds = cfg.max_train_minutes * 60 if cfg.max_train_minutes else None
     global_batch = cfg.train_batch_size * accelerator.num_processes * cfg.gradient_accumulation_steps
     accelerator.print(
-        f"{family.name} ({cfg.preset}): {num_parameters / 1e6:.2f}M parameters, {train_images.shape[0]} training "
-        f"images {tuple(train_images.shape[1:])}, {accelerator.num_processes} process(es) on {device}, "
+        f"{run.family.name} ({cfg.preset}): {run.num_parameters / 1e6:.2f}M parameters, {run.train_images.shape[0]} "
+        f"training images {tuple(run.train_images.shape[1:])}, {accelerator.num_processes} process(es) on {device}, "
         f"global batch {global_batch}, up to {cfg.max_train_steps} steps"
         + (f" or {cfg.max_train_minutes} min" if budget_seconds else "")
     )
     bar = tqdm(total=cfg.max_train_steps, initial=state.step, desc="training",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    model.train()
-    last_logs: dict[str, float] = {}
+    run.model.train()
     last_validation: dict = {}
     while state.step < cfg.max_train_steps:
         if budget_seconds is not None:
@@ -402,8 +448,8 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             progress = max(progress, state.train_seconds / budget_seconds)
         lr = cfg.learning_rate * lr_factor(state.step, progress, cfg.lr_warmup_steps, cfg.lr_scheduler)
         applied, grad_norm, logs_sum, skip_reason = train_step(
-            family, model, optimizer, accelerator, cfg, train_images, batches, state.step, lr, ema=ema,
-            ema_model=unwrapped, state=state)
+            run.family, run.model, run.optimizer, accelerator, cfg, run.train_images, run.batches, state.step, lr,
+            ema=run.ema, ema_model=run.unwrapped, state=state)
         if not applied:
             state.skipped_steps += 1
             accelerator.print(f"step {state.step}: {skip_reason}; update skipped ({state.skipped_steps} skipped so far)")
@@ -415,54 +461,58 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
         bar.update(1)
 
         if state.step % cfg.logging_steps == 0 or state.step == cfg.max_train_steps:
-            last_logs = {f"train/{k}": float(v) for k, v in logs_sum.items()}
-            last_logs.update({"train/lr": lr, "train/grad_norm": float(grad_norm),
-                              "train/skipped_steps": state.skipped_steps, "train/grad_norm_mean": state.grad_norm_mean,
-                              "train/img_per_s": state.images_seen / max(state.train_seconds, 1e-9)})
-            accelerator.log(last_logs, step=state.step)
-            bar.set_postfix(loss=f"{last_logs['train/loss']:.4f}", bpd=f"{last_logs['train/bits_per_dim']:.3f}")
+            logs = {f"train/{k}": float(v) for k, v in logs_sum.items()}
+            logs.update({"train/lr": lr, "train/grad_norm": float(grad_norm),
+                         "train/skipped_steps": state.skipped_steps, "train/grad_norm_mean": state.grad_norm_mean,
+                         "train/img_per_s": state.images_seen / max(state.train_seconds, 1e-9)})
+            accelerator.log(logs, step=state.step)
+            bar.set_postfix(loss=f"{logs['train/loss']:.4f}", bpd=f"{logs['train/bits_per_dim']:.3f}")
         if cfg.eval_steps and state.step % cfg.eval_steps == 0:
-            model.eval()
-            with ema_weights():
-                metrics = evaluate(eval_images, eval_source_shape, 1)
-                diagnostics = family.diagnostics(unwrapped, eval_images) if accelerator.is_main_process else {}
-            model.train()
-            accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
-                             "eval/train_seconds": state.train_seconds,
-                             **_flatten_for_logs("diagnostics", diagnostics)}, step=state.step)
-            last_validation = {"validation_bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
-                               "validation_split": f"{cfg.eval_split}[:{metrics['num_samples']}]",
-                               "validation_step": state.step}
-            accelerator.print(f"step {state.step}: {cfg.eval_split} bits/dim (ELBO, {metrics['num_samples']} images, "
-                              f"{metrics['num_dims']} dims) {metrics['bits_per_dim_elbo']:.4f}")
+            last_validation = _validate(run)
         if cfg.fd_steps and state.step % cfg.fd_steps == 0 and accelerator.is_main_process:
-            model.eval()
-            with ema_weights():
-                fd = sample_fd()
-            model.train()
+            with run.ema_weights():
+                fd = run.sample_fd()
             accelerator.log({"eval/fd_fmnist": fd, "eval/train_seconds": state.train_seconds}, step=state.step)
             accelerator.print(f"step {state.step}: fd_fmnist ({cfg.fd_num_samples} samples) {fd:.3f}")
         if cfg.sample_steps and state.step % cfg.sample_steps == 0 and accelerator.is_main_process:
-            model.eval()
-            with ema_weights():
-                sample_grid(output_dir / "samples" / f"step-{state.step:07d}.png", state.step)
-            model.train()
+            with run.ema_weights():
+                run.sample_grid(run.output_dir / "samples" / f"step-{state.step:07d}.png", state.step)
         if cfg.checkpointing_steps and state.step % cfg.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output_dir, state.step, cfg.checkpoints_total_limit)
+            save_checkpoint(accelerator, run.output_dir, state.step, cfg.checkpoints_total_limit)
     bar.close()
+    return last_validation
 
-    # ---------------------------------------------------------------- the final folder
+
+def _validate(run: TrainingRun) -> dict:
+    """The ELBO on the validation images (and the family's diagnostics) with EMA weights, logged and printed."""
+    cfg, accelerator, step = run.cfg, run.accelerator, run.state.step
+    with run.ema_weights():
+        metrics = run.evaluate(run.eval_images, run.eval_source_shape, 1)
+        diagnostics = run.family.diagnostics(run.unwrapped, run.eval_images) if accelerator.is_main_process else {}
+    accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+                     "eval/train_seconds": run.state.train_seconds,
+                     **_flatten_for_logs("diagnostics", diagnostics)}, step=step)
+    accelerator.print(f"step {step}: {cfg.eval_split} bits/dim (ELBO, {metrics['num_samples']} images, "
+                      f"{metrics['num_dims']} dims) {metrics['bits_per_dim_elbo']:.4f}")
+    return {"validation_bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+            "validation_split": f"{cfg.eval_split}[:{metrics['num_samples']}]", "validation_step": step}
+
+
+def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
+    """EMA weights into the model, the final bounds on ``--final_eval_split``, and the folder: pipeline,
+    ``metrics.json``, ``samples.png``, model card (and the Hub upload with ``--push_to_hub``)."""
+    cfg, accelerator, family, state, output_dir = run.cfg, run.accelerator, run.family, run.state, run.output_dir
     accelerator.wait_for_everyone()
-    model.eval()
-    if ema is not None:
-        ema.copy_to(unwrapped.parameters())
+    run.model.eval()
+    if run.ema is not None:
+        run.ema.copy_to(run.unwrapped.parameters())
     final_images, final_source_shape, final_split_size = _load_split(
-        cfg, cfg.final_eval_split, channels, cfg.final_eval_max_samples or None, accelerator)
-    metrics = evaluate(final_images, final_source_shape, cfg.final_importance_samples)
+        cfg, cfg.final_eval_split, run.channels, cfg.final_eval_max_samples or None, accelerator)
+    metrics = run.evaluate(final_images, final_source_shape, cfg.final_importance_samples)
     if accelerator.is_main_process:
-        pipeline = family.make_pipeline(unwrapped)
-        _save_pipeline_folder(pipeline, output_dir)
-        sample_grid(output_dir / "samples.png", state.step)
+        _save_pipeline_folder(family.make_pipeline(run.unwrapped), output_dir)
+        run.sample_grid(output_dir / "samples.png", state.step)
+        device = run.device
         metrics.update({
             "family": family.name,
             "preset": cfg.preset,
@@ -470,29 +520,29 @@ def train(family: ModelFamily, args: argparse.Namespace) -> dict:
             "split": split_label(cfg.final_eval_split, metrics["num_samples"], final_split_size),
             "split_size": final_split_size,
             **last_validation,
-            "channels": channels,
+            "channels": run.channels,
             "sample_size": cfg.sample_size,
             "train_steps": state.step,
             "skipped_steps": state.skipped_steps,
             "train_seconds": state.train_seconds,
             "train_img_per_s": state.images_seen / max(state.train_seconds, 1e-9),
             "images_seen": state.images_seen,
-            "num_parameters": num_parameters,
+            "num_parameters": run.num_parameters,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device.type),
             "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
-            "ema": ema is not None,
+            "ema": run.ema is not None,
             "grad_norm_mean": state.grad_norm_mean,
         })
         if cfg.fd_steps:
-            metrics.update({"fd_fmnist": sample_fd(), "fd_num_samples": cfg.fd_num_samples, "fd_split": cfg.eval_split})
+            metrics.update({"fd_fmnist": run.sample_fd(), "fd_num_samples": cfg.fd_num_samples,
+                            "fd_split": cfg.eval_split})
         # the family's own end-of-training figures (e.g. KL and active units per latent group), EMA weights
-        metrics.update(family.diagnostics(unwrapped, final_images))
+        metrics.update(family.diagnostics(run.unwrapped, final_images))
         write_json_atomically(output_dir / "metrics.json", metrics)
         from ..hub import write_model_card
 
-        write_model_card(output_dir, family, metrics,
-                         {"family": family.name, "model_config": model_config, **vars(cfg)},
+        write_model_card(output_dir, family, metrics, run.training_config(),
                          repo_id=cfg.hub_model_id if getattr(cfg, "push_to_hub", False) else None)
         accelerator.print(json.dumps({k: metrics[k] for k in (
             "bits_per_dim_elbo", "bits_per_dim_iw", "split", "num_samples", "num_dims", "importance_samples",
