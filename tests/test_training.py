@@ -180,3 +180,16 @@ def test_torch_compile_trains_the_same_weights_as_eager(tmp_path):
     eager, compiled = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
     for key in eager:
         assert torch.allclose(eager[key], compiled[key], atol=1e-5, rtol=0), key
+
+
+def test_resume_from_checkpoint_by_name_is_looked_up_in_the_output_folder(tmp_path, monkeypatch):
+    from hfgen.training.checkpoints import resolve_resume_path
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "checkpoint-500").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # not the output folder: diffusers' scripts resolve the name against --output_dir
+    assert resolve_resume_path(run, "checkpoint-500") == run / "checkpoints" / "checkpoint-500"
+    assert resolve_resume_path(run, str(run / "checkpoints" / "checkpoint-500")) == run / "checkpoints" / "checkpoint-500"
+    assert resolve_resume_path(run, "latest") == run / "checkpoints" / "checkpoint-500"
+    with pytest.raises(FileNotFoundError, match="'checkpoint-600' is neither a folder nor a checkpoint in"):
+        resolve_resume_path(run, "checkpoint-600")

@@ -39,10 +39,13 @@ def resolve_resume_path(output_dir: str | os.PathLike, resume_from_checkpoint: s
         found = list_checkpoints(output_dir)
         return found[-1] if found else None
     path = Path(resume_from_checkpoint)
+    in_output_dir = checkpoint_dir(output_dir) / resume_from_checkpoint
+    if not path.is_absolute() and in_output_dir.is_dir():
+        path = in_output_dir  # a name such as checkpoint-500 is looked up in the run's own folder, as diffusers does
     if not path.is_dir():
         raise FileNotFoundError(
-            f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a folder; expected a "
-            f"checkpoint-<step> folder written by a training run, or 'latest'"
+            f"--resume_from_checkpoint {resume_from_checkpoint!r} is neither a folder nor a checkpoint in "
+            f"{checkpoint_dir(output_dir)}; expected a checkpoint-<step> folder written by a training run, or 'latest'"
         )
     if path.name.endswith(".tmp"):
         raise ValueError(f"{path} is an incomplete checkpoint (the run stopped while writing it)")
