@@ -73,6 +73,7 @@ def _sampling_options(args: argparse.Namespace, family) -> dict:
 
 
 def _sample_quality(args, pipeline, family, model, names: list[str], images) -> dict:
+    from .data import public_dataset_name
     from .metrics import (evaluate_samples, inception_reference_statistics, load_feature_net, load_inception,
                           reference_statistics)
 
@@ -95,7 +96,8 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
                                batch_size=args.batch_size, seed=args.seed, net=net, inception_net=inception_net,
                                inception_reference=inception_reference, **options)
     figures["sampling"] = {"seed": args.seed, "batch_size": args.batch_size, **options}
-    figures["reference"] = {"dataset": args.dataset, "split": args.split, "from_cache": reference.from_cache}
+    figures["reference"] = {"dataset": public_dataset_name(args.dataset), "split": args.split,
+                            "from_cache": reference.from_cache}
     if inception_reference is not None:
         figures["reference"]["inception_weights"] = str(args.inception_weights)
         figures["reference"]["inception_from_cache"] = inception_reference.from_cache
@@ -103,7 +105,7 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .data import images_and_source_shape, load_image_dataset
+    from .data import images_and_source_shape, load_image_dataset, public_dataset_name
     from .evaluation import evaluate_likelihood, split_label
 
     requested = _parse_metrics(args.metrics)
@@ -134,7 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if quality:
         model.eval()
         metrics.update(_sample_quality(args, pipeline, family, model, quality, images))
-    metrics.update({"dataset": args.dataset, "family": family.name})
+    metrics.update({"dataset": public_dataset_name(args.dataset), "family": family.name})
     metrics.setdefault("split", args.split)
     if args.write_metrics:
         from .hub import record_evaluation

@@ -57,6 +57,7 @@ __all__ = [
     "load_image_dataset",
     "num_dimensions",
     "num_validation_rows",
+    "public_dataset_name",
     "read_idx_uint8",
 ]
 
@@ -215,6 +216,20 @@ def _split_loader(source: str, config_name: str | None) -> tuple[list[str], Spli
                             "arrow files, a save_to_disk folder, or a .parquet/.arrow file")
         return _local_split_loader(path)
     return _hub_split_loader(source, config_name)
+
+
+#: how published files mark a data set that was a local folder or file (its name, never its path)
+LOCAL_DATA_SUFFIX = " (local data)"
+
+
+def public_dataset_name(source: str) -> str:
+    """How files that get published (card, ``metrics.json``, ``training_config.json``) name a training source:
+    ``fashion_mnist`` and Hub ids as given; a local folder or file by its own name plus `LOCAL_DATA_SUFFIX`, so that
+    no absolute path of the user's machine ends up on the Hub."""
+    if source == FASHION_MNIST or source.endswith(LOCAL_DATA_SUFFIX) or not _looks_like_path(source):
+        return source
+    name = Path(os.path.expanduser(source)).resolve().name or "data"
+    return name + LOCAL_DATA_SUFFIX
 
 
 def _looks_like_path(source: str) -> bool:

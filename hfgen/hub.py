@@ -20,7 +20,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_branch, create_repo, upload_folder
 
-from .data import FASHION_MNIST, FASHION_MNIST_HUB_ID
+from .data import FASHION_MNIST, FASHION_MNIST_HUB_ID, LOCAL_DATA_SUFFIX
 from .families.base import ModelFamily
 from .remote_code import pipeline_class_name, read_model_index
 
@@ -58,7 +58,7 @@ def hub_dataset_id(dataset: str) -> str | None:
     """The Hub id a card's ``datasets`` field should name for a training ``--dataset`` (None for local data)."""
     if dataset == FASHION_MNIST:
         return FASHION_MNIST_HUB_ID
-    if dataset.startswith((".", "/", "~")) or os.path.exists(dataset):
+    if dataset.endswith(LOCAL_DATA_SUFFIX) or dataset.startswith((".", "/", "~")) or os.path.exists(dataset):
         return None
     return dataset
 
@@ -234,16 +234,17 @@ def _metrics_note(family_name: str, metrics: dict) -> str:
 def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict, training_config: dict | None = None,
                      repo_id: str | None = None) -> Path:
     """Render the card of a trained folder into ``output_dir/README.md`` (``repo_id``: what the card tells users to
-    load; default the folder's path)."""
+    load; default the folder's name, never its absolute path: the card is published)."""
     path = Path(output_dir) / "README.md"
     has_samples = (Path(output_dir) / "samples.png").is_file()
-    render_model_card(family, metrics, training_config, repo_id or str(output_dir), has_samples).save(path)
+    render_model_card(family, metrics, training_config, repo_id or Path(output_dir).resolve().name,
+                      has_samples).save(path)
     return path
 
 
 def refresh_model_card(folder: str | Path, repo_id: str | None = None) -> bool:
     """Re-render a trained folder's card from its ``metrics.json`` so that it names ``repo_id`` (default: the Hub
-    repo its training run pushed to, else the folder's path); False (card left as is) when the folder has no
+    repo its training run pushed to, else the folder's name); False (card left as is) when the folder has no
     ``metrics.json`` to render from."""
     from .families import family_for_pipeline_class
 

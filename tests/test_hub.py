@@ -531,3 +531,30 @@ def test_plain_diffusers_loads_each_family_by_repo_id(folders, hub_server, tmp_p
     assert results["ddpm-1"][1] == "DDPMPipeline"
     for name, _, out in jobs:
         _same_samples(out, folders[name], 2)
+
+
+def test_no_published_file_of_a_run_on_a_local_folder_holds_an_absolute_path(tmp_path):
+    import PIL.Image
+
+    data = tmp_path / "private" / "my_garments"
+    for split, count in (("train", 24), ("test", 4)):
+        (data / split).mkdir(parents=True)
+        for index in range(count):
+            pixels = np.random.default_rng(index).integers(0, 256, (28, 28), dtype=np.uint8)
+            PIL.Image.fromarray(pixels, mode="L").save(data / split / f"{index:02d}.png")
+    out = tmp_path / "private" / "runs" / "vae-local"
+    train(VAEFamily(), build_parser(VAEFamily()).parse_args([
+        "--output_dir", str(out), "--preset", "tiny", "--dataset", str(data), "--max_train_steps", "2",
+        "--report_to", "none", "--num_sample_images", "1"]))
+    reset_accelerate_state()
+    published = publish_files(out)
+    assert {"README.md", "metrics.json", "training_config.json"} <= set(published)
+    for name in published:
+        if name.endswith((".json", ".md", ".py")):
+            text = (out / name).read_text()
+            assert str(tmp_path) not in text and "/private/" not in text, name
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == "my_garments (local data)"
+    config = json.loads((out / "training_config.json").read_text())
+    assert config["dataset"] == "my_garments (local data)" and config["output_dir"] == "vae-local"
+    card = ModelCard.load(out / "README.md")
+    assert "datasets" not in card.data.to_dict()  # a local folder is not a Hub data set

@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
-from ..data import images_and_source_shape, load_image_dataset
+from ..data import images_and_source_shape, load_image_dataset, public_dataset_name
 from ..evaluation import evaluate_likelihood, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
@@ -363,7 +363,14 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ what the loop and the end use
     def training_config(self) -> dict:
-        return {"family": self.family.name, "model_config": self.model_config, **vars(self.cfg)}
+        """``training_config.json``: every setting, with the data set and folders named, not given as paths of this
+        machine (the file is published)."""
+        settings = dict(vars(self.cfg))
+        settings["dataset"] = public_dataset_name(self.cfg.dataset)
+        for key in ("output_dir", "resume_from_checkpoint"):
+            if settings.get(key) and settings[key] != "latest":
+                settings[key] = Path(settings[key]).name
+        return {"family": self.family.name, "model_config": self.model_config, **settings}
 
     def evaluate(self, images: torch.Tensor, shape, importance_samples: int) -> dict:
         """Likelihood bounds of the model as it is now over ``images`` (all processes take part)."""
@@ -516,7 +523,7 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
         metrics.update({
             "family": family.name,
             "preset": cfg.preset,
-            "dataset": cfg.dataset,
+            "dataset": public_dataset_name(cfg.dataset),
             "split": split_label(cfg.final_eval_split, metrics["num_samples"], final_split_size),
             "split_size": final_split_size,
             **last_validation,
