@@ -40,7 +40,7 @@ import pyarrow as pa
 import torch
 from datasets.exceptions import DataFilesNotFoundError, DatasetGenerationError, DatasetNotFoundError
 from datasets.inspect import SplitsNotFoundError
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
@@ -661,7 +661,7 @@ def _images_to_uint8_one_by_one(
 ) -> tuple[torch.Tensor, SourceShape]:
     output: np.ndarray | None = None  # (N, sample_size, sample_size, C), allocated once the channel count is known
     sizes: set[tuple[int, int]] = set()  # (height, width) of the images before padding
-    with tqdm(total=num_rows, desc=description, unit="img", disable=not show_progress) as progress:
+    with progress_bar(total=num_rows, desc=description, unit="img", disable=not show_progress) as progress:
         for row_index, element in enumerate(_iterate_image_elements(dataset, num_rows)):
             image, name = _to_pil_image(element, row_index)
             image = _to_gray_or_rgb(image, name, convert_channels=convert_channels)

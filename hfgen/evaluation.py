@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from .data import SourceShape
 from .families.base import Bounds, ModelFamily
@@ -87,7 +87,7 @@ def evaluate_likelihood(
         progress = _EvaluationProgress(Path(progress_file), key)
         batch_sums = progress.load()
     todo = [start for start in mine if start // batch_size not in batch_sums]
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"evaluating (K={importance_samples})",
+    bar = progress_bar(total=len(mine), initial=len(mine) - len(todo), desc=f"evaluating (K={importance_samples})",
                disable=not show_progress, leave=False)
     for start in todo:
         x = images[start : start + batch_size].to(device)

@@ -193,3 +193,21 @@ def test_resume_from_checkpoint_by_name_is_looked_up_in_the_output_folder(tmp_pa
     assert resolve_resume_path(run, "latest") == run / "checkpoints" / "checkpoint-500"
     with pytest.raises(FileNotFoundError, match="'checkpoint-600' is neither a folder nor a checkpoint in"):
         resolve_resume_path(run, "checkpoint-600")
+
+
+def test_progress_bars_draw_a_frame_every_30_seconds_into_a_log(monkeypatch):
+    import io
+
+    from hfgen.progress import progress_bar
+
+    log = io.StringIO()  # not a terminal
+    monkeypatch.setattr("sys.stderr", log)
+    monkeypatch.delenv("HFGEN_PROGRESS_SECONDS", raising=False)
+    bar = progress_bar(total=10, file=log)
+    assert bar.mininterval == 30.0
+    for _ in range(10):
+        bar.update(1)
+    bar.close()
+    assert log.getvalue().count("\r") <= 3  # the first frame, the last, and at most one between
+    monkeypatch.setenv("HFGEN_PROGRESS_SECONDS", "5")
+    assert progress_bar(total=1, file=log).mininterval == 5.0

@@ -17,7 +17,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FEATURE_NETS = ("fmnist",)
@@ -105,7 +105,7 @@ def extract_features(net: FeatureNet, images: torch.Tensor, batch_size: int = 50
                          f"{tuple(images.shape)} (Fashion-MNIST-like data: 1 channel, sample_size 32)")
     device = net.device
     out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=description, disable=not show_progress,
+    for start in progress_bar(range(0, images.shape[0], batch_size), desc=description, disable=not show_progress,
                       leave=False):
         out.append(net.features(images[start:start + batch_size].to(device)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, net.config.feature_dim)

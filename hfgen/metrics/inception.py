@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 INCEPTION_INPUT_SIZE = 299  # pixels, each side
 INCEPTION_FEATURE_DIM = 2048
@@ -298,7 +298,7 @@ def extract_inception_features(net: FIDInceptionV3, images: torch.Tensor, batch_
     """2048-d pool features of uint8 ``images`` ``(N, 1 or 3, H, W)`` in batches; float32 ``(N, 2048)`` on the CPU."""
     device = next(net.parameters()).device
     out = []
-    for start in tqdm(range(0, images.shape[0], batch_size), desc=description, disable=not show_progress,
+    for start in progress_bar(range(0, images.shape[0], batch_size), desc=description, disable=not show_progress,
                       leave=False):
         out.append(net.features(images[start:start + batch_size].to(device)).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, INCEPTION_FEATURE_DIM)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .feature_net import FeatureNet, extract_features, load_feature_net
 from .frechet import feature_statistics, frechet_distance
@@ -45,7 +45,7 @@ def generate_uint8(family, pipeline, num_images: int, *, batch_size: int = 256, 
     if hasattr(pipeline, "set_progress_bar_config"):
         pipeline.set_progress_bar_config(disable=True)
     batches = []
-    bar = tqdm(total=num_images, desc="sampling", disable=not show_progress, leave=False, unit="img")
+    bar = progress_bar(total=num_images, desc="sampling", disable=not show_progress, leave=False, unit="img")
     for index, start in enumerate(range(0, num_images, batch_size)):
         n = min(batch_size, num_images - start)
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)

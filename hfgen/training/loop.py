@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..data import images_and_source_shape, load_image_dataset, public_dataset_name
 from ..evaluation import evaluate_likelihood, split_label
@@ -437,7 +437,7 @@ def run_training_steps(run: TrainingRun) -> dict:
         f"global batch {global_batch}, up to {cfg.max_train_steps} steps"
         + (f" or {cfg.max_train_minutes} min" if budget_seconds else "")
     )
-    bar = tqdm(total=cfg.max_train_steps, initial=state.step, desc="training",
+    bar = progress_bar(total=cfg.max_train_steps, initial=state.step, desc="training",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     run.model.train()
     last_validation: dict = {}
@@ -473,7 +473,11 @@ def run_training_steps(run: TrainingRun) -> dict:
                          "train/skipped_steps": state.skipped_steps, "train/grad_norm_mean": state.grad_norm_mean,
                          "train/img_per_s": state.images_seen / max(state.train_seconds, 1e-9)})
             accelerator.log(logs, step=state.step)
-            bar.set_postfix(loss=f"{logs['train/loss']:.4f}", bpd=f"{logs['train/bits_per_dim']:.3f}")
+            postfix = {"loss": f"{logs['train/loss']:.4f}", "bpd": f"{logs['train/bits_per_dim']:.3f}",
+                       "img/s": f"{logs['train/img_per_s']:.0f}"}
+            if budget_seconds is not None:  # the step count's ETA means nothing when time is the budget
+                postfix["left"] = f"{max(budget_seconds - state.train_seconds, 0) / 60:.1f} min"
+            bar.set_postfix(postfix, refresh=False)
         if cfg.eval_steps and state.step % cfg.eval_steps == 0:
             last_validation = _validate(run)
         if cfg.fd_steps and state.step % cfg.fd_steps == 0 and accelerator.is_main_process:
