@@ -211,3 +211,22 @@ def test_progress_bars_draw_a_frame_every_30_seconds_into_a_log(monkeypatch):
     assert log.getvalue().count("\r") <= 3  # the first frame, the last, and at most one between
     monkeypatch.setenv("HFGEN_PROGRESS_SECONDS", "5")
     assert progress_bar(total=1, file=log).mininterval == 5.0
+
+
+def test_a_mid_training_checkpoint_is_a_pipeline_folder_that_samples(tmp_path, capsys):
+    from hfgen.cli import main
+    from hfgen.families import load_pipeline
+
+    out = tmp_path / "run"
+    train(VAEFamily(), _args(out, "--max_train_steps", "4", "--checkpointing_steps", "2"))
+    reset_accelerate_state()
+    checkpoint = out / "checkpoints" / "checkpoint-2"
+    assert (checkpoint / "model_index.json").is_file() and (checkpoint / "model.safetensors").is_file()
+    pipeline, family = load_pipeline(str(checkpoint))  # from_pretrained of the checkpoint folder itself
+    assert isinstance(pipeline, VAEPipeline) and family.name == "vae"
+    assert main(["sample", str(checkpoint), "--num-images", "4", "--out", str(tmp_path / "grid.png"),
+                 "--device", "cpu"]) == 0
+    assert (tmp_path / "grid.png").is_file()
+    # and the run still resumes from it
+    train(VAEFamily(), _args(out, "--max_train_steps", "6", "--checkpointing_steps", "2",
+                             "--resume_from_checkpoint", "checkpoint-4"))

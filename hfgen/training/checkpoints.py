@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -52,8 +53,11 @@ def resolve_resume_path(output_dir: str | os.PathLike, resume_from_checkpoint: s
     return path
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int) -> Path:
-    """Write a checkpoint for ``step`` from every process; rename it into place and prune on the main process."""
+def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int,
+                    write_pipeline: Callable[[Path], None] | None = None) -> Path:
+    """Write a checkpoint for ``step`` from every process; rename it into place and prune on the main process.
+    ``write_pipeline(folder)`` (main process, before the rename) adds a pipeline folder beside the training state,
+    so that the checkpoint loads with ``from_pretrained``, ``hfgen sample`` and ``hfgen evaluate``."""
     root = checkpoint_dir(output_dir)
     final = root / f"checkpoint-{step}"
     partial = root / f"checkpoint-{step}.tmp"
@@ -63,6 +67,8 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
             shutil.rmtree(leftover, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
+    if write_pipeline is not None and accelerator.is_main_process:
+        write_pipeline(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():  # the same step saved before (e.g. a resumed run): replace it

@@ -410,6 +410,11 @@ class TrainingRun:
 
                 tracker.log_images({"samples": np.asarray(grid)[None]}, step=step, dataformats="NHWC")
 
+    def save_ema_pipeline(self, folder: Path) -> None:
+        """The pipeline with the EMA weights as they are now, saved into ``folder`` (a checkpoint's)."""
+        with self.ema_weights():
+            self.family.make_pipeline(self.unwrapped).save_pretrained(folder, safe_serialization=True)
+
     @contextlib.contextmanager
     def ema_weights(self):
         """Within this block the model holds the EMA weights, in evaluation mode (no-op without EMA)."""
@@ -489,7 +494,8 @@ def run_training_steps(run: TrainingRun) -> dict:
             with run.ema_weights():
                 run.sample_grid(run.output_dir / "samples" / f"step-{state.step:07d}.png", state.step)
         if cfg.checkpointing_steps and state.step % cfg.checkpointing_steps == 0:
-            save_checkpoint(accelerator, run.output_dir, state.step, cfg.checkpoints_total_limit)
+            save_checkpoint(accelerator, run.output_dir, state.step, cfg.checkpoints_total_limit,
+                            write_pipeline=run.save_ema_pipeline)
     bar.close()
     return last_validation
 
