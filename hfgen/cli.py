@@ -221,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(never downloaded)")
     evaluate.set_defaults(func=cmd_evaluate)
 
+    sub.add_parser("train", help="train a model: hfgen train vae|hvae|ddpm [flags] (the flags of "
+                                 "training/train_<family>.py; hfgen train vae --help lists them)", add_help=False)
     publish = sub.add_parser(
         "publish", help="upload a trained folder to a Hub model repo (weights, configs, code, card, samples, metrics)",
         description="Upload the files of a trained folder that load it (safetensors weights, configs, pipeline and "
@@ -238,8 +240,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """``hfgen train vae|hvae|ddpm [flags]``: the training scripts' flags and code path, for an installed hfgen."""
+    from .families import DDPMFamily, HVAEFamily, VAEFamily
+    from .training import build_parser as build_training_parser, train
+
+    family = {"vae": VAEFamily, "hvae": HVAEFamily, "ddpm": DDPMFamily}[args.family]()
+    parser = build_training_parser(family)
+    parser.prog = f"hfgen train {args.family}"
+    train(family, parser.parse_args(args.training_flags))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # everything after the family belongs to the training parser, --help included
+        args = argparse.Namespace(command="train", func=cmd_train, family=argv[1] if len(argv) > 1 else None,
+                                  training_flags=argv[2:])
+        if args.family not in ("vae", "hvae", "ddpm"):
+            print(f"hfgen train: error: expected a family, vae, hvae or ddpm, got {args.family!r}", file=sys.stderr)
+            return 2
+    else:
+        args = build_parser().parse_args(argv)
     for key in ("num_images", "importance_samples", "batch_size", "num_samples"):
         if getattr(args, key, 1) < 1:
             print(f"hfgen: error: --{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}", file=sys.stderr)

@@ -97,3 +97,19 @@ def test_console_script_runs_in_a_fresh_process(trained, tmp_path, run_env):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout)["num_images"] == 2
+
+
+def test_hfgen_train_takes_the_scripts_flags_in_both_spellings(tmp_path):
+    from hfgen.families import DDPMFamily
+    from hfgen.training import build_parser
+
+    args = build_parser(DDPMFamily()).parse_args(["--output-dir", "x", "--max-train-steps", "7",
+                                                  "--max_train_minutes=2", "--block-out-channels", "8", "16"])
+    assert (args.output_dir, args.max_train_steps, args.max_train_minutes) == ("x", 7, 2.0)
+    assert args.block_out_channels == [8, 16]
+    assert main(["train", "gan"]) == 2
+    out = tmp_path / "run"
+    assert main(["train", "vae", "--preset", "tiny", "--output-dir", str(out), "--max-train-steps", "2",
+                 "--max-train-samples", "64", "--report-to", "none", "--num-sample-images", "1"]) == 0
+    reset_accelerate_state()
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 2

@@ -7,6 +7,7 @@ on the command line. Flags that a preset may set default to ``None`` in the pars
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..families.base import ModelFamily
@@ -34,9 +35,25 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+class _FlagParser(argparse.ArgumentParser):
+    """Takes every flag in both spellings, ``--max_train_steps`` and ``--max-train-steps``, as accelerate does."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args([_underscored(arg) for arg in args], namespace)
+
+
+def _underscored(arg: str) -> str:
+    if not arg.startswith("--") or arg == "--":
+        return arg
+    name, equals, value = arg.partition("=")
+    return "--" + name[2:].replace("-", "_") + equals + value
+
+
 def build_parser(family: ModelFamily, description: str | None = None) -> argparse.ArgumentParser:
-    """The parser of ``training/train_<family>.py``: the shared flags plus the family's own."""
-    parser = argparse.ArgumentParser(
+    """The parser of ``training/train_<family>.py``: the shared flags plus the family's own (each flag also
+    in its dashed spelling)."""
+    parser = _FlagParser(
         description=description or f"Train an hfgen {family.name} with Accelerate.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
