@@ -399,3 +399,38 @@ def test_source_shape_of_padded_resized_and_mixed_image_folders(tmp_path):
     _numbered_image(9, size=(8, 8), mode="L").save(mixed / "test" / "tiny.png")
     _, shape = images_and_source_shape(load_image_dataset(str(mixed), "test"), sample_size=16, show_progress=False)
     assert shape.mixed_sizes and shape.num_dims == 256  # several sizes: the whole square
+
+
+# --- class labels ---------------------------------------------------------------------------------------------
+
+
+@needs_idx_files
+def test_class_labels_of_fashion_mnist_come_with_their_names():
+    from hfgen.data import class_labels
+
+    labels, names = class_labels(load_image_dataset(FASHION_MNIST, "test"), max_samples=100)
+    assert names == list(FASHION_MNIST_CLASS_NAMES) and labels.dtype == torch.int64 and labels.shape == (100,)
+    assert names[int(labels[0])] == "Ankle boot"  # the well-known first test image
+
+
+def test_class_labels_of_image_folders_and_parquet_columns(tmp_path):
+    from hfgen.data import class_labels
+
+    root = tmp_path / "classes"
+    for name, count in (("boot", 2), ("shirt", 3)):
+        (root / "train" / name).mkdir(parents=True)
+        for index in range(count):
+            _numbered_image(index).save(root / "train" / name / f"{index}.png")
+    folder = datasets.load_dataset("imagefolder", data_dir=str(root), split="train")
+    labels, names = class_labels(folder)
+    assert names == ["boot", "shirt"] and sorted(labels.tolist()) == [0, 0, 1, 1, 1]
+    plain = datasets.Dataset.from_dict({"image": [_numbered_image(i) for i in range(3)], "kind": [2, 0, 1],
+                                        "note": ["a", "b", "c"]})
+    with pytest.raises(DataError, match="declares 0 class-label column.*pass label_column"):
+        class_labels(plain)
+    labels, names = class_labels(plain, "kind")
+    assert labels.tolist() == [2, 0, 1] and names == ["0", "1", "2"]
+    with pytest.raises(DataError, match="'note' holds str values; expected integer class indices"):
+        class_labels(plain, "note")
+    with pytest.raises(DataError, match="'species' is not a column of the data set; columns: 'kind', 'note'"):
+        class_labels(plain, "species")
