@@ -262,3 +262,9 @@ def test_learned_variance_bound_equals_the_sum_of_its_terms_and_the_variance_is_
         variance_rows = unet.conv_out.weight.grad[1]  # output channel 1: v
         assert bool(variance_rows.abs().sum() > 0) == expect_gradient
         assert torch.isfinite(logs["vlb_term_nats_per_dim"])
+
+
+def test_a_linear_schedule_too_short_for_its_betas_is_refused():
+    with pytest.raises(ValueError, match="num_train_timesteps=10 with the linear schedule scales beta_T to 2"):
+        build_scheduler({"num_train_timesteps": 10})
+    assert build_scheduler({"num_train_timesteps": 10, "beta_schedule": "squaredcos_cap_v2"}).config.num_train_timesteps == 10

@@ -77,6 +77,10 @@ def build_scheduler(config: dict[str, Any]) -> DDPMScheduler:
     if variance not in VARIANCE_TYPES:
         raise ValueError(f"variance_type must be one of {VARIANCE_TYPES}, got {variance!r}")
     scale = 1000.0 / steps
+    if schedule == "linear" and 0.02 * scale >= 1.0:
+        raise ValueError(f"num_train_timesteps={steps} with the linear schedule scales beta_T to {0.02 * scale:g} "
+                         f"(0.02 x 1000 / T), which must stay below 1; expected T >= 21, or beta_schedule "
+                         f"'squaredcos_cap_v2'")
     return DDPMScheduler(
         num_train_timesteps=steps, beta_schedule=schedule, beta_start=1e-4 * scale, beta_end=0.02 * scale,
         prediction_type=prediction, variance_type=variance, clip_sample=bool(config.get("clip_sample", True)),
