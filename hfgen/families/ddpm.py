@@ -55,10 +55,12 @@ DDPM_PRESETS = {
         ),
     ),
     "small": Preset(
-        description="10 minutes of training on two CPU cores (Fashion-MNIST 32x32, T = 1000)",
+        # learned variances on the cosine schedule: on the validation split after 10 CPU minutes, L_vlb 4.34 against
+        # 5.01 bits/dim for fixed_small on the linear schedule (validation[:500], 16 timesteps; docs/baselines.md)
+        description="10 minutes of training on two CPU cores (Fashion-MNIST 32x32, T = 1000, learned variances)",
         model=dict(block_out_channels=[32, 64, 64], layers_per_block=1, attention_resolutions=[8],
-                   norm_num_groups=16, dropout=0.0, num_train_timesteps=1000, beta_schedule="linear",
-                   prediction_type="epsilon", variance_type="fixed_small"),
+                   norm_num_groups=16, dropout=0.0, num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                   prediction_type="epsilon", variance_type="learned_range"),
         training=dict(
             train_batch_size=64, learning_rate=1e-3, max_train_steps=3000, max_train_minutes=10.0,
             lr_warmup_steps=50, eval_steps=250, sample_steps=0, checkpointing_steps=250, logging_steps=20,
