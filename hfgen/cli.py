@@ -136,8 +136,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if quality:
         model.eval()
         metrics.update(_sample_quality(args, pipeline, family, model, quality, images))
+    # "split" labels the likelihood figures only; sample quality names its reference split under "reference"
     metrics.update({"dataset": public_dataset_name(args.dataset), "family": family.name})
-    metrics.setdefault("split", args.split)
     if args.write_metrics:
         from .hub import record_evaluation
 
