@@ -268,3 +268,23 @@ def test_a_linear_schedule_too_short_for_its_betas_is_refused():
     with pytest.raises(ValueError, match="num_train_timesteps=10 with the linear schedule scales beta_T to 2"):
         build_scheduler({"num_train_timesteps": 10})
     assert build_scheduler({"num_train_timesteps": 10, "beta_schedule": "squaredcos_cap_v2"}).config.num_train_timesteps == 10
+
+
+def test_ddim_does_not_inherit_clipping_and_options_override_the_sampler_settings(monkeypatch):
+    """DDIM's defaults are hfgen's choice (no clipping, leading spacing), not the folder's DDPM clip_sample=True;
+    clip_sample and timestep_spacing can still be set per call."""
+    from diffusers import DDIMScheduler, DDPMPipeline
+
+    family = DDPMFamily()
+    unet = family.build_model(family.presets["tiny"].model, 1, 16)
+    pipeline = family.make_pipeline(unet)
+    assert pipeline.scheduler.config.clip_sample  # the folder's own ancestral sampler clips, as Ho et al.'s
+    seen = []
+    monkeypatch.setattr(DDPMPipeline, "__call__", lambda self, **kw: seen.append(self.scheduler.config) or
+                        type("Out", (), {"images": []})())
+    family.sample_images(pipeline, 1, torch.Generator(), scheduler="ddim", steps=5)
+    family.sample_images(pipeline, 1, torch.Generator(), scheduler="ddim", steps=5, clip_sample=True,
+                         timestep_spacing="trailing")
+    assert (seen[0].clip_sample, seen[0].timestep_spacing) == (False, "leading")
+    assert (seen[1].clip_sample, seen[1].timestep_spacing) == (True, "trailing")
+    assert isinstance(DDIMScheduler.from_config(seen[0]), DDIMScheduler)
