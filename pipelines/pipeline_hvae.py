@@ -180,7 +180,9 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             eps = randn_tensor(top_shape, generator=generator, device=device, dtype=torch.float32)
             given = [mean + temperatures[0] * torch.exp(log_scale) * eps]
         chunks, drawn = [], []
-        for start in self.progress_bar(range(0, batch_size, decode_batch_size)):
+        starts = range(0, batch_size, decode_batch_size)
+        # a bar only when decoding takes several chunks (one chunk: nothing worth a bar)
+        for start in self.progress_bar(starts) if len(starts) > 1 else starts:
             stop = min(start + decode_batch_size, batch_size)
             chunk_generator = _generators_for(generator, start, stop)
             params, chunk_latents = self.vae.generate_parameters(

@@ -154,7 +154,9 @@ class VAEPipeline(DiffusionPipeline):
                                  f"{tuple(latents.shape)}")
             latents = latents.to(device=self._execution_device, dtype=torch.float32)
         chunks = []
-        for start in self.progress_bar(range(0, batch_size, decode_batch_size)):
+        starts = range(0, batch_size, decode_batch_size)
+        # a bar only when decoding takes several chunks (one chunk: nothing worth a bar)
+        for start in self.progress_bar(starts) if len(starts) > 1 else starts:
             stop = min(start + decode_batch_size, batch_size)
             z = latents[start:stop]
             if sample_pixels:

@@ -195,7 +195,7 @@ def test_resume_from_checkpoint_by_name_is_looked_up_in_the_output_folder(tmp_pa
         resolve_resume_path(run, "checkpoint-600")
 
 
-def test_progress_bars_draw_a_frame_every_30_seconds_into_a_log(monkeypatch):
+def test_progress_bars_draw_a_frame_every_10_seconds_into_a_log(monkeypatch):
     import io
 
     from hfgen.progress import progress_bar
@@ -204,7 +204,7 @@ def test_progress_bars_draw_a_frame_every_30_seconds_into_a_log(monkeypatch):
     monkeypatch.setattr("sys.stderr", log)
     monkeypatch.delenv("HFGEN_PROGRESS_SECONDS", raising=False)
     bar = progress_bar(total=10, file=log)
-    assert bar.mininterval == 30.0
+    assert bar.mininterval == 10.0
     for _ in range(10):
         bar.update(1)
     bar.close()
