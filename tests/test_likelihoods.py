@@ -2,6 +2,7 @@
 
 import math
 
+import mpmath
 import pytest
 import torch
 
@@ -84,7 +85,6 @@ def test_unknown_likelihood_is_named():
 # Reference bin masses come from mpmath at 60 significant digits: far in the tails float64's own Phi(b) - Phi(a)
 # is 0 (100 grey levels off at the decoder's scale is about 110 standard deviations).
 
-mpmath = pytest.importorskip("mpmath")
 mpmath.mp.dps = 60
 
 _DECODER_STD = 0.007  # about the DDPM decoder's standard deviation on the [-1, 1] scale (posterior std at t = 1)
