@@ -185,21 +185,22 @@ class DDPMFamily(ModelFamily):
         logs = {}
         if tables.learned_variance:
             # L_vlb = T * E_t[L_t]: this timestep's term, weighted by T, per dimension; the mean's gradient stopped
-            vlb_per_dim = vlb_term_nats(tables, x0, x_t, t, output, stop_mean_gradient=True) / x0[0].numel()
+            term_nats = vlb_term_nats(tables, x0, x_t, t, output, stop_mean_gradient=True)
+            vlb_per_dim = term_nats / x0[0].numel()
             weight = getattr(config, "vlb_weight", None)
             loss = loss + (0.001 if weight is None else weight) * tables.num_timesteps * vlb_per_dim.mean()
             logs["vlb_term_nats_per_dim"] = vlb_per_dim.mean().detach()
+            term_nats = term_nats.detach()  # the same term the log below needs: not computed twice
+        else:
+            with torch.no_grad():
+                term_nats = vlb_term_nats(tables, x0, x_t, t, output.detach())
         with torch.no_grad():
             # Unbiased one-timestep estimate of L_vlb per image: t ~ Uniform{0..T-1}, importance weight T.
-            nats = prior_nats(tables, x0) + tables.num_timesteps * vlb_term_nats(tables, x0, x_t, t, output.detach())
+            nats = prior_nats(tables, x0) + tables.num_timesteps * term_nats
             source_shape = getattr(config, "source_shape", None)  # the data's own C, H, W (set by the loop)
             num_dims = math.prod(source_shape) if source_shape else x0[0].numel()
             bits_per_dim = nats.mean() / (num_dims * math.log(2.0))
         return loss, {"bits_per_dim": bits_per_dim, "mse": mse.mean().detach(), **logs}
-
-    def scored_shape(self, model):
-        size = model.config.sample_size
-        return (model.config.in_channels, size, size)
 
     def likelihood_of(self, model):
         return {"name": "discretized_gaussian_decoder", "data": "8-bit"}
