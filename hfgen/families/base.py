@@ -2,6 +2,12 @@
 
 The training loop (``hfgen.training``) knows nothing about VAEs or diffusion: a family supplies its presets,
 builds its model, scores a batch, bounds the log-likelihood and wraps the model in its pipeline.
+
+Class-conditional models (``--class_conditional``): the loop puts ``num_classes`` (K) and ``class_names`` into the
+model config it passes to ``build_model``, and gives ``loss`` and ``bounds`` a ``class_labels`` tensor of class
+indices, shape ``(batch,)`` int64, in ``0 .. K``: index K is the null class (label dropout during training; the
+model without a label, i.e. ``log p(x)``, in ``bounds``). ``class_labels=None`` means an unconditional model, or
+the null class for a conditional one. See ``hfgen.models.labels``.
 """
 
 from __future__ import annotations
@@ -54,16 +60,30 @@ class ModelFamily:
         raise NotImplementedError
 
     def loss(
-        self, model: torch.nn.Module, images: torch.Tensor, step: int, generator: torch.Generator, config: Any
+        self, model: torch.nn.Module, images: torch.Tensor, step: int, generator: torch.Generator, config: Any,
+        class_labels: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The training objective for one batch of ``uint8`` images, and per-batch means for the logs
-        (tensors, not Python floats, so that no host-device sync is forced). Must include ``bits_per_dim``."""
+        """The training objective for one batch of ``uint8`` images (with their class indices, the null class where
+        the label was dropped, for a class-conditional model), and per-batch means for the logs (tensors, not
+        Python floats, so that no host-device sync is forced). Must include ``bits_per_dim``."""
         raise NotImplementedError
 
     def bounds(
-        self, model: ModelMixin, images: torch.Tensor, importance_samples: int, generator: torch.Generator
+        self, model: ModelMixin, images: torch.Tensor, importance_samples: int, generator: torch.Generator,
+        class_labels: torch.Tensor | None = None,
     ) -> Bounds:
+        """Bounds on ``-log p(x | y)`` for the given class indices, or on ``-log p(x)`` (``None``: the null class of a
+        conditional model)."""
         raise NotImplementedError
+
+    def num_classes(self, model: ModelMixin) -> int:
+        """K, the number of classes a class-conditional model was trained on (0: unconditional)."""
+        return int(getattr(model.config, "num_classes", 0) or 0)
+
+    def class_names(self, pipeline: DiffusionPipeline) -> list[str] | None:
+        """The class names of a class-conditional pipeline, in class-index order (None: unconditional)."""
+        names = getattr(self.model_of(pipeline).config, "class_names", None)
+        return list(names) if names else None
 
     #: whether ``bounds`` gives an importance-weighted bound beside the ELBO (DDPM: no; its K is timesteps)
     has_importance_weighted_bound: bool = True
@@ -99,10 +119,14 @@ class ModelFamily:
         into ``metrics.json`` at the end (with the EMA weights). Default: none."""
         return {}
 
-    def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator, **kwargs):
-        """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``)."""
+    def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator,
+                      class_labels=None, **kwargs):
+        """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``). ``class_labels``:
+        as the pipelines take it (``hfgen.models.labels.class_label_ids``): None, one class, or one per image."""
         unknown = sorted(set(kwargs) - set(self.sampling_options))
         if unknown:
             raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
                              f"{list(self.sampling_options)}")
+        if class_labels is not None:
+            kwargs["class_labels"] = class_labels
         return pipeline(batch_size=num_images, generator=generator, **kwargs).images
