@@ -2,10 +2,14 @@
 
     hfgen sample DIR --num-images 64 --seed 0 --out grid.png [--temperature 0.8]
     hfgen sample DDPM_DIR --scheduler ddim|dpm-solver++|ddpm --steps 50
+    hfgen sample DIR --class sneaker [--class 0 ...] [--guidance-scale 2]   (a class-conditional model: one row
+                                                                             per class; every class without --class)
     hfgen evaluate DIR --dataset fashion_mnist --split test [--max-samples N] [--importance-samples K]
                        [--progress-file F]   (resumable: run the same command again after a stop)
                        [--write-metrics]     (record the figures in DIR/metrics.json and its model card)
     hfgen evaluate DIR --metrics bpd,fd,kid,pr --num-samples N [--batch-size B] [--scheduler S --steps K]
+    hfgen evaluate DIR --metrics bpd,classes [--samples-per-class N] [--guidance-scale S]   (class-conditional:
+                       bounds of log p(x|y) and log p(x), per-class fd_fmnist and class accuracy of samples)
     hfgen publish DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--commit-message M] [--dry-run]
 
 ``evaluate`` prints one JSON object on stdout (progress bars go to stderr).
@@ -37,8 +41,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     pipeline, family = load_pipeline(args.model, device)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     options = _sampling_options(args, family)
-    images = family.sample_images(pipeline, args.num_images, generator, **options)
-    cols = args.cols or int(math.ceil(math.sqrt(len(images))))
+    rows_of_classes = _grid_classes(args.classes, family, pipeline)
+    if rows_of_classes is None:
+        images = family.sample_images(pipeline, args.num_images, generator, **options)
+        cols = args.cols or int(math.ceil(math.sqrt(len(images))))
+    else:  # one row per class
+        cols = args.cols or max(1, args.num_images // len(rows_of_classes))
+        labels = [label for label in rows_of_classes for _ in range(cols)]
+        images = family.sample_images(pipeline, len(labels), generator, class_labels=labels, **options)
+        options["classes"] = rows_of_classes
     rows = int(math.ceil(len(images) / cols))
     blank = images[0].copy().point(lambda _: 0)
     grid = make_image_grid(images + [blank] * (rows * cols - len(images)), rows=rows, cols=cols)
@@ -49,7 +60,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-EVALUATE_METRICS = ("bpd", "fd", "kid", "pr")
+def _grid_classes(classes: list[str] | None, family, pipeline) -> list[str | int] | None:
+    """The class of each grid row: the ``--class`` values (names, or indices given as digits), every class of a
+    class-conditional model when none is named, or None (an unconditional grid)."""
+    num_classes = family.num_classes(family.model_of(pipeline))
+    if not classes:
+        return list(family.class_names(pipeline) or range(num_classes)) or None
+    if not num_classes:
+        raise ValueError(f"--class {' '.join(classes)}: this model was trained without class labels; train it with "
+                         f"--class_conditional to sample a given class")
+    names = family.class_names(pipeline) or []
+    return [int(value) if value.isdigit() and value not in names else value for value in classes]
+
+
+EVALUATE_METRICS = ("bpd", "fd", "kid", "pr", "classes")
 
 
 def _parse_metrics(text: str) -> list[str]:
@@ -63,7 +87,8 @@ def _parse_metrics(text: str) -> list[str]:
 def _sampling_options(args: argparse.Namespace, family) -> dict:
     """Sampling options given on the command line, checked against the ones the family's sampler takes
     (``ModelFamily.sampling_options``: ``temperature`` for the VAEs, ``scheduler`` and ``steps`` for DDPM)."""
-    given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps}
+    given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps,
+             "guidance_scale": args.guidance_scale}
     options = {key: value for key, value in given.items() if value is not None}
     refused = [f"--{key}" for key in options if key not in family.sampling_options]
     if refused:
@@ -104,6 +129,49 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
     return figures
 
 
+def _split_labels(args, family, pipeline, dataset) -> torch.Tensor:
+    """The class index of each evaluated image, checked against the classes the model was trained on."""
+    from .data import class_labels
+
+    labels, names = class_labels(dataset, args.label_column, max_samples=args.max_samples or None)
+    trained = family.class_names(pipeline)
+    if trained and names != trained:
+        raise ValueError(f"the {args.split!r} split declares the classes {names}; the model was trained on {trained}")
+    return labels
+
+
+def _null_class_progress_file(path: str | None) -> str | None:
+    if not path:
+        return None
+    path = Path(path)
+    return str(path.with_name(path.stem + "-null-class" + path.suffix))
+
+
+def _class_quality(args, pipeline, family, model) -> dict:
+    """Per-class fd_fmnist and class accuracy of generated images (``hfgen.metrics.class_conditional``)."""
+    from .data import class_labels, images_to_uint8, load_image_dataset
+    from .evaluation import split_label
+    from .metrics import load_feature_net
+    from .metrics.class_conditional import class_conditional_quality
+
+    if not family.num_classes(model):
+        raise ValueError("--metrics classes needs a class-conditional model (trained with --class_conditional)")
+    dataset = load_image_dataset(args.dataset, args.split, config_name=args.dataset_config_name,
+                                 image_column=args.image_column)
+    labels, names = class_labels(dataset, args.label_column, max_samples=args.max_samples or None)
+    images = images_to_uint8(dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
+                             resize_mode=args.resize_mode, convert_channels=args.convert_channels,
+                             max_samples=args.max_samples or None, description=f"{args.split} images")
+    net = load_feature_net("fmnist", pipeline.device)
+    options = _sampling_options(args, family)
+    figures = class_conditional_quality(family, pipeline, net, images, labels, names,
+                                        samples_per_class=args.samples_per_class, batch_size=args.batch_size,
+                                        seed=args.seed, **options)
+    figures["sampling"] = {"seed": args.seed, **options}
+    figures["reference_split"] = split_label(args.split, images.shape[0], len(dataset))
+    return figures
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import images_and_source_shape, load_image_dataset, public_dataset_name
     from .evaluation import evaluate_likelihood, split_label
@@ -127,15 +195,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             max_samples=args.max_samples or None, description=f"{args.split} images")
         model.eval().to(memory_format=torch.channels_last)
         samples = args.vlb_timesteps if args.vlb_timesteps else args.importance_samples
+        labels = _split_labels(args, family, pipeline, dataset) if family.num_classes(model) else None
         metrics = evaluate_likelihood(family, model, images, importance_samples=samples,
                                       batch_size=args.batch_size, seed=args.seed, progress_file=args.progress_file,
-                                      source_shape=source_shape)
+                                      source_shape=source_shape, class_labels=labels)
+        if labels is not None:  # and the same model without labels (its null class): a bound on -log p(x)
+            unconditional = evaluate_likelihood(family, model, images, importance_samples=samples,
+                                                batch_size=args.batch_size, seed=args.seed, source_shape=source_shape,
+                                                progress_file=_null_class_progress_file(args.progress_file))
+            metrics["unconditional"] = {key: value for key, value in unconditional.items()
+                                        if key.startswith(("bits_per_dim", "nats_per_image")) or key == "likelihood"}
         metrics.update({"split": split_label(args.split, metrics["num_samples"], len(dataset)),
                         "split_size": len(dataset)})
-    quality = [name for name in requested if name != "bpd"]
+    quality = [name for name in requested if name not in ("bpd", "classes")]
     if quality:
         model.eval()
         metrics.update(_sample_quality(args, pipeline, family, model, quality, images))
+    if "classes" in requested:
+        model.eval()
+        metrics["classes"] = _class_quality(args, pipeline, family, model)
     # "split" labels the likelihood figures only; sample quality names its reference split under "reference"
     metrics.update({"dataset": public_dataset_name(args.dataset), "family": family.name})
     if args.write_metrics:
@@ -181,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sampler for the trained network (DDPM family; default: the folder's own)")
     sample.add_argument("--steps", type=int, default=None,
                         help="sampling steps (DDPM family; default: T for ddpm, 50 for ddim and dpm-solver++)")
-    sample.add_argument("--cols", type=int, default=None, help="grid columns (default: a square grid)")
+    sample.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
+                        help="a class-conditional model: a row of this class (a name, e.g. sneaker, or an index); "
+                             "repeat for more rows (default: one row per class)")
+    sample.add_argument("--guidance-scale", type=float, default=None,
+                        help="classifier-free guidance scale of a class-conditional DDPM (1: the conditional model, "
+                             "0: the unconditional one, above 1: guided)")
+    sample.add_argument("--cols", type=int, default=None,
+                        help="grid columns (default: a square grid; a class grid: --num-images / classes)")
     sample.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     sample.set_defaults(func=cmd_sample)
 
@@ -209,9 +294,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--convert-channels", action="store_true")
     evaluate.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     evaluate.add_argument("--metrics", default="bpd",
-                          help="comma-separated: bpd (likelihood bounds), fd (fd_fmnist), kid (kid_fmnist), "
-                               "pr (precision/recall); fd, kid and pr compare generated images with the split")
+                          help="comma-separated: bpd (likelihood bounds; of log p(x|y) and log p(x) for a "
+                               "class-conditional model), fd (fd_fmnist), kid (kid_fmnist), pr (precision/recall), "
+                               "classes (per-class fd_fmnist and class accuracy of generated images); fd, kid, pr and "
+                               "classes compare generated images with the split")
     evaluate.add_argument("--num-samples", type=int, default=10000, help="images to generate for fd, kid and pr")
+    evaluate.add_argument("--label-column", default=None,
+                          help="a class-conditional model: the split's label column (default: its ClassLabel column)")
+    evaluate.add_argument("--samples-per-class", type=int, default=200,
+                          help="--metrics classes: images generated per class (and for the null-class histogram)")
+    evaluate.add_argument("--guidance-scale", type=float, default=None,
+                          help="classifier-free guidance scale of a class-conditional DDPM's samples")
     evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
     evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (families that take them)")
@@ -262,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         args = build_parser().parse_args(argv)
-    for key in ("num_images", "importance_samples", "batch_size", "num_samples"):
+    for key in ("num_images", "importance_samples", "batch_size", "num_samples", "samples_per_class"):
         if getattr(args, key, 1) < 1:
             print(f"hfgen: error: --{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}", file=sys.stderr)
             return 2

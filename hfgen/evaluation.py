@@ -46,6 +46,7 @@ def evaluate_likelihood(
     show_progress: bool = True,
     progress_file: str | Path | None = None,
     source_shape: SourceShape | None = None,
+    class_labels: torch.Tensor | None = None,
 ) -> dict:
     """Mean ELBO and importance-weighted bounds over ``images`` (``uint8``, ``(N, C, H, W)``).
 
@@ -56,6 +57,10 @@ def evaluate_likelihood(
     writes no ``*_iw`` keys), ``num_dims``, ``source_shape``, ``sample_shape``, ``bound_over`` and ``likelihood``.
     ``source_shape`` is the images' own shape before zero padding (``hfgen.data.images_and_source_shape``); without
     it the model's own shape is taken.
+
+    A class-conditional model (``family.num_classes(model) > 0``) is scored given ``class_labels`` (int64, one per
+    image: bounds on ``-log p(x | y)``), or, without them, as its null class (bounds on ``-log p(x)``);
+    ``likelihood["given"]`` says which ("class label" or "nothing (null class)").
 
     With ``progress_file`` (one process only) the sums of every finished batch are saved there (atomically, after
     each batch) and batches already in the file are not evaluated again, so a long evaluation (K=1000 on a whole
@@ -69,6 +74,20 @@ def evaluate_likelihood(
     if importance_samples < 1:
         raise ValueError(f"importance_samples must be >= 1, got {importance_samples}")
     units = bound_units(family, model, images.shape[1:], source_shape)
+    likelihood = family.likelihood_of(model)
+    num_classes = family.num_classes(model)
+    if class_labels is not None:
+        if num_classes == 0:
+            raise ValueError("class_labels were given, but the model was trained without class labels")
+        class_labels = torch.as_tensor(class_labels, dtype=torch.int64)
+        if class_labels.shape != images.shape[:1]:
+            raise ValueError(f"expected one class label per image ({images.shape[0]}), got shape "
+                             f"{tuple(class_labels.shape)}")
+        if class_labels.numel() and not 0 <= int(class_labels.min()) <= int(class_labels.max()) < num_classes:
+            raise ValueError(f"class labels must be in 0..{num_classes - 1}, got {int(class_labels.min())}.."
+                             f"{int(class_labels.max())}")
+    if num_classes:
+        likelihood = {**likelihood, "given": "class label" if class_labels is not None else "nothing (null class)"}
     device = model.device
     if importance_samples > 1 and getattr(family, "importance_samples_in_batch", True):
         # keep roughly batch_size decoder passes in flight
@@ -84,6 +103,8 @@ def evaluate_likelihood(
         key = {"model_sha256": _weights_sha256(model), "images_sha256": _tensor_sha256(images),
                "num_images": int(images.shape[0]), "importance_samples": importance_samples,
                "batch_size": batch_size, "seed": seed}
+        if class_labels is not None:
+            key["class_labels_sha256"] = _tensor_sha256(class_labels)
         progress = _EvaluationProgress(Path(progress_file), key)
         batch_sums = progress.load()
     todo = [start for start in mine if start // batch_size not in batch_sums]
@@ -92,7 +113,11 @@ def evaluate_likelihood(
     for start in todo:
         x = images[start : start + batch_size].to(device)
         gen = _batch_generator(seed, start // batch_size, device)
-        bounds: Bounds = family.bounds(model, x, importance_samples, gen)
+        if num_classes:
+            labels = None if class_labels is None else class_labels[start : start + batch_size].to(device)
+            bounds: Bounds = family.bounds(model, x, importance_samples, gen, class_labels=labels)
+        else:
+            bounds = family.bounds(model, x, importance_samples, gen)
         elbo = bounds.nats_per_image_elbo.double()
         iw = bounds.nats_per_image_iw.double()
         sums = torch.stack([elbo.sum(), elbo.pow(2).sum(), iw.sum(), iw.pow(2).sum()]).cpu().tolist()
@@ -108,7 +133,7 @@ def evaluate_likelihood(
         totals = reduce_sum(torch.tensor(totals, dtype=torch.float64, device=device)).cpu().tolist()
     figures = summarize_bounds(totals, units["num_dims"], importance_samples,
                                importance_weighted=family.has_importance_weighted_bound)
-    return {**figures, **units, "likelihood": family.likelihood_of(model)}
+    return {**figures, **units, "likelihood": likelihood}
 
 
 def bound_units(family: ModelFamily, model, image_shape, source_shape: SourceShape | None) -> dict:

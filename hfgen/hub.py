@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 from importlib import resources
@@ -45,7 +46,7 @@ _SINGLE_BOUND = {"ddpm": "L_vlb bound"}
 
 #: metrics.json keys that describe a likelihood evaluation (beside the bits_per_dim_* / nats_per_image_* figures)
 _BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "num_dims", "source_shape", "sample_shape",
-               "bound_over", "likelihood", "split", "split_size")
+               "bound_over", "likelihood", "split", "split_size", "unconditional")
 
 #: top-level files of a pipeline folder that are published when present
 PUBLISHED_FILES = ("model_index.json", "README.md", "samples.png", "metrics.json", "training_config.json")
@@ -81,6 +82,19 @@ def card_metrics(family_name: str, metrics: dict) -> list[dict]:
         stderr = metrics.get(f"{key}_stderr", metrics.get(f"{key}_std"))
         rows.append({"key": key, "name": name, "kind": kind, "value": float(metrics[key]),
                      "stderr": None if stderr is None else float(stderr)})
+    if (metrics.get("likelihood") or {}).get("given") == "class label":
+        # a class-conditional model: its bounds are of log p(x | y); the null class's, of log p(x), follow
+        unconditional = metrics.get("unconditional") or {}
+        for row in list(rows):
+            if row["kind"] != "likelihood":
+                continue
+            row["name"] += ", of log p(x | y)"
+            key = row["key"]
+            if key in unconditional:
+                stderr = unconditional.get(f"{key}_stderr")
+                rows.append({"key": f"{key}_null_class", "kind": "likelihood",
+                             "name": row["name"].replace("of log p(x | y)", "of log p(x) (null class)"),
+                             "value": float(unconditional[key]), "stderr": None if stderr is None else float(stderr)})
     return rows
 
 
@@ -127,7 +141,8 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         library_name="diffusers",
         license="apache-2.0",
         pipeline_tag="unconditional-image-generation",
-        tags=["hfgen", family.name, "unconditional-image-generation"],
+        tags=["hfgen", family.name, "unconditional-image-generation"]
+        + (["class-conditional"] if metrics.get("class_names") else []),
         datasets=[hub_dataset_id(dataset)] if hub_dataset_id(dataset) else None,
         model_name=model_name,
         eval_results=_eval_results(family.name, metrics, dataset) or None,
@@ -162,7 +177,53 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         metrics_note=_metrics_note(family.name, metrics),
         data_description=_data_description(metrics),
         units_note=_units_note(metrics),
+        conditional_section=_conditional_section(family, metrics, repo_id),
+        conditioning_limit=(
+            f"it is conditioned on the class label only ({len(metrics['class_names'])} classes: "
+            f"{', '.join(metrics['class_names'])}), no text." if metrics.get("class_names")
+            else "it has no conditioning (no text, no labels)."),
     )
+
+
+def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> str:
+    """The card's class-conditional section: how to sample a class, what the labels buy, per-class figures."""
+    names = metrics.get("class_names")
+    if not names:
+        return ""
+    guidance = ", guidance_scale=2.0" if "guidance_scale" in family.sampling_options else ""
+    lines = ["", "### Class-conditional", "",
+             f"Trained class-conditionally on {len(names)} classes ({', '.join(f'`{n}`' for n in names)}) with label "
+             f"dropout: the same weights are the conditional model p(x | y) and, through the null class, the "
+             f"unconditional p(x). Sample a class by name or index:", "", "```python",
+             f'images = pipe(class_labels=["{names[0]}"] * 8{guidance}, '
+             f"generator=torch.Generator().manual_seed(0)).images", "```", "",
+             f"or `hfgen sample {repo_id} --class {names[0]}` (every class, one row each, without `--class`)."]
+    conditional, unconditional = metrics.get("bits_per_dim_elbo"), (metrics.get("unconditional") or {})
+    if conditional is not None and unconditional.get("bits_per_dim_elbo") is not None:
+        gap = unconditional["bits_per_dim_elbo"] - conditional
+        lines += ["", f"The label lowers the ELBO bound by {gap:.4f} bits/dim ({gap * metrics.get('num_dims', 0):.1f} "
+                  f"bits per image). The exact log-likelihoods can differ by at most log2({len(names)}) = "
+                  f"{math.log2(len(names)):.2f} bits per image (log p(x | y) - log p(x) = log p(y | x) - log p(y)), so "
+                  f"any larger gap is a difference in how tight the two bounds are, not information in the label."]
+    classes = metrics.get("classes")
+    if classes:
+        lines += ["", f"Generated images per class ({classes['samples_per_class']} each, "
+                  f"{_sampling_text(classes.get('sampling', {}))}) against the `{classes.get('reference_split', '?')}` "
+                  f"images of that class, in hfgen's Fashion-MNIST classifier (accuracy on the real images of the "
+                  f"split: {classes['classifier_accuracy_on_real']:.3f}):", "",
+                  "| class | accuracy of generated | fd_fmnist | unconditional samples classified as it |",
+                  "|---|---|---|---|"]
+        histogram = classes.get("null_class_histogram", {})
+        for name, entry in classes["per_class"].items():
+            lines.append(f"| {name} | {entry['accuracy']:.3f} | {entry['fd_fmnist']:.2f} | "
+                         f"{histogram.get(name, float('nan')):.3f} |")
+        lines.append(f"| all | {classes['class_accuracy']:.3f} | {classes['fd_fmnist_class_mean']:.2f} (mean) | |")
+    return "\n".join(lines) + "\n"
+
+
+def _sampling_text(sampling: dict) -> str:
+    options = {key: value for key, value in sampling.items() if key != "seed"}
+    return ", ".join(f"{key} {value}" for key, value in options.items()) or "default sampler"
 
 
 def _pixel_values(metrics: dict) -> str:

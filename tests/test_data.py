@@ -434,3 +434,24 @@ def test_class_labels_of_image_folders_and_parquet_columns(tmp_path):
         class_labels(plain, "note")
     with pytest.raises(DataError, match="'species' is not a column of the data set; columns: 'kind', 'note'"):
         class_labels(plain, "species")
+
+
+def test_class_labels_declared_in_parquet_and_saved_folders_come_through_the_loader(tmp_path):
+    """A parquet file (or save_to_disk folder) written from a data set with a ClassLabel column keeps its class
+    names: `load_image_dataset` restores the feature, and `class_labels` finds it without --label_column."""
+    from hfgen.data import class_labels
+
+    features = datasets.Features({"image": datasets.Image(), "kind": datasets.ClassLabel(names=["cat", "dog"]),
+                                  "score": datasets.Value("int64")})
+    rows = datasets.Dataset.from_dict({"image": [_numbered_image(i) for i in range(4)], "kind": [1, 0, 1, 1],
+                                       "score": [5, 6, 7, 8]}, features=features)
+    (tmp_path / "parquet").mkdir()
+    for split in ("train", "test"):
+        rows.to_parquet(str(tmp_path / "parquet" / f"{split}.parquet"))
+    datasets.DatasetDict(train=rows, test=rows).save_to_disk(str(tmp_path / "saved"))
+    for source in (tmp_path / "parquet", tmp_path / "saved"):
+        labels, names = class_labels(load_image_dataset(str(source), "test"))
+        assert names == ["cat", "dog"] and labels.tolist() == [1, 0, 1, 1], source
+    labels, names = class_labels(load_image_dataset(str(tmp_path / "parquet"), "test"), "score")
+    # a plain integer column names its classes "0".."max"
+    assert names == [str(i) for i in range(9)] and labels.tolist() == [5, 6, 7, 8]

@@ -10,6 +10,7 @@ its values are not comparable with published FIDs. ``fid_inception`` uses Incept
 local weight file the user names (``load_inception(path)``, ``inception_reference_statistics(path, ...)``).
 """
 
+from .class_conditional import class_conditional_quality, classify
 from .feature_net import FeatureNet, extract_features, feature_net_hash, load_feature_net
 from .inception import FIDInceptionV3, extract_inception_features, inception_weights_hash, load_inception
 from .frechet import feature_statistics, frechet_distance, frechet_distance_of_features
@@ -20,7 +21,7 @@ from .reference import (FrechetReference, ReferenceStatistics, cache_dir, incept
 from .sample_quality import SAMPLE_QUALITY_METRICS, evaluate_samples, generate_uint8, pil_to_uint8, sample_quality
 
 __all__ = [
-    "FIDInceptionV3", "FeatureNet", "FrechetReference", "ReferenceStatistics", "SAMPLE_QUALITY_METRICS", "cache_dir", "evaluate_samples",
+    "FIDInceptionV3", "FeatureNet", "class_conditional_quality", "classify", "FrechetReference", "ReferenceStatistics", "SAMPLE_QUALITY_METRICS", "cache_dir", "evaluate_samples",
     "extract_features", "extract_inception_features", "feature_net_hash", "feature_statistics", "frechet_distance", "frechet_distance_of_features",
     "generate_uint8", "inception_reference_statistics", "inception_weights_hash", "kernel_distance", "knn_radii", "load_feature_net", "load_inception", "pil_to_uint8", "polynomial_mmd2_unbiased",
     "precision_recall", "reference_statistics", "sample_quality",

@@ -37,10 +37,14 @@ def pil_to_uint8(images) -> torch.Tensor:
 
 
 def generate_uint8(family, pipeline, num_images: int, *, batch_size: int = 256, seed: int = 0,
-                   show_progress: bool = True, channels: int | None = None, **options) -> torch.Tensor:
+                   show_progress: bool = True, channels: int | None = None, class_labels=None,
+                   **options) -> torch.Tensor:
     """``num_images`` samples as uint8 ``(N, C, H, W)`` through ``family.sample_images`` in batches; batch ``b``
-    uses a generator seeded from ``(seed, b)``. ``options`` (e.g. ``temperature``; ``scheduler`` and ``steps`` for DDPM) go
-    to the family's sampler."""
+    uses a generator seeded from ``(seed, b)``. ``options`` (e.g. ``temperature``; ``scheduler``, ``steps`` and
+    ``guidance_scale`` for DDPM) go to the family's sampler. ``class_labels`` (a class-conditional model): one class
+    index or name per image (a list of ``num_images``), or None for the model's null class."""
+    if class_labels is not None and len(class_labels) != num_images:
+        raise ValueError(f"class_labels holds {len(class_labels)} labels; expected one per image ({num_images})")
     device = getattr(pipeline, "device", torch.device("cpu"))
     if hasattr(pipeline, "set_progress_bar_config"):
         pipeline.set_progress_bar_config(disable=True)
@@ -49,6 +53,8 @@ def generate_uint8(family, pipeline, num_images: int, *, batch_size: int = 256, 
     for index, start in enumerate(range(0, num_images, batch_size)):
         n = min(batch_size, num_images - start)
         generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + index)
+        if class_labels is not None:
+            options["class_labels"] = list(class_labels[start : start + n])
         images = pil_to_uint8(family.sample_images(pipeline, n, generator, **options))
         if channels == 1 and images.shape[1] == 3:
             images = images[:, :1]

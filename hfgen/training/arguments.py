@@ -30,6 +30,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     max_grad_norm=100.0,
     fd_steps=0,
     fd_num_samples=2000,
+    label_dropout=0.1,
     skip_grad_norm_factor=0.0,
     skip_grad_norm_warmup=20,
 )
@@ -84,6 +85,17 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
                       help="pad smaller images with zeros, resize larger ones (auto), or force one")
     data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N training images")
     data.add_argument("--random_flip", action="store_true", help="random horizontal flips of training images")
+    data.add_argument("--class_conditional", action="store_true",
+                      help="train a class-conditional model: p(x | y) for the data's K classes and, through label "
+                           "dropout, p(x) (the null class) in the same model; the class count and names come from "
+                           "the data")
+    data.add_argument("--label_column", default=None,
+                      help="the column of class labels (default: the one datasets.ClassLabel column: Fashion-MNIST's "
+                           "label files, an imagefolder's class folders, a Hub or parquet data set declaring one)")
+    data.add_argument("--label_dropout", type=float, default=None,
+                      help="fraction of training labels replaced by the null class (with --class_conditional; "
+                           "default 0.1): what makes unconditional samples, log p(x) and classifier-free guidance "
+                           "possible")
 
     opt = parser.add_argument_group("optimisation (unset flags take the preset's value)")
     opt.add_argument("--train_batch_size", type=int, default=None, help="images per process per micro-batch")
@@ -187,6 +199,12 @@ def _validate(cfg: argparse.Namespace) -> None:
         raise ValueError(f"--max_train_minutes must be > 0, got {cfg.max_train_minutes}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if not 0.0 <= cfg.label_dropout < 1.0:
+        raise ValueError(f"--label_dropout must be in [0, 1) (the fraction of labels replaced by the null class), "
+                         f"got {cfg.label_dropout}")
+    if (cfg.label_column is not None or cfg.label_dropout != COMMON_DEFAULTS["label_dropout"]) and not cfg.class_conditional:
+        raise ValueError("--label_column and --label_dropout apply to class-conditional training; add "
+                         "--class_conditional (or leave them unset)")
     if getattr(cfg, "push_to_hub", False) and not getattr(cfg, "hub_model_id", None):
         raise ValueError("--push_to_hub needs --hub_model_id (the repo to publish to, e.g. user/hfgen-vae)")
     if cfg.checkpoints_total_limit < 1:

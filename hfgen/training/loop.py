@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from ..progress import progress_bar
 
-from ..data import images_and_source_shape, load_image_dataset, public_dataset_name
+from ..data import DataError, class_labels, images_and_source_shape, load_image_dataset, public_dataset_name
 from ..evaluation import evaluate_likelihood, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
@@ -133,8 +133,19 @@ class BatchSchedule:
         return self._shard[offset * self.batch_size : (offset + 1) * self.batch_size]
 
 
-def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, accelerator: Accelerator):
-    """uint8 images of ``split`` (the first ``max_samples``), their ``SourceShape`` and the split's size."""
+@dataclass
+class LoadedSplit:
+    """One split as the loop uses it: uint8 images (the first ``max_samples``), their ``SourceShape``, the split's
+    size, and with ``--class_conditional`` the images' class indices (int64) and the data's class names."""
+
+    images: torch.Tensor
+    source_shape: object
+    split_size: int
+    labels: torch.Tensor | None = None
+    class_names: list[str] | None = None
+
+
+def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, accelerator: Accelerator) -> LoadedSplit:
     with accelerator.main_process_first():
         # The hold-outs (validation, and test of a train-only source) use the data layer's fixed rules, as
         # `hfgen evaluate` does, so that they never overlap the training images whatever --seed is.
@@ -145,7 +156,23 @@ def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, 
         convert_channels=cfg.convert_channels, max_samples=max_samples,
         show_progress=accelerator.is_local_main_process, description=f"{split} images",
     )
-    return images, source_shape, len(dataset)
+    loaded = LoadedSplit(images, source_shape, len(dataset))
+    if getattr(cfg, "class_conditional", False):
+        try:
+            loaded.labels, loaded.class_names = class_labels(dataset, cfg.label_column, max_samples=max_samples)
+        except DataError as err:
+            raise DataError(f"--class_conditional needs class labels in the {split!r} split of "
+                            f"{public_dataset_name(cfg.dataset)!r}: {err}") from err
+        if len(loaded.class_names) < 2:
+            raise DataError(f"--class_conditional needs at least 2 classes; the {split!r} split of "
+                            f"{public_dataset_name(cfg.dataset)!r} declares {len(loaded.class_names)}")
+    return loaded
+
+
+def _check_same_classes(first: LoadedSplit, second: LoadedSplit, first_name: str, second_name: str) -> None:
+    if first.class_names != second.class_names:
+        raise DataError(f"the {first_name!r} split declares the classes {first.class_names} but the {second_name!r} "
+                        f"split {second.class_names}; expected the same classes in the same order")
 
 
 def _no_accelerator_present() -> bool:
@@ -178,11 +205,12 @@ def _save_pipeline_folder(pipeline, output_dir: Path) -> None:
 
 def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, cfg, train_images: torch.Tensor,
                batches: BatchSchedule, step: int, lr: float, ema: EMAModel | None = None, ema_model=None,
-               state: TrainingState | None = None):
+               state: TrainingState | None = None, train_labels: torch.Tensor | None = None):
     """One optimizer step (``cfg.gradient_accumulation_steps`` micro-batches) of the loop, factored out so that
     benchmarks time exactly what ``train`` runs: batches indexed from the uint8 split, the family's loss under
     autocast, backward, clipping, learning rate ``lr``, the update unless its loss or gradient is not finite, and
-    the EMA step (of ``ema_model``'s parameters). With ``state``, an update whose gradient norm is a spike
+    the EMA step (of ``ema_model``'s parameters). With ``train_labels`` (a class-conditional model on K classes),
+    each image's class index goes to the loss, replaced by the null class K at the rate ``cfg.label_dropout``. With ``state``, an update whose gradient norm is a spike
     (``grad_norm_spike``, ``--skip_grad_norm_factor``) is skipped too and ``state`` keeps the running statistics.
     One host-device sync. Returns ``(applied, grad_norm, logs_sum, skip_reason)`` where ``logs_sum`` holds the
     micro-batch means of ``loss`` and the family's logs (tensors) and ``skip_reason`` says why an update was not
@@ -192,15 +220,21 @@ def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, 
     logs_sum: dict[str, torch.Tensor] = {}
     for micro in range(cfg.gradient_accumulation_steps):
         micro_index = step * cfg.gradient_accumulation_steps + micro
-        images = train_images[batches.indices(micro_index).to(train_images.device)].to(device, non_blocking=True)
+        indices = batches.indices(micro_index).to(train_images.device)
+        images = train_images[indices].to(device, non_blocking=True)
         generator = torch.Generator(device=device).manual_seed(
             (cfg.seed * 1_000_003 + micro_index) * accelerator.num_processes + accelerator.process_index)
         if cfg.random_flip:
             flip = torch.rand(images.shape[0], generator=generator, device=device) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        family_kwargs = {}
+        if train_labels is not None:
+            labels = train_labels[indices.to(train_labels.device)].to(device, non_blocking=True)
+            dropped = torch.rand(labels.shape[0], generator=generator, device=device) < cfg.label_dropout
+            family_kwargs["class_labels"] = torch.where(dropped, cfg.num_classes, labels)
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss, logs = family.loss(model, images, step, generator, cfg)
+                loss, logs = family.loss(model, images, step, generator, cfg, **family_kwargs)
             nonfinite_loss = torch.maximum(nonfinite_loss, (~torch.isfinite(loss.detach())).float())
             accelerator.backward(loss)
             for key, value in {"loss": loss.detach(), **logs}.items():
@@ -275,14 +309,22 @@ class TrainingRun:
         """The training and validation splits as uint8 tensors (whole splits in memory); returns the model config
         with ``source_size`` for a family that scores only the data's own pixels of padded images."""
         cfg, accelerator = self.cfg, self.accelerator
-        self.train_images, source_shape, _ = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples,
-                                                         accelerator)
+        train = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples, accelerator)
+        self.train_images, self.train_labels, source_shape = train.images, train.labels, train.source_shape
         self.channels = self.train_images.shape[1]
-        self.eval_images, self.eval_source_shape, _ = _load_split(cfg, cfg.eval_split, self.channels,
-                                                                  cfg.eval_max_samples or None, accelerator)
+        evaluation = _load_split(cfg, cfg.eval_split, self.channels, cfg.eval_max_samples or None, accelerator)
+        self.eval_images, self.eval_labels, self.eval_source_shape = (evaluation.images, evaluation.labels,
+                                                                      evaluation.source_shape)
         self.device = accelerator.device
         if self.device.type == "cuda" and self.train_images.numel() < 4 * 2**30:
             self.train_images = self.train_images.to(self.device)  # dequantisation and flips happen on the device
+            if self.train_labels is not None:
+                self.train_labels = self.train_labels.to(self.device)
+        if cfg.class_conditional:
+            # the class count and names come from the data; every split must declare the same classes
+            _check_same_classes(train, evaluation, cfg.train_split, cfg.eval_split)
+            cfg.num_classes, cfg.class_names = len(train.class_names), train.class_names
+            model_config = {**model_config, "num_classes": cfg.num_classes, "class_names": cfg.class_names}
         self.batches = BatchSchedule(self.train_images.shape[0], cfg.train_batch_size, cfg.seed,
                                      accelerator.process_index, accelerator.num_processes)
         # bits/dim count the data's own pixels; a VAE family then scores only those (the padded border is a fixed
@@ -372,33 +414,46 @@ class TrainingRun:
                 settings[key] = Path(settings[key]).name
         return {"family": self.family.name, "model_config": self.model_config, **settings}
 
-    def evaluate(self, images: torch.Tensor, shape, importance_samples: int) -> dict:
-        """Likelihood bounds of the model as it is now over ``images`` (all processes take part)."""
+    def evaluate(self, images: torch.Tensor, shape, importance_samples: int, class_labels=None) -> dict:
+        """Likelihood bounds of the model as it is now over ``images`` (all processes take part), given
+        ``class_labels`` (a conditional model: bounds on -log p(x | y); without them, its null class: -log p(x))."""
         accelerator = self.accelerator
         return evaluate_likelihood(
             self.family, self.unwrapped, images, importance_samples=importance_samples,
             batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed, process_index=accelerator.process_index,
             num_processes=accelerator.num_processes,
             reduce_sum=(lambda t: accelerator.reduce(t, "sum")) if accelerator.num_processes > 1 else None,
-            show_progress=accelerator.is_local_main_process, source_shape=shape,
+            show_progress=accelerator.is_local_main_process, source_shape=shape, class_labels=class_labels,
         )
 
+    def _balanced_labels(self, num_images: int) -> list[int] | None:
+        """Class indices 0, 1, .., K-1, 0, 1, .. for ``num_images`` samples of a conditional model (None otherwise)."""
+        if not self.cfg.class_conditional:
+            return None
+        return [index % self.cfg.num_classes for index in range(num_images)]
+
     def sample_fd(self) -> float:
-        """fd_fmnist of cfg.fd_num_samples images sampled from the model as it is now (main process only)."""
+        """fd_fmnist of cfg.fd_num_samples images sampled from the model as it is now (main process only); a
+        class-conditional model samples the classes in equal numbers."""
         from ..metrics import extract_features, generate_uint8, sample_quality
 
         images = generate_uint8(self.family, self.family.make_pipeline(self.unwrapped), self.cfg.fd_num_samples,
                                 batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed, show_progress=False,
-                                channels=self.channels)
+                                channels=self.channels, class_labels=self._balanced_labels(self.cfg.fd_num_samples))
         features = extract_features(self.fd_net, images, show_progress=False)
         return sample_quality(features, self.fd_reference, ("fd",))["fd_fmnist"]
 
     def sample_grid(self, path: Path, step: int) -> None:
         pipeline = self.family.make_pipeline(self.unwrapped)
         pipeline.set_progress_bar_config(disable=True)
-        images = self.family.sample_images(pipeline, self.cfg.num_sample_images,
-                                           torch.Generator(device=self.device).manual_seed(self.cfg.seed))
-        cols = int(math.ceil(math.sqrt(len(images))))
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
+        if self.cfg.class_conditional:  # one row per class
+            cols = max(1, self.cfg.num_sample_images // self.cfg.num_classes)
+            labels = [label for label in range(self.cfg.num_classes) for _ in range(cols)]
+            images = self.family.sample_images(pipeline, len(labels), generator, class_labels=labels)
+        else:
+            images = self.family.sample_images(pipeline, self.cfg.num_sample_images, generator)
+            cols = int(math.ceil(math.sqrt(len(images))))
         rows = int(math.ceil(len(images) / cols))
         images = images + [images[0].copy().point(lambda _: 0)] * (rows * cols - len(images))
         grid = make_image_grid(images, rows=rows, cols=cols)
@@ -461,7 +516,7 @@ def run_training_steps(run: TrainingRun) -> dict:
         lr = cfg.learning_rate * lr_factor(state.step, progress, cfg.lr_warmup_steps, cfg.lr_scheduler)
         applied, grad_norm, logs_sum, skip_reason = train_step(
             run.family, run.model, run.optimizer, accelerator, cfg, run.train_images, run.batches, state.step, lr,
-            ema=run.ema, ema_model=run.unwrapped, state=state)
+            ema=run.ema, ema_model=run.unwrapped, state=state, train_labels=run.train_labels)
         if not applied:
             state.skipped_steps += 1
             accelerator.print(f"step {state.step}: {skip_reason}; update skipped ({state.skipped_steps} skipped so far)")
@@ -504,7 +559,7 @@ def _validate(run: TrainingRun) -> dict:
     """The ELBO on the validation images (and the family's diagnostics) with EMA weights, logged and printed."""
     cfg, accelerator, step = run.cfg, run.accelerator, run.state.step
     with run.ema_weights():
-        metrics = run.evaluate(run.eval_images, run.eval_source_shape, 1)
+        metrics = run.evaluate(run.eval_images, run.eval_source_shape, 1, run.eval_labels)
         diagnostics = run.family.diagnostics(run.unwrapped, run.eval_images) if accelerator.is_main_process else {}
     accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
                      "eval/train_seconds": run.state.train_seconds,
@@ -523,9 +578,17 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
     run.model.eval()
     if run.ema is not None:
         run.ema.copy_to(run.unwrapped.parameters())
-    final_images, final_source_shape, final_split_size = _load_split(
-        cfg, cfg.final_eval_split, run.channels, cfg.final_eval_max_samples or None, accelerator)
-    metrics = run.evaluate(final_images, final_source_shape, cfg.final_importance_samples)
+    final = _load_split(cfg, cfg.final_eval_split, run.channels, cfg.final_eval_max_samples or None, accelerator)
+    final_images, final_split_size = final.images, final.split_size
+    # a class-conditional model: bounds on -log p(x | y) given the true labels, and on -log p(x) (its null class)
+    metrics = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples, final.labels)
+    if cfg.class_conditional:
+        _check_same_classes(final, LoadedSplit(None, None, 0, class_names=cfg.class_names), cfg.final_eval_split,
+                            cfg.train_split)
+        unconditional = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples)
+        metrics["unconditional"] = {key: value for key, value in unconditional.items()
+                                    if key.startswith(("bits_per_dim", "nats_per_image")) or key == "likelihood"}
+        metrics["class_names"] = cfg.class_names
     if accelerator.is_main_process:
         _save_pipeline_folder(family.make_pipeline(run.unwrapped), output_dir)
         run.sample_grid(output_dir / "samples.png", state.step)
