@@ -19,6 +19,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.utils.torch_utils import randn_tensor
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
+ClassLabels = int | str | list | torch.Tensor | None
 
 
 def _check_generators(generator, batch_size: int) -> None:
@@ -80,8 +81,10 @@ def _per_image(function, generator, *tensors):
 
 
 class HierarchicalVAEPipeline(DiffusionPipeline):
-    r"""Pipeline for unconditional image generation with a [`HierarchicalVAEModel`]: run the top-down path with each
-    latent group drawn from its prior ``N(mu_p, (temperature * sigma_p)^2)``, then decode the pixels.
+    r"""Pipeline for image generation with a [`HierarchicalVAEModel`]: run the top-down path with each latent group
+    drawn from its prior ``N(mu_p, (temperature * sigma_p)^2)``, then decode the pixels. A class-conditional model
+    runs it for the requested class (``class_labels``: class names or indices; none given: the null class, i.e.
+    unconditional samples).
 
     Parameters:
         vae ([`HierarchicalVAEModel`]): the trained hierarchical VAE.
@@ -122,6 +125,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         latents: torch.Tensor | list[torch.Tensor] | None = None,
         images: ImageInput | None = None,
         keep_groups: int | None = None,
+        class_labels: ClassLabels = None,
         sample_pixels: bool = False,
         decode_batch_size: int = 256,
         output_type: str = "pil",
@@ -145,6 +149,11 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
                 ``temperature``": variations of ``images`` that keep their coarse content (PIL images, numpy or
                 tensors as ``reconstruct`` takes them). ``batch_size`` then must be a multiple of the number of
                 images; each image fills ``batch_size / len(images)`` consecutive places.
+            class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*): the class of the images (a
+                class-conditional model only): one class index or name (``vae.config.class_names``) for every image,
+                or a list with one per image (``batch_size`` then left unset, or equal to its length); with
+                ``images``, one for all of them or one per given image (used to encode them and to generate). None:
+                the null class, the model's unconditional samples. A name that is not one of the model's is refused.
             sample_pixels (`bool`, defaults to False): show one draw from p(x | z) instead of its mean.
             decode_batch_size (`int`, defaults to 256): images generated at a time (bounds memory).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
@@ -164,18 +173,22 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             if not 0 <= keep_groups <= self.vae.num_groups:
                 raise ValueError(f"keep_groups must be between 0 and {self.vae.num_groups} (the model's groups), "
                                  f"got {keep_groups}")
-            means = self.encode(images).latent_means[:keep_groups]
             num_images = self._preprocess(images).shape[0]
+            image_labels = self.vae.resolve_class_labels(class_labels, num_images)
+            means = self.encode(images, class_labels=class_labels).latent_means[:keep_groups]
             batch_size = batch_size or num_images
             if batch_size % num_images:
                 raise ValueError(f"batch_size must be a multiple of the number of images ({num_images}), got "
                                  f"{batch_size}")
             latents = [z.repeat_interleave(batch_size // num_images, dim=0) for z in means]
-        batch_size = batch_size or 1
+            labels = None if image_labels is None else image_labels.repeat_interleave(batch_size // num_images)
+        else:
+            labels = self.vae.resolve_class_labels(class_labels, batch_size or 1)
+            batch_size = (batch_size or 1) if labels is None else labels.shape[0]
         _check_generators(generator, batch_size)
         given = [z.to(device) for z in self.vae.check_latents(latents, batch_size)]
         if not given:
-            mean, log_scale = self.vae.top_prior()
+            mean, log_scale = self.vae.top_prior(labels)
             top_shape = (batch_size, *self.vae.group_shapes()[0])
             eps = randn_tensor(top_shape, generator=generator, device=device, dtype=torch.float32)
             given = [mean + temperatures[0] * torch.exp(log_scale) * eps]
@@ -187,7 +200,8 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             chunk_generator = _generators_for(generator, start, stop)
             params, chunk_latents = self.vae.generate_parameters(
                 stop - start, generator=chunk_generator, temperature=temperatures,
-                latents=[z[start:stop] for z in given], return_latents=True)
+                latents=[z[start:stop] for z in given], return_latents=True,
+                class_labels=None if labels is None else labels[start:stop])
             drawn.append(chunk_latents)
             if sample_pixels:
                 chunks.append(_per_image(lambda p, g: self.vae.decode_image(p, sample_pixels=True, generator=g),
@@ -202,31 +216,50 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             return (image, latents)
         return HierarchicalVAEPipelineOutput(images=image, latents=latents)
 
+    def get_label_ids(self, label: str | int | list) -> list[int]:
+        r"""The class indices of class names (or indices), one or a list, as diffusers' ``DiTPipeline.get_label_ids``
+        gives them: ``pipe.get_label_ids(["Sneaker", "Bag"])`` -> ``[7, 8]``. A name that is not one of
+        ``vae.config.class_names`` is refused, listing the valid ones."""
+        labels = list(label) if isinstance(label, (list, tuple)) else [label]
+        return self.vae.resolve_class_labels(labels, len(labels)).tolist()
+
     @torch.no_grad()
-    def encode(self, images: ImageInput, generator: torch.Generator | list[torch.Generator] | None = None):
+    def encode(self, images: ImageInput, generator: torch.Generator | list[torch.Generator] | None = None,
+               class_labels: ClassLabels = None):
         r"""Each group's posterior for ``images`` (any form ``reconstruct`` takes), as the model's ``encode`` gives it:
         ``latent_means`` (every group at its posterior mean given the means above it: ``pipe(latents=latent_means)``
-        decodes what ``reconstruct`` gives) and ``latents`` (one posterior sample, drawn from ``generator``)."""
+        decodes what ``reconstruct`` gives) and ``latents`` (one posterior sample, drawn from ``generator``).
+        ``class_labels`` (class-conditional models): the images' class, one for all or one per image; None: the
+        null class (then ``pipe(latents=latent_means)`` decodes what ``reconstruct`` gives; with a class, pass the
+        same ``class_labels`` to both)."""
         x = self._preprocess(images)
         _check_generators(generator, x.shape[0])
-        out = self.vae.encode(x.to(self._execution_device), generator=generator)
+        labels = self.vae.resolve_class_labels(class_labels, x.shape[0])
+        out = self.vae.encode(x.to(self._execution_device), labels, generator=generator)
         self.maybe_free_model_hooks()
         return out
 
     @torch.no_grad()
     def interpolate(self, image_a: ImageInput, image_b: ImageInput, num_steps: int = 8, output_type: str = "pil",
-                    return_dict: bool = True) -> HierarchicalVAEPipelineOutput | tuple:
+                    return_dict: bool = True,
+                    class_labels: int | str | None = None) -> HierarchicalVAEPipelineOutput | tuple:
         r"""``num_steps`` images along the spherical interpolation (``slerp``), group by group, between the posterior
-        means of two images; the first and last decode the two images' own latents, as ``reconstruct`` does."""
+        means of two images; the first and last decode the two images' own latents, as ``reconstruct`` does.
+        ``class_labels`` (class-conditional models): one class (index or name) to encode and decode with; None: the
+        null class."""
         if num_steps < 2:
             raise ValueError(f"num_steps must be >= 2 (the two ends included), got {num_steps}")
-        a, b = self.encode(image_a).latent_means, self.encode(image_b).latent_means
+        if class_labels is not None and not isinstance(class_labels, (int, str)):
+            raise ValueError(f"interpolate takes one class (an index or a name) for both images, got {class_labels!r}")
+        a = self.encode(image_a, class_labels=class_labels).latent_means
+        b = self.encode(image_b, class_labels=class_labels).latent_means
         if a[0].shape[0] != 1 or b[0].shape[0] != 1:
             raise ValueError(f"interpolate takes one image at each end, got {a[0].shape[0]} and {b[0].shape[0]}")
         t = torch.linspace(0, 1, num_steps)
         latents = [slerp(za.expand(num_steps, *za.shape[1:]), zb.expand(num_steps, *zb.shape[1:]), t)
                    for za, zb in zip(a, b)]
-        return self(batch_size=num_steps, latents=latents, output_type=output_type, return_dict=return_dict)
+        return self(batch_size=num_steps, latents=latents, class_labels=class_labels, output_type=output_type,
+                    return_dict=return_dict)
 
     @torch.no_grad()
     def reconstruct(
@@ -235,6 +268,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         use_posterior_mean: bool = True,
         output_type: str = "pil",
+        class_labels: ClassLabels = None,
     ) -> PIL.Image.Image | np.ndarray | torch.Tensor:
         r"""Encode ``images`` and decode them again.
 
@@ -244,11 +278,14 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             generator: drives the posterior samples when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: every group at its posterior mean (True) or one sample of q (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
+            class_labels: (class-conditional models) the images' class, one index or name for all or a list with one
+                per image, used to encode and to decode; None: the null class.
         """
         x = self._preprocess(images)
         _check_generators(generator, x.shape[0])
+        labels = self.vae.resolve_class_labels(class_labels, x.shape[0])
         params = self.vae.reconstruct_parameters(x.to(self._execution_device), generator=generator,
-                                                 use_posterior_mean=use_posterior_mean)
+                                                 use_posterior_mean=use_posterior_mean, class_labels=labels)
         image = self.vae.decode_image(params).float()
         self.maybe_free_model_hooks()
         return self.image_processor.postprocess(image, output_type=output_type)

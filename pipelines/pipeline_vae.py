@@ -1,4 +1,5 @@
-"""VAEPipeline: unconditional sampling from a ``VAEModel``, and reconstruction of given images.
+"""VAEPipeline: sampling from a ``VAEModel`` (unconditional, or of given classes for a class-conditional model),
+and reconstruction of given images.
 
 Imports only torch and diffusers (the model arrives as a registered component), so a published model folder
 can carry this file as remote code.
@@ -17,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 
 ImageInput = PIL.Image.Image | np.ndarray | torch.Tensor | list
+ClassLabels = int | str | list | torch.Tensor | None
 
 
 def _check_generators(generator, batch_size: int) -> None:
@@ -78,8 +80,9 @@ def _per_image(function, generator, *tensors):
 
 
 class VAEPipeline(DiffusionPipeline):
-    r"""Pipeline for unconditional image generation with a [`VAEModel`]: draw ``z ~ N(0, temperature^2 I)``
-    and decode it.
+    r"""Pipeline for image generation with a [`VAEModel`]: draw ``z ~ N(0, temperature^2 I)`` and decode it. A
+    class-conditional model draws ``z`` from the prior of the requested class and decodes it with that class
+    (``class_labels``: class names or indices; none given: the null class, i.e. unconditional samples).
 
     Parameters:
         vae ([`VAEModel`]): the trained VAE.
@@ -118,6 +121,7 @@ class VAEPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         temperature: float = 1.0,
         latents: torch.Tensor | None = None,
+        class_labels: ClassLabels = None,
         sample_pixels: bool = False,
         decode_batch_size: int = 256,
         output_type: str = "pil",
@@ -133,6 +137,10 @@ class VAEPipeline(DiffusionPipeline):
             temperature (`float`, defaults to 1.0): scale of the prior's standard deviation; 0 decodes z = 0.
             latents (`torch.Tensor`, *optional*): the latents to decode, ``(batch_size, *vae.latent_shape)`` (for
                 instance the ``latents`` of an earlier output, or ``encode``'s); drawn when not given.
+            class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*): the class of the images (a
+                class-conditional model only): one class index or name (``vae.config.class_names``) for every image,
+                or a list with one per image (``batch_size`` then left at 1 or equal to its length). None: the null
+                class, the model's unconditional samples. A name that is not one of the model's is refused.
             sample_pixels (`bool`, defaults to False): show one draw from p(x | z) instead of its mean
                 (the mean is what sample grids usually show; the draw is a true sample of the model).
             decode_batch_size (`int`, defaults to 256): latents decoded at a time (bounds memory).
@@ -144,9 +152,13 @@ class VAEPipeline(DiffusionPipeline):
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        labels = self.vae.resolve_class_labels(class_labels, batch_size)
+        if labels is not None:
+            batch_size = labels.shape[0]
         _check_generators(generator, batch_size)
         if latents is None:
-            latents = self.vae.sample_latents(batch_size, generator=generator, temperature=temperature)
+            latents = self.vae.sample_latents(batch_size, generator=generator, temperature=temperature,
+                                              class_labels=labels)
         else:
             expected = (batch_size, *self.vae.latent_shape)
             if tuple(latents.shape) != expected:
@@ -159,11 +171,15 @@ class VAEPipeline(DiffusionPipeline):
         for start in self.progress_bar(starts) if len(starts) > 1 else starts:
             stop = min(start + decode_batch_size, batch_size)
             z = latents[start:stop]
-            if sample_pixels:
+            y = None if labels is None else labels[start:stop]
+            if sample_pixels and y is None:
                 chunks.append(_per_image(lambda z, g: self.vae.decode(z, sample_pixels=True, generator=g).sample,
                                          _generators_for(generator, start, stop), z))
+            elif sample_pixels:
+                chunks.append(_per_image(lambda z, y, g: self.vae.decode(z, y, sample_pixels=True, generator=g).sample,
+                                         _generators_for(generator, start, stop), z, y))
             else:
-                chunks.append(self.vae.decode(z).sample)
+                chunks.append(self.vae.decode(z, y).sample)
         image = torch.cat(chunks).float()
         image = self.image_processor.postprocess(image, output_type=output_type)
         self.maybe_free_model_hooks()
@@ -171,33 +187,48 @@ class VAEPipeline(DiffusionPipeline):
             return (image, latents)
         return VAEPipelineOutput(images=image, latents=latents)
 
+    def get_label_ids(self, label: str | int | list) -> list[int]:
+        r"""The class indices of class names (or indices), one or a list, as diffusers' ``DiTPipeline.get_label_ids``
+        gives them: ``pipe.get_label_ids(["Sneaker", "Bag"])`` -> ``[7, 8]``. A name that is not one of
+        ``vae.config.class_names`` is refused, listing the valid ones."""
+        labels = list(label) if isinstance(label, (list, tuple)) else [label]
+        return self.vae.resolve_class_labels(labels, len(labels)).tolist()
+
     @torch.no_grad()
     def encode(
         self, images: ImageInput, generator: torch.Generator | list[torch.Generator] | None = None,
-        use_posterior_mean: bool = True,
+        use_posterior_mean: bool = True, class_labels: ClassLabels = None,
     ) -> torch.Tensor:
         r"""The latents of ``images`` (any form ``reconstruct`` takes): the posterior means, or one sample of
-        q(z | x) each (``use_posterior_mean=False``, drawn from ``generator``). ``pipe(latents=...)`` decodes them."""
+        q(z | x) each (``use_posterior_mean=False``, drawn from ``generator``). ``pipe(latents=...)`` decodes them.
+        ``class_labels`` (class-conditional models): the images' class, one for all or one per image; None: the
+        null class."""
         x = self._to_model_range(images)
         _check_generators(generator, x.shape[0])
-        posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype)).latent_dist
+        labels = self.vae.resolve_class_labels(class_labels, x.shape[0])
+        posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype), labels).latent_dist
         latents = posterior.mode() if use_posterior_mean else posterior.sample(generator=generator)
         self.maybe_free_model_hooks()
         return latents
 
     @torch.no_grad()
     def interpolate(self, image_a: ImageInput, image_b: ImageInput, num_steps: int = 8, output_type: str = "pil",
-                    return_dict: bool = True) -> VAEPipelineOutput | tuple:
+                    return_dict: bool = True, class_labels: int | str | None = None) -> VAEPipelineOutput | tuple:
         r"""``num_steps`` images along the spherical interpolation (``slerp``) between the latents (posterior means)
-        of two images; the first and last decode the two images' own latents, as ``reconstruct`` does."""
+        of two images; the first and last decode the two images' own latents, as ``reconstruct`` does.
+        ``class_labels`` (class-conditional models): one class (index or name) to encode and decode with; None: the
+        null class."""
         if num_steps < 2:
             raise ValueError(f"num_steps must be >= 2 (the two ends included), got {num_steps}")
-        a, b = self.encode(image_a), self.encode(image_b)
+        if class_labels is not None and not isinstance(class_labels, (int, str)):
+            raise ValueError(f"interpolate takes one class (an index or a name) for both images, got {class_labels!r}")
+        a, b = self.encode(image_a, class_labels=class_labels), self.encode(image_b, class_labels=class_labels)
         if a.shape[0] != 1 or b.shape[0] != 1:
             raise ValueError(f"interpolate takes one image at each end, got {a.shape[0]} and {b.shape[0]}")
         t = torch.linspace(0, 1, num_steps)
         latents = slerp(a.expand(num_steps, *a.shape[1:]), b.expand(num_steps, *b.shape[1:]), t)
-        return self(batch_size=num_steps, latents=latents, output_type=output_type, return_dict=return_dict)
+        return self(batch_size=num_steps, latents=latents, class_labels=class_labels, output_type=output_type,
+                    return_dict=return_dict)
 
     @torch.no_grad()
     def reconstruct(
@@ -206,6 +237,7 @@ class VAEPipeline(DiffusionPipeline):
         generator: torch.Generator | None = None,
         use_posterior_mean: bool = True,
         output_type: str = "pil",
+        class_labels: ClassLabels = None,
     ) -> PIL.Image.Image | np.ndarray | torch.Tensor:
         r"""Encode ``images`` and decode them again.
 
@@ -215,12 +247,15 @@ class VAEPipeline(DiffusionPipeline):
             generator: drives the posterior sample when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: decode the posterior mean (True) or one sample of q(z | x) (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
+            class_labels: (class-conditional models) the images' class, one index or name for all or a list with one
+                per image, used to encode and to decode; None: the null class.
         """
         x = self._to_model_range(images)
         _check_generators(generator, x.shape[0])
-        posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype)).latent_dist
+        labels = self.vae.resolve_class_labels(class_labels, x.shape[0])
+        posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype), labels).latent_dist
         z = posterior.mode() if use_posterior_mean else posterior.sample(generator=generator)
-        image = self.vae.decode(z).sample.float()
+        image = self.vae.decode(z, labels).sample.float()
         return self.image_processor.postprocess(image, output_type=output_type)
 
     def _to_model_range(self, images: ImageInput) -> torch.Tensor:

@@ -126,12 +126,17 @@ class HVAEFamily(ModelFamily):
                                help="weight of the spectral regulariser of the conv weights (0: off)")
 
     def build_model(self, model_config, channels, sample_size):
-        return HierarchicalVAEModel(in_channels=channels, sample_size=sample_size, **model_config)
+        """A ``HierarchicalVAEModel``; ``num_classes`` and ``class_names`` in ``model_config`` (set by the training
+        loop with ``--class_conditional``) make it class-conditional."""
+        config = dict(model_config)
+        if "num_classes" in config:
+            config["num_classes"] = int(config["num_classes"] or 0)
+        return HierarchicalVAEModel(in_channels=channels, sample_size=sample_size, **config)
 
-    def loss(self, model, images, step, generator, config):
+    def loss(self, model, images, step, generator, config, class_labels=None):
         warmup = config.kl_warmup_steps or 0
         kl_weight = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-        out = model(images, generator=generator, kl_weight=kl_weight)
+        out = model(images, class_labels=class_labels, generator=generator, kl_weight=kl_weight)
         num_dims = _unwrap(model).num_dims
         kl = kl_objective(out.kl_per_group, kl_weight, bool(getattr(config, "kl_balancing", False)),
                           float(getattr(config, "free_nats_per_group", 0.0) or 0.0))
@@ -150,8 +155,9 @@ class HVAEFamily(ModelFamily):
         logs.update({f"kl_group_{i:02d}": kl_groups[i] for i in range(kl_groups.numel())})
         return loss, logs
 
-    def bounds(self, model, images, importance_samples, generator):
-        out = model.log_likelihood_bounds(images, importance_samples=importance_samples, generator=generator)
+    def bounds(self, model, images, importance_samples, generator, class_labels=None):
+        out = model.log_likelihood_bounds(images, class_labels=class_labels, importance_samples=importance_samples,
+                                          generator=generator)
         return Bounds(out.nats_per_image_elbo, out.nats_per_image_iw)
 
     def diagnostics(self, model, images):

@@ -67,15 +67,19 @@ class VAEFamily(ModelFamily):
                            help="linearly raise the KL weight from 0 to 1 over this many steps (0: off)")
 
     def build_model(self, model_config, channels, sample_size):
+        """A ``VAEModel``; ``num_classes`` and ``class_names`` in ``model_config`` (set by the training loop with
+        ``--class_conditional``) make it class-conditional."""
         config = dict(model_config)
         if not config.get("latent_dim"):  # 0 on the command line: a spatial latent
             config["latent_dim"] = None
+        if "num_classes" in config:
+            config["num_classes"] = int(config["num_classes"] or 0)
         return VAEModel(in_channels=channels, sample_size=sample_size, **config)
 
-    def loss(self, model, images, step, generator, config):
+    def loss(self, model, images, step, generator, config, class_labels=None):
         warmup = config.kl_warmup_steps or 0
         kl_weight = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-        out = model(images, generator=generator, kl_weight=kl_weight)
+        out = model(images, class_labels=class_labels, generator=generator, kl_weight=kl_weight)
         logs = {
             "bits_per_dim": out.bits_per_dim.mean().detach(),
             "reconstruction_nll": out.reconstruction_nll.mean().detach(),
@@ -83,8 +87,9 @@ class VAEFamily(ModelFamily):
         }
         return out.loss, logs
 
-    def bounds(self, model, images, importance_samples, generator):
-        out = model.log_likelihood_bounds(images, importance_samples=importance_samples, generator=generator)
+    def bounds(self, model, images, importance_samples, generator, class_labels=None):
+        out = model.log_likelihood_bounds(images, class_labels=class_labels, importance_samples=importance_samples,
+                                          generator=generator)
         return Bounds(out.nats_per_image_elbo, out.nats_per_image_iw)
 
     def make_pipeline(self, model):

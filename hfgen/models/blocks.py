@@ -101,3 +101,22 @@ class CheckpointedSequential(nn.Module):
             else:
                 x = block(x)
         return x
+
+
+class ClassFiLM(nn.Module):
+    """Feature-wise affine conditioning on a class embedding (FiLM, Perez et al., 2018):
+    ``h * (1 + scale(e)) + shift(e)``, one scale and one shift per channel, from embeddings ``e`` of shape
+    ``(B, embed_dim)``.
+
+    The projection starts at zero, so a freshly built class-conditional network computes what the unconditional
+    one does, and the labels' influence grows only as training finds it useful."""
+
+    def __init__(self, embed_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(embed_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.proj(embedding).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+        return h * (1 + scale) + shift

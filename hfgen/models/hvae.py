@@ -12,6 +12,11 @@
                 and upsampling between scales; generation runs the same top-down path with z_i drawn from the prior.
     p(x | z)    a pixel likelihood (``likelihoods.py``) on the full-resolution top-down state.
 
+A class-conditional model (``num_classes`` K > 0) has a learned embedding of a class y in ``0 .. K`` (K: the null
+class, the model without a label) that modulates the top-down state before every group's cells (FiLM), so every
+prior p(z_i | z_<i, y), every posterior q(z_i | z_<i, x, y) and p(x | z, y) depend on it, and the bottom-up path's
+first feature map; see ``HierarchicalVAEModel``.
+
 Groups are numbered top-down: group 0 is the top (lowest resolution) one, and ``kl_per_group[:, i]`` is
 ``KL(q(z_i | z_<i, x) || p(z_i | z_<i))`` in nats per image for the sampled upper latents. All log-likelihood
 figures are per image, in nats, over the 8-bit image; ``bits_per_dim`` divides by ``C * H * W * ln 2``.
@@ -31,9 +36,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
-from .blocks import CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
+from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
+from .labels import class_label_ids
 from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
-from .vae import LikelihoodBoundsOutput, check_generator_list, execution_device
+from .vae import (LikelihoodBoundsOutput, check_class_config, check_class_ids, check_generator_list,
+                  execution_device)
 
 POSTERIORS = ("residual", "product")
 _LOG_2PI = math.log(2 * math.pi)
@@ -117,7 +124,7 @@ def _as_list(value, length: int, name: str) -> list[int]:
 class _LatentGroup(nn.Module):
     """One group of the top-down path: residual cells, the prior, the posterior and the projection of z back."""
 
-    def __init__(self, width, latent_channels, num_cells, use_se):
+    def __init__(self, width, latent_channels, num_cells, use_se, embed_dim=0):
         super().__init__()
         self.cells = CheckpointedSequential([ResidualBlock(width, width, use_se) for _ in range(num_cells)])
         self.prior = nn.Sequential(nn.SiLU(), nn.Conv2d(width, 2 * latent_channels, 3, padding=1))
@@ -129,6 +136,8 @@ class _LatentGroup(nn.Module):
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
         self.gradient_checkpointing = False  # set by ModelMixin.enable_gradient_checkpointing
+        # class-conditional models: the class embedding modulates the top-down state before the cells
+        self.film = ClassFiLM(embed_dim, width) if embed_dim else None
 
     def prior_parameters(self, h: torch.Tensor) -> torch.Tensor:
         return self._maybe_checkpointed(self.prior, h)
@@ -145,17 +154,20 @@ class _LatentGroup(nn.Module):
 
 
 class _BottomUp(nn.Module):
-    def __init__(self, in_channels, widths, blocks_per_scale, use_se):
+    def __init__(self, in_channels, widths, blocks_per_scale, use_se, embed_dim=0):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.stages = nn.ModuleList(
             CheckpointedSequential([ResidualBlock(w, w, use_se) for _ in range(n)])
             for w, n in zip(widths, blocks_per_scale))
         self.downsample = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(len(widths) - 1))
+        self.film = ClassFiLM(embed_dim, widths[0]) if embed_dim else None  # class-conditional models only
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, class_embedding: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The activation at every scale, full resolution first."""
         h = self.conv_in(x)
+        if self.film is not None:
+            h = self.film(h, class_embedding)
         activations = []
         for i, stage in enumerate(self.stages):
             h = stage(h)
@@ -186,6 +198,19 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         likelihood (`str`), num_mixtures (`int`): the pixel likelihood, as in ``VAEModel``.
         source_size (`list[int]`, *optional*): ``[height, width]`` of the data's own images inside the zero-padded
             ``sample_size`` square, as in ``VAEModel``: only they are scored, and decoded images get the border back.
+        num_classes (`int`, defaults to 0): K, the number of classes of a class-conditional model (0: a model
+            trained without labels, with no class parameters at all).
+        class_names (`list[str]`, *optional*): the K class names in class-index order.
+
+    Class conditioning (K > 0). Class indices run over ``0 .. K``, K being the *null class* (the model without a
+    label; training drops labels to it). A learned embedding of ``block_out_channels[-1]`` numbers per class
+    (K + 1 rows) gives a per-channel scale and shift (FiLM, ``ClassFiLM``) of the top-down state before every
+    group's cells, the first of them acting on the learned initial state: every prior p(z_i | z_<i, y) is then
+    conditional, every posterior too (it is computed from the same top-down state), and so is p(x | z, y). The
+    bottom-up path's first feature map gets a FiLM of its own. The KL per group is the same closed form as without
+    labels. The FiLM projections start at zero, so a new conditional model computes what an unconditional one does
+    (p(z_i | ...) = N(0, I) for every class at first). ``class_labels=None`` on a conditional model means the null
+    class; class labels given to a model trained without them are refused.
     """
 
     _supports_gradient_checkpointing = True
@@ -207,6 +232,8 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         likelihood: str = "discretized_logistic",
         num_mixtures: int = 1,
         source_size: tuple[int, int] | None = None,
+        num_classes: int = 0,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         widths = [int(w) for w in block_out_channels]
@@ -227,10 +254,14 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         groups = _as_list(groups_per_scale, num_scales, "groups_per_scale")
         if groups[-1] < 1:
             raise ValueError(f"the lowest scale needs at least one latent group, got groups_per_scale={groups}")
+        check_class_config(num_classes, class_names)
         self.pixel_likelihood = get_likelihood(likelihood, num_mixtures)
         self.source_region = SourceRegion(sample_size, source_size) if source_size is not None else None
+        # class-conditional parts exist only when K > 0 and are created after the others in each module, so an
+        # unconditional model has the same parameters, and initial values for a given seed, as before
+        embed_dim = widths[-1] if num_classes else 0
 
-        self.bottom_up = _BottomUp(in_channels, widths, enc_blocks, use_squeeze_excitation)
+        self.bottom_up = _BottomUp(in_channels, widths, enc_blocks, use_squeeze_excitation, embed_dim)
         top_size = sample_size // factor
         self.top_state = nn.Parameter(torch.zeros(1, widths[-1], top_size, top_size))
         # Top-down, lowest scale first: the groups of each scale, then an upsampling to the next scale.
@@ -239,7 +270,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         for scale in reversed(range(num_scales)):
             for _ in range(groups[scale]):
                 td_groups.append(_LatentGroup(widths[scale], latent_channels, decoder_blocks_per_group,
-                                              use_squeeze_excitation))
+                                              use_squeeze_excitation, embed_dim))
                 self.group_scale.append(scale)
             if scale > 0:
                 upsample.append(Upsample(widths[scale], widths[scale - 1]))
@@ -249,6 +280,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
             [ResidualBlock(widths[0], widths[0], use_squeeze_excitation) for _ in range(output_blocks)])
         self.norm_out = nn.GroupNorm(num_groups_for(widths[0]), widths[0], eps=1e-6)
         self.conv_out = nn.Conv2d(widths[0], self.pixel_likelihood.num_params(in_channels), 3, padding=1)
+        self.class_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
         self._power_iteration_vectors: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ shapes
@@ -280,6 +312,23 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
                 f"(channels, height, width from the model config), got {tuple(sample.shape)}")
         return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
 
+    # ------------------------------------------------------------------ class labels
+    def resolve_class_labels(self, class_labels, batch_size: int = 1) -> torch.Tensor | None:
+        """Class indices (int64, on the device the model computes on) for a pipeline's ``class_labels``: None, one
+        class or a list of classes, each an index or one of ``config.class_names`` (see
+        ``hfgen.models.labels.class_label_ids``; a wrong name is refused naming the valid ones). ``None`` gives the
+        null class for ``batch_size`` images on a conditional model, and None on an unconditional one."""
+        if class_labels is None and not self.config.num_classes:
+            return None
+        return class_label_ids(class_labels, self.config.class_names, self.config.num_classes, batch_size,
+                               device=execution_device(self))
+
+    def _class_embedding(self, class_labels, batch_size: int, device) -> torch.Tensor | None:
+        """The class embeddings ``(batch_size, embed_dim)`` of class indices (checked; None: the null class), or
+        None for an unconditional model."""
+        ids = check_class_ids(class_labels, self.config.num_classes, batch_size, device)
+        return None if ids is None else self.class_embedding(ids).to(self.dtype)
+
     def _temperatures(self, temperature) -> list[float]:
         if isinstance(temperature, (int, float)):
             temps = [float(temperature)] * self.num_groups
@@ -306,11 +355,12 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         return mean, -0.5 * torch.log(precision)
 
     def _top_down(self, batch_size, activations=None, generator=None, temperatures=None, latents=(),
-                  use_mean=False, want_log_ratio=False, want_kl_per_unit=False, record=None):
+                  use_mean=False, want_log_ratio=False, want_kl_per_unit=False, record=None, class_embedding=None):
         """Run the top-down path: with ``activations`` (inference) z_i ~ q, else z_i ~ p at ``temperatures`` except
         for the first ``len(latents)`` groups, which take the given ``latents``. ``record``, a list, receives each
-        group's z (inference: with the posterior's mean and log-scale, as ``(z, mean, log_scale)``). Returns the
-        likelihood parameters and one ``_GroupStats`` per group (inference only)."""
+        group's z (inference: with the posterior's mean and log-scale, as ``(z, mean, log_scale)``).
+        ``class_embedding`` ``(batch_size, embed_dim)``: a conditional model's class. Returns the likelihood
+        parameters and one ``_GroupStats`` per group (inference only)."""
         h = self.top_state.expand(batch_size, -1, -1, -1).to(self.dtype)
         stats: list[_GroupStats] = []
         up = iter(self.upsample)
@@ -319,6 +369,8 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
             if self.group_scale[i] != scale:
                 h = next(up)(h)
                 scale = self.group_scale[i]
+            if group.film is not None:
+                h = group.film(h, class_embedding)
             h = group.cells(h)
             prior_mean, prior_log_scale = self._split(group.prior_parameters(h))
             if activations is not None:
@@ -358,15 +410,18 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
     def forward(
         self,
         sample: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         kl_weight: float = 1.0,
         return_dict: bool = True,
     ) -> HierarchicalVAEOutput | tuple:
         """One-sample ELBO for images (``uint8``, or float in [-1, 1]); see ``HierarchicalVAEOutput``.
-        ``kl_weight`` scales the KL in ``loss`` only (KL warm-up)."""
+        ``class_labels`` (class-conditional models): class indices ``(batch,)`` int64 in ``0 .. K`` (K, or None: the
+        null class), giving the ELBO on ``log p(x | y)``. ``kl_weight`` scales the KL in ``loss`` only (KL warm-up)."""
         batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
         x = batch.model_input.to(self.dtype)
-        params, stats = self._top_down(x.shape[0], self.bottom_up(x), generator)
+        emb = self._class_embedding(class_labels, x.shape[0], x.device)
+        params, stats = self._top_down(x.shape[0], self.bottom_up(x, emb), generator, class_embedding=emb)
         reconstruction_nll = -self.log_prob(params, batch.target)
         kl_per_group = torch.stack([s.kl for s in stats], dim=1)
         kl = kl_per_group.sum(1)
@@ -380,17 +435,21 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
     def log_likelihood_bounds(
         self,
         sample: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
         importance_samples: int = 1,
         generator: torch.Generator | None = None,
         max_decode_batch: int = 1024,
     ) -> LikelihoodBoundsOutput:
         """ELBO and importance-weighted bounds on ``-log p(x)`` per image (nats) from ``importance_samples``
-        posterior samples per image (log w = log p(x|z) + sum_i [log p(z_i|z_<i) - log q(z_i|z_<i,x)])."""
+        posterior samples per image (log w = log p(x|z) + sum_i [log p(z_i|z_<i) - log q(z_i|z_<i,x)]). With class
+        indices ``class_labels`` (``(batch,)``, class-conditional models) every term is conditioned on y and the
+        bounds are on ``-log p(x | y)``; None gives the null class's, i.e. ``-log p(x)``."""
         if importance_samples < 1:
             raise ValueError(f"importance_samples must be >= 1, got {importance_samples}")
         batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
         x = batch.model_input.to(self.dtype)
-        activations = self.bottom_up(x)
+        emb = self._class_embedding(class_labels, x.shape[0], x.device)
+        activations = self.bottom_up(x, emb)
         num_images, k = x.shape[0], importance_samples
         log_weights = torch.empty(num_images, k, device=x.device)
         images_per_chunk = max(1, max_decode_batch // k)
@@ -399,7 +458,8 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
             n = stop - start
             # rows i, n + i, 2n + i, ... are the K samples of image i
             acts = [a[start:stop].repeat(k, 1, 1, 1) for a in activations]
-            params, stats = self._top_down(n * k, acts, generator, want_log_ratio=True)
+            chunk_emb = None if emb is None else emb[start:stop].repeat(k, 1)
+            params, stats = self._top_down(n * k, acts, generator, want_log_ratio=True, class_embedding=chunk_emb)
             log_px = self.log_prob(params, batch.target[start:stop].repeat(k, 1, 1, 1))
             log_w = log_px - torch.stack([s.log_q_minus_log_p for s in stats], dim=1).sum(1)
             log_weights[start:stop] = log_w.view(k, n).t()
@@ -412,18 +472,31 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
     # ``enable_model_cpu_offload`` (accelerate's CpuOffload hook) the model moves to the execution device first.
     @torch.no_grad()
     @apply_forward_hook
-    def top_prior(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and log-scale of p(z_1), each ``(1, *group_shapes()[0])``: the top group depends on no other latent."""
-        h = self.groups[0].cells(self.top_state.to(self.dtype))
+    def top_prior(self, class_labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log-scale of p(z_1), each ``(1, *group_shapes()[0])``: the top group depends on no other latent.
+        A class-conditional model gives p(z_1 | y) for class indices ``class_labels`` (``(batch,)``; None: the null
+        class), each ``(batch, *group_shapes()[0])``."""
+        h = self.top_state.to(self.dtype)
+        if self.config.num_classes:
+            batch = 1 if class_labels is None else torch.as_tensor(class_labels).reshape(-1).shape[0]
+            emb = self._class_embedding(class_labels, batch, h.device)
+            h = self.groups[0].film(h.expand(batch, -1, -1, -1), emb)
+        else:
+            self._class_embedding(class_labels, 1, h.device)  # refuses labels for an unconditional model
+        h = self.groups[0].cells(h)
         return self._split(self.groups[0].prior(h))
 
     @torch.no_grad()
     @apply_forward_hook
-    def sample_top_latent(self, batch_size: int, generator=None, temperature: float = 1.0) -> torch.Tensor:
-        """z_1 ~ p(z_1) with its standard deviation scaled by ``temperature``; with a list of generators (one per
+    def sample_top_latent(self, batch_size: int, generator=None, temperature: float = 1.0,
+                          class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """z_1 ~ p(z_1) (class-conditional: p(z_1 | y) for class indices ``class_labels``, ``(batch_size,)``; None:
+        the null class) with its standard deviation scaled by ``temperature``; with a list of generators (one per
         image) image i's draw is ``generator[i]``'s."""
         check_generator_list(generator, batch_size)
-        mean, log_scale = self.top_prior()
+        if self.config.num_classes:  # one class index per image (a single one for all: expanded)
+            class_labels = check_class_ids(class_labels, self.config.num_classes, batch_size, execution_device(self))
+        mean, log_scale = self.top_prior(class_labels)
         eps = randn_tensor((batch_size, *mean.shape[1:]), generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + temperature * torch.exp(log_scale) * eps
 
@@ -448,37 +521,42 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
     @torch.no_grad()
     @apply_forward_hook
     def generate_parameters(self, batch_size: int, generator=None, temperature=1.0, top_latent=None, latents=None,
-                            return_latents: bool = False):
+                            return_latents: bool = False, class_labels: torch.Tensor | None = None):
         """The pixel likelihood's parameters for ``batch_size`` images drawn from the prior; ``temperature``
         scales each group's prior standard deviation (one number, or a list with one per group, top first).
         ``latents`` fixes the first groups (a list of tensors, one per group, any prefix; ``top_latent`` is the
         same as ``latents=[top_latent]``): with temperature 0 for the rest the result is deterministic. With a list
         of generators (one per image) image i's draws are ``generator[i]``'s alone. ``return_latents`` also returns
-        every group's z (a list, top first)."""
+        every group's z (a list, top first). ``class_labels``: class indices ``(batch_size,)`` of a conditional
+        model (None: the null class)."""
         if top_latent is not None and latents is not None:
             raise ValueError("give either top_latent or latents (a list, one tensor per group), not both")
         check_generator_list(generator, batch_size)
         given = self.check_latents([top_latent] if top_latent is not None else latents, batch_size)
+        emb = self._class_embedding(class_labels, batch_size, execution_device(self))
         drawn: list[torch.Tensor] = []
         params = self._top_down(batch_size, temperatures=self._temperatures(temperature), generator=generator,
-                                latents=given, record=drawn)[0]
+                                latents=given, record=drawn, class_embedding=emb)[0]
         return (params, drawn) if return_latents else params
 
     @torch.no_grad()
     @apply_forward_hook
-    def encode(self, sample: torch.Tensor, generator=None, return_dict: bool = True):
+    def encode(self, sample: torch.Tensor, class_labels: torch.Tensor | None = None, generator=None,
+               return_dict: bool = True):
         """Each group's posterior for images (``uint8`` or [-1, 1]); see ``HierarchicalVAEEncoderOutput``.
 
         ``latent_means`` runs the top-down path with every group at its posterior mean (the latents
         ``reconstruct_parameters`` decodes by default); ``latents`` is one sample of q (each group given the
-        sampled groups above it), drawn from ``generator`` (one per image when a list)."""
+        sampled groups above it), drawn from ``generator`` (one per image when a list). ``class_labels``: class
+        indices ``(batch,)`` of a conditional model (None: the null class)."""
         x = self._model_input(sample)
         check_generator_list(generator, x.shape[0])
-        activations = self.bottom_up(x)
+        emb = self._class_embedding(class_labels, x.shape[0], x.device)
+        activations = self.bottom_up(x, emb)
         means: list = []
         samples: list = []
-        self._top_down(x.shape[0], activations, use_mean=True, record=means)
-        self._top_down(x.shape[0], activations, generator, record=samples)
+        self._top_down(x.shape[0], activations, use_mean=True, record=means, class_embedding=emb)
+        self._top_down(x.shape[0], activations, generator, record=samples, class_embedding=emb)
         out = HierarchicalVAEEncoderOutput(latent_means=[m[0] for m in means], latents=[z[0] for z in samples],
                                            latent_log_scales=[z[2] for z in samples])
         return out if return_dict else out.to_tuple()
@@ -491,12 +569,16 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     @apply_forward_hook
-    def reconstruct_parameters(self, sample: torch.Tensor, generator=None, use_posterior_mean: bool = True):
+    def reconstruct_parameters(self, sample: torch.Tensor, generator=None, use_posterior_mean: bool = True,
+                               class_labels: torch.Tensor | None = None):
         """The pixel likelihood's parameters after encoding images (``uint8`` or [-1, 1]) with every group at its
-        posterior mean (or one posterior sample)."""
+        posterior mean (or one posterior sample); ``class_labels``: class indices ``(batch,)`` of a conditional
+        model, used to encode and to decode (None: the null class)."""
         x = self._model_input(sample)
         check_generator_list(generator, x.shape[0])
-        return self._top_down(x.shape[0], self.bottom_up(x), generator, use_mean=use_posterior_mean)[0]
+        emb = self._class_embedding(class_labels, x.shape[0], x.device)
+        return self._top_down(x.shape[0], self.bottom_up(x, emb), generator, use_mean=use_posterior_mean,
+                              class_embedding=emb)[0]
 
     @apply_forward_hook
     def decode_image(self, params: torch.Tensor, sample_pixels: bool = False, generator=None) -> torch.Tensor:
@@ -510,21 +592,25 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ diagnostics and regularisation
     @torch.no_grad()
     def posterior_statistics(self, sample: torch.Tensor, generator=None, threshold: float = 0.01,
-                             batch_size: int = 250) -> dict:
+                             batch_size: int = 250, class_labels: torch.Tensor | None = None) -> dict:
         """KL per group (mean nats per image) and active units per group, upper groups sampled from q.
 
         A unit is active when its KL(q || p), averaged over the images, exceeds ``threshold`` nats: the posterior
         then says something about the image that the prior does not. (Burda et al.'s Cov_x(E_q[z]) test does not
         carry over to a hierarchy: below the top group the prior mean itself varies with the image through the
         upper latents, so a group whose posterior equals its prior would still count as active.) A group with no
-        active units has collapsed to its prior.
+        active units has collapsed to its prior. ``class_labels`` (a conditional model; ``(num_images,)``): the
+        images' classes (None: the null class).
         """
         kl_sum = torch.zeros(self.num_groups, dtype=torch.float64)
         kl_per_unit_sum: list[torch.Tensor | None] = [None] * self.num_groups
         for start in range(0, sample.shape[0], batch_size):
             batch = self.pixel_likelihood.prepare(self.to_uint8(sample[start : start + batch_size]), generator)
             x = batch.model_input.to(self.dtype)
-            _, stats = self._top_down(x.shape[0], self.bottom_up(x), generator, want_kl_per_unit=True)
+            labels = None if class_labels is None else torch.as_tensor(class_labels)[start : start + batch_size]
+            emb = self._class_embedding(labels, x.shape[0], x.device)
+            _, stats = self._top_down(x.shape[0], self.bottom_up(x, emb), generator, want_kl_per_unit=True,
+                                      class_embedding=emb)
             for i, s in enumerate(stats):
                 kl_sum[i] += s.kl.double().sum().cpu()
                 unit_sum = s.kl_per_unit.double().sum(0).flatten().cpu()

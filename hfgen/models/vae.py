@@ -4,6 +4,10 @@
     p(z)     = N(0, I)
     p(x | z)                                  decoder: residual conv blocks + a pixel likelihood (likelihoods.py)
 
+A class-conditional model (``num_classes`` K > 0) conditions all three on a class y in ``0 .. K`` (K: the null
+class, the model without a label): q(z | x, y), p(z | y) = N(mu_y, diag sigma_y^2) (learned, one Gaussian per
+class) and p(x | z, y); see ``VAEModel``.
+
 All log-likelihood figures are per image, in nats, over the 8-bit image (see ``likelihoods.py``); divide by
 ``num_dims * ln 2`` (``nats_to_bits_per_dim``) for bits per dimension, where ``num_dims = C * H * W`` of the
 data's own images: with ``source_size`` (Fashion-MNIST's 28x28 seen padded to 32x32) only those pixels are scored,
@@ -26,7 +30,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
-from .blocks import CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
+from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
+from .labels import class_label_ids
 from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
 
 
@@ -37,7 +42,7 @@ class VAEOutput(BaseOutput):
     loss: scalar training objective, the batch mean of ``(reconstruction_nll + kl_weight * kl) / num_dims``
         (nats per dimension, so learning rates do not depend on the image size).
     reconstruction_nll: ``-log p(x | z)`` for one posterior sample, nats per image.
-    kl: ``KL(q(z | x) || p(z))``, nats per image (analytic).
+    kl: ``KL(q(z | x) || p(z))`` (class-conditional: ``KL(q(z | x, y) || p(z | y))``), nats per image (analytic).
     elbo: ``log p(x | z) - KL``, a lower bound on ``log p(x)``, nats per image (a negative number).
     bits_per_dim: ``-elbo`` in bits per dimension.
     """
@@ -52,7 +57,8 @@ class VAEOutput(BaseOutput):
 
 @dataclass
 class LikelihoodBoundsOutput(BaseOutput):
-    """Upper bounds on the negative log-likelihood ``-log p(x)`` per image, in nats (shape ``(batch,)``).
+    """Upper bounds on the negative log-likelihood ``-log p(x)`` per image, in nats (shape ``(batch,)``); on
+    ``-log p(x | y)`` for a class-conditional model given class labels.
 
     nats_per_image_elbo: the negative ELBO, averaged over the ``importance_samples`` posterior samples.
     nats_per_image_iw: the negative importance-weighted bound (IWAE, Burda et al. 2016) with the same samples;
@@ -66,6 +72,47 @@ class LikelihoodBoundsOutput(BaseOutput):
 def _standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over all but the first dimension."""
     return (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+
+
+def check_class_config(num_classes: int, class_names) -> None:
+    """Refuse a class-conditional config that does not hold together: K >= 0, and K distinct names if any."""
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: a model trained without class labels), got {num_classes}")
+    if class_names is not None:
+        names = list(class_names)
+        if len(names) != num_classes:
+            raise ValueError(f"class_names holds {len(names)} names but num_classes is {num_classes}; expected one "
+                             f"name per class, in class-index order")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class_names must be distinct, got {names}")
+
+
+def check_class_ids(class_labels: torch.Tensor | None, num_classes: int, batch_size: int,
+                    device: torch.device) -> torch.Tensor | None:
+    """The class indices a model's ``forward`` / bounds / decoding take, checked: ``None`` (an unconditional model;
+    the null class K of a conditional one) or an integer tensor of shape ``(batch_size,)`` (a 0-d tensor or an int:
+    the same class for every image) in ``0 .. K``. Returns int64 indices on ``device``, or None for an
+    unconditional model. Indices on an accelerator are not range-checked here (that would wait for the device);
+    the embedding lookup refuses them there."""
+    if not num_classes:
+        if class_labels is not None:
+            raise ValueError("class_labels were given, but this model was trained without class labels "
+                             "(num_classes=0); pass class_labels=None, or train with --class_conditional")
+        return None
+    if class_labels is None:
+        return torch.full((batch_size,), num_classes, dtype=torch.int64, device=device)
+    ids = torch.as_tensor(class_labels)
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"class_labels must hold integer class indices, got a {ids.dtype} tensor")
+    if ids.ndim == 0:
+        ids = ids.expand(batch_size)
+    if tuple(ids.shape) != (batch_size,):
+        raise ValueError(f"class_labels must have shape ({batch_size},) (one class index per image), got "
+                         f"{tuple(ids.shape)}")
+    if ids.device.type == "cpu" and ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) <= num_classes):
+        raise ValueError(f"class_labels must be in 0..{num_classes} ({num_classes}: the null class), got values "
+                         f"from {int(ids.min())} to {int(ids.max())}")
+    return ids.to(device=device, dtype=torch.int64)
 
 
 def _resolution_stack(width: int, widths: list[int], layers_per_block: int, resample: type[nn.Module]):
@@ -85,7 +132,8 @@ class VAEEncoder(nn.Module):
     """x in [-1, 1] -> mean and log-variance of q(z | x), concatenated along channels: ``(B, 2 * latent_channels,
     s, s)`` for a spatial latent, or ``(B, 2 * latent_dim, 1, 1)`` through a linear layer for a vector latent."""
 
-    def __init__(self, in_channels, block_out_channels, layers_per_block, latent_channels, latent_dim, size):
+    def __init__(self, in_channels, block_out_channels, layers_per_block, latent_channels, latent_dim, size,
+                 embed_dim=0):
         super().__init__()
         widths = list(block_out_channels)
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
@@ -97,9 +145,17 @@ class VAEEncoder(nn.Module):
         else:
             self.conv_out = nn.Conv2d(width, 2 * latent_channels, 3, padding=1)
             self.to_vector = None
+        # class conditioning (class-conditional models only): FiLM at full resolution and at the latent's
+        self.film_in = ClassFiLM(embed_dim, widths[0]) if embed_dim else None
+        self.film_out = ClassFiLM(embed_dim, width) if embed_dim else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.blocks(self.conv_in(x))
+    def forward(self, x: torch.Tensor, class_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv_in(x)
+        if self.film_in is not None:
+            h = self.film_in(h, class_embedding)
+        h = self.blocks(h)
+        if self.film_out is not None:
+            h = self.film_out(h, class_embedding)
         h = self.conv_out(nn.functional.silu(self.norm_out(h)))
         if self.to_vector is None:
             return h
@@ -110,7 +166,8 @@ class VAEDecoder(nn.Module):
     """z -> the pixel likelihood's parameters at full resolution (the encoder's widths in reverse); a vector
     latent first goes through a linear layer to a ``(latent_channels, s, s)`` feature map."""
 
-    def __init__(self, latent_channels, block_out_channels, layers_per_block, out_channels, latent_dim, size):
+    def __init__(self, latent_channels, block_out_channels, layers_per_block, out_channels, latent_dim, size,
+                 embed_dim=0):
         super().__init__()
         widths = list(reversed(block_out_channels))
         self.from_vector = nn.Linear(latent_dim, latent_channels * size * size) if latent_dim else None
@@ -119,11 +176,19 @@ class VAEDecoder(nn.Module):
         self.blocks, width = _resolution_stack(widths[0], widths, layers_per_block, Upsample)
         self.norm_out = nn.GroupNorm(num_groups_for(width), width, eps=1e-6)
         self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
+        # class conditioning (class-conditional models only): FiLM at the latent's resolution and at full resolution
+        self.film_in = ClassFiLM(embed_dim, widths[0]) if embed_dim else None
+        self.film_out = ClassFiLM(embed_dim, width) if embed_dim else None
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, class_embedding: torch.Tensor | None = None) -> torch.Tensor:
         if self.from_vector is not None:
             z = nn.functional.silu(self.from_vector(z.flatten(1))).view(-1, *self.feature_shape)
-        h = self.blocks(self.conv_in(z))
+        h = self.conv_in(z)
+        if self.film_in is not None:
+            h = self.film_in(h, class_embedding)
+        h = self.blocks(h)
+        if self.film_out is not None:
+            h = self.film_out(h, class_embedding)
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
@@ -148,6 +213,25 @@ class VAEModel(ModelMixin, ConfigMixin):
             zero-padded them to ``sample_size`` (``[28, 28]`` for Fashion-MNIST at 32): ``p(x | z)`` then scores
             those pixels only (a bound on the image itself, in its own ``num_dims``) and decoded images get the
             zero border back. ``None``: every pixel of the square is data.
+        num_classes (`int`, defaults to 0): K, the number of classes of a class-conditional model (0: a model
+            trained without labels, with no class parameters at all).
+        class_names (`list[str]`, *optional*): the K class names in class-index order (pipelines take a class by
+            name or by index).
+
+    Class conditioning (K > 0). Class indices run over ``0 .. K``: ``0 .. K-1`` are the data's classes and K is the
+    *null class*, the model without a label (training drops labels to it, so the same weights also model p(x)).
+    A learned embedding of ``block_out_channels[-1]`` numbers per class (K + 1 rows) conditions
+
+    * the encoder, q(z | x, y): FiLM (a per-channel scale and shift from the embedding, ``ClassFiLM``) after its
+      input conv and before its output layers, at the latent's resolution;
+    * the decoder, p(x | z, y): FiLM after its input conv and before its output layers, at full resolution;
+    * the prior, p(z | y) = N(mu_y, diag exp(log_sigma_y)^2): a learned mean and log-scale of the latent's shape
+      per class (``prior_mean``, ``prior_log_scale``), starting at N(0, I); the KL is the closed form between two
+      diagonal Gaussians and the importance-weighted bound uses log p(z | y).
+
+    The FiLM projections start at zero, so a new conditional model computes what an unconditional one does until
+    training makes the labels matter. ``class_labels=None`` on a conditional model means the null class; class
+    labels given to a model trained without them are refused.
     """
 
     _supports_gradient_checkpointing = True
@@ -164,6 +248,8 @@ class VAEModel(ModelMixin, ConfigMixin):
         likelihood: str = "discretized_logistic",
         num_mixtures: int = 1,
         source_size: tuple[int, int] | None = None,
+        num_classes: int = 0,
+        class_names: list[str] | None = None,
     ):
         super().__init__()
         if in_channels < 1:
@@ -184,12 +270,24 @@ class VAEModel(ModelMixin, ConfigMixin):
         self.source_region = SourceRegion(sample_size, source_size) if source_size is not None else None
         if latent_dim is not None and latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1 (or None for a spatial latent), got {latent_dim}")
+        check_class_config(num_classes, class_names)
         size = sample_size // factor
-        self.encoder = VAEEncoder(in_channels, block_out_channels, layers_per_block, latent_channels, latent_dim, size)
+        # class-conditional parts are created only when K > 0 (and after the others), so that an unconditional
+        # model has the same parameters, and the same initial values for a given seed, as before they existed
+        embed_dim = int(block_out_channels[-1]) if num_classes else 0
+        self.encoder = VAEEncoder(in_channels, block_out_channels, layers_per_block, latent_channels, latent_dim, size,
+                                  embed_dim)
         self.decoder = VAEDecoder(
             latent_channels, block_out_channels, layers_per_block, self.pixel_likelihood.num_params(in_channels),
-            latent_dim, size,
+            latent_dim, size, embed_dim,
         )
+        if num_classes:
+            self.class_embedding = nn.Embedding(num_classes + 1, embed_dim)
+            self.prior_mean = nn.Parameter(torch.zeros(num_classes + 1, *self.latent_shape))
+            self.prior_log_scale = nn.Parameter(torch.zeros(num_classes + 1, *self.latent_shape))
+        else:
+            self.class_embedding = None
+            self.prior_mean = self.prior_log_scale = None
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -210,6 +308,36 @@ class VAEModel(ModelMixin, ConfigMixin):
         """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored)."""
         return SourceRegion.log_prob(self.source_region, self.pixel_likelihood, params, target)
 
+    # ------------------------------------------------------------------ class labels
+    def resolve_class_labels(self, class_labels, batch_size: int = 1) -> torch.Tensor | None:
+        """Class indices (int64, on the device the model computes on) for a pipeline's ``class_labels``: None, one
+        class or a list of classes, each an index or one of ``config.class_names`` (see
+        ``hfgen.models.labels.class_label_ids``; a wrong name is refused naming the valid ones). ``None`` gives the
+        null class for ``batch_size`` images on a conditional model, and None on an unconditional one."""
+        if class_labels is None and not self.config.num_classes:
+            return None
+        return class_label_ids(class_labels, self.config.class_names, self.config.num_classes, batch_size,
+                               device=execution_device(self))
+
+    def _class_ids(self, class_labels, batch_size: int, device) -> torch.Tensor | None:
+        return check_class_ids(class_labels, self.config.num_classes, batch_size, device)
+
+    def _class_embedding(self, ids: torch.Tensor | None) -> torch.Tensor | None:
+        return None if ids is None else self.class_embedding(ids).to(self.dtype)
+
+    def prior(self, class_labels: torch.Tensor | None = None, batch_size: int = 1) -> DiagonalGaussianDistribution | None:
+        """p(z | y) for class indices ``class_labels`` (``(batch,)``, in ``0 .. K``; None: the null class) as a
+        ``DiagonalGaussianDistribution`` of shape ``(batch, *latent_shape)``, or None for an unconditional model,
+        whose prior is N(0, I)."""
+        ids = self._class_ids(class_labels, batch_size, self.device)
+        return self._prior(ids)
+
+    def _prior(self, ids: torch.Tensor | None) -> DiagonalGaussianDistribution | None:
+        if ids is None:
+            return None
+        mean, log_scale = self.prior_mean[ids].float(), self.prior_log_scale[ids].float()
+        return DiagonalGaussianDistribution(torch.cat([mean, 2 * log_scale], dim=1))
+
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
         """Check an image batch's shape and return it as 8-bit data.
 
@@ -226,26 +354,33 @@ class VAEModel(ModelMixin, ConfigMixin):
     # The entry points a pipeline calls besides forward carry diffusers' ``apply_forward_hook``: under
     # ``enable_model_cpu_offload`` (accelerate's CpuOffload hook) the model moves to the execution device first.
     @apply_forward_hook
-    def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
-        """Posterior q(z | x) for images ``x`` in [-1, 1] as a ``DiagonalGaussianDistribution``."""
-        moments = self.encoder(x).float()
+    def encode(self, x: torch.Tensor, class_labels: torch.Tensor | None = None,
+               return_dict: bool = True) -> AutoencoderKLOutput | tuple:
+        """Posterior q(z | x) (class-conditional: q(z | x, y) for class indices ``class_labels`` of shape
+        ``(batch,)``, None: the null class) for images ``x`` in [-1, 1] as a ``DiagonalGaussianDistribution``."""
+        ids = self._class_ids(class_labels, x.shape[0], x.device)
+        moments = self.encoder(x, self._class_embedding(ids)).float()
         posterior = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
 
-    def decode_parameters(self, z: torch.Tensor) -> torch.Tensor:
-        """The pixel likelihood's parameters for latents ``z``."""
-        return self.decoder(z.to(self.dtype))
+    def decode_parameters(self, z: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The pixel likelihood's parameters for latents ``z`` (and class indices ``class_labels``, ``(batch,)``;
+        None: the null class of a conditional model)."""
+        ids = self._class_ids(class_labels, z.shape[0], z.device)
+        return self.decoder(z.to(self.dtype), self._class_embedding(ids))
 
     @apply_forward_hook
     def decode(
         self,
         z: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
         sample_pixels: bool = False,
         generator: torch.Generator | None = None,
         return_dict: bool = True,
     ) -> DecoderOutput | tuple:
-        """Images in [-1, 1] for latents ``z``: the likelihood's mean, or one pixel sample if ``sample_pixels``."""
-        params = self.decode_parameters(z)
+        """Images in [-1, 1] for latents ``z`` (and class indices ``class_labels``, ``(batch,)``; None: the null
+        class of a conditional model): the likelihood's mean, or one pixel sample if ``sample_pixels``."""
+        params = self.decode_parameters(z, class_labels)
         channels = self.config.in_channels
         if sample_pixels:
             image = self.pixel_likelihood.sample(params, channels, generator)
@@ -259,20 +394,26 @@ class VAEModel(ModelMixin, ConfigMixin):
     def forward(
         self,
         sample: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         kl_weight: float = 1.0,
         return_dict: bool = True,
     ) -> VAEOutput | tuple:
         """One-sample ELBO for a batch of images (``uint8``, or float in [-1, 1]); see ``VAEOutput``.
 
-        ``generator`` drives the binarization/dequantization noise and the reparameterised sample
-        ``z = mu + sigma * eps``; ``kl_weight`` scales the KL in ``loss`` only (KL warm-up), never in ``elbo``.
+        ``class_labels`` (class-conditional models): class indices ``(batch,)`` int64 in ``0 .. K`` (K, or None:
+        the null class), giving the ELBO on ``log p(x | y)``. ``generator`` drives the binarization/dequantization
+        noise and the reparameterised sample ``z = mu + sigma * eps``; ``kl_weight`` scales the KL in ``loss`` only
+        (KL warm-up), never in ``elbo``.
         """
-        batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
-        posterior = self.encode(batch.model_input.to(self.dtype)).latent_dist
+        x_uint8 = self.to_uint8(sample)
+        ids = self._class_ids(class_labels, x_uint8.shape[0], x_uint8.device)
+        batch = self.pixel_likelihood.prepare(x_uint8, generator)
+        posterior = self.encode(batch.model_input.to(self.dtype), ids).latent_dist
         z = posterior.sample(generator=generator)
-        reconstruction_nll = -self.log_prob(self.decode_parameters(z), batch.target)
-        kl = posterior.kl()
+        reconstruction_nll = -self.log_prob(self.decode_parameters(z, ids), batch.target)
+        prior = self._prior(ids)
+        kl = posterior.kl() if prior is None else posterior.kl(prior)
         elbo = -(reconstruction_nll + kl)
         loss = ((reconstruction_nll + kl_weight * kl) / self.num_dims).mean()
         out = VAEOutput(
@@ -288,16 +429,21 @@ class VAEModel(ModelMixin, ConfigMixin):
     def log_likelihood_bounds(
         self,
         sample: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
         importance_samples: int = 1,
         generator: torch.Generator | None = None,
         max_decode_batch: int = 1024,
     ) -> LikelihoodBoundsOutput:
         """ELBO and importance-weighted bounds on ``-log p(x)`` per image (nats), from ``importance_samples``
-        posterior samples per image; decodes at most ``max_decode_batch`` latents at a time."""
+        posterior samples per image; decodes at most ``max_decode_batch`` latents at a time. With class indices
+        ``class_labels`` (``(batch,)``, class-conditional models) the bounds are on ``-log p(x | y)``, with
+        ``log w = log p(x | z, y) + log p(z | y) - log q(z | x, y)``; None gives the null class's, i.e. ``-log p(x)``."""
         if importance_samples < 1:
             raise ValueError(f"importance_samples must be >= 1, got {importance_samples}")
-        batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
-        posterior = self.encode(batch.model_input.to(self.dtype)).latent_dist
+        x_uint8 = self.to_uint8(sample)
+        ids = self._class_ids(class_labels, x_uint8.shape[0], x_uint8.device)
+        batch = self.pixel_likelihood.prepare(x_uint8, generator)
+        posterior = self.encode(batch.model_input.to(self.dtype), ids).latent_dist
         num_images = batch.target.shape[0]
         log_weights = torch.empty(num_images, importance_samples, device=batch.target.device)
         images_per_chunk = max(1, max_decode_batch // importance_samples)
@@ -309,8 +455,11 @@ class VAEModel(ModelMixin, ConfigMixin):
             q = DiagonalGaussianDistribution(moments)
             z = q.sample(generator=generator)
             target = batch.target[start:stop].repeat(importance_samples, 1, 1, 1)
-            log_px_given_z = self.log_prob(self.decode_parameters(z), target)
-            log_w = log_px_given_z + _standard_normal_log_density(z) + q.nll(z)
+            chunk_ids = None if ids is None else ids[start:stop].repeat(importance_samples)
+            log_px_given_z = self.log_prob(self.decode_parameters(z, chunk_ids), target)
+            prior = self._prior(chunk_ids)
+            log_pz = _standard_normal_log_density(z) if prior is None else -prior.nll(z)
+            log_w = log_px_given_z + log_pz + q.nll(z)
             log_weights[start:stop] = log_w.view(importance_samples, n).t()
         nll_elbo = -log_weights.mean(dim=1)
         nll_iw = -(torch.logsumexp(log_weights, dim=1) - math.log(importance_samples))
@@ -320,13 +469,21 @@ class VAEModel(ModelMixin, ConfigMixin):
     @apply_forward_hook
     def sample_latents(
         self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None,
-        temperature: float = 1.0,
+        temperature: float = 1.0, class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Draw z ~ N(0, temperature^2 I) for ``batch_size`` images on the device the model computes on; with a list
-        of generators (one per image, as diffusers' ``randn_tensor`` takes it) image i's latent is ``generator[i]``'s."""
+        of generators (one per image, as diffusers' ``randn_tensor`` takes it) image i's latent is ``generator[i]``'s.
+        A class-conditional model draws from its class prior, ``z = mu_y + temperature * sigma_y * eps``, for class
+        indices ``class_labels`` (``(batch_size,)``; None: the null class)."""
         check_generator_list(generator, batch_size)
+        device = execution_device(self)
+        ids = self._class_ids(class_labels, batch_size, device)
         shape = (batch_size, *self.latent_shape)
-        return randn_tensor(shape, generator=generator, device=execution_device(self), dtype=torch.float32) * temperature
+        eps = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
+        if ids is None:
+            return eps * temperature
+        prior = self._prior(ids)
+        return prior.mean + temperature * prior.std * eps
 
 
 def execution_device(model: nn.Module) -> torch.device:
