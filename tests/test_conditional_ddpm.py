@@ -19,6 +19,7 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from hfgen.families import DDPMFamily, family_for_pipeline_class, load_pipeline
+from hfgen.hub import publish_files
 from hfgen.models import labels as hfgen_labels
 from hfgen.pipelines import ClassConditionalDDPMPipeline
 from hfgen.pipelines import pipeline_ddpm_conditional as published
@@ -312,6 +313,10 @@ def test_folder_layout(folder):
             assert node.level == 0
             imported.add(node.module.split(".")[0])
     assert imported <= {"__future__", "collections", "math", "torch", "diffusers"}, imported
+    # what hfgen publish uploads: the pipeline file, configs and weights (class_names is a setting, not a component)
+    assert publish_files(folder) == ["model_index.json", "pipeline_ddpm_conditional.py",
+                                     "scheduler/scheduler_config.json", "unet/config.json",
+                                     "unet/diffusion_pytorch_model.safetensors"]
 
 
 def test_hfgen_loads_the_folder_into_its_own_class(folder):
