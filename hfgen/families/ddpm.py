@@ -263,6 +263,8 @@ class DDPMFamily(ModelFamily):
                              "class embeddings); build it with num_classes in the model config")
         if num_classes and class_labels is None:
             class_labels = torch.full((images.shape[0],), num_classes, dtype=torch.int64, device=images.device)
+        elif class_labels is not None:
+            class_labels = class_labels.to(device=images.device, dtype=torch.int64)
         estimate = variational_bound(model, scheduler, images, importance_samples, generator,
                                      tables=self.tables(images.device), class_labels=class_labels)
         return Bounds(estimate.nats_per_image, estimate.nats_per_image)
