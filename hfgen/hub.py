@@ -50,6 +50,8 @@ _BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "num_dims",
 
 #: top-level files of a pipeline folder that are published when present
 PUBLISHED_FILES = ("model_index.json", "README.md", "samples.png", "metrics.json", "training_config.json")
+#: model_index.json keys that hold a pipeline's settings, not components (ClassConditionalDDPMPipeline's class names)
+_PIPELINE_SETTINGS = ("class_names",)
 #: training settings left out of a card (local paths, run plumbing)
 _UNPUBLISHED_SETTINGS = ("output_dir", "resume_from_checkpoint", "report_to", "hub_model_id", "hub_private_repo",
                          "hub_revision", "push_to_hub", "model_config", "family")
@@ -375,7 +377,8 @@ def publish_files(folder: str | Path, include_logs: bool = False) -> list[str]:
             f"from the Hub; save it again in the current layout first:\n  python -c \"from hfgen import {class_name}; "
             f"p = {class_name}.from_pretrained('{folder}'); p.save_pretrained('{folder}')\"")
     for component, value in sorted(index.items()):
-        if component.startswith("_") or not isinstance(value, (list, tuple)) or value[0] is None:
+        if (component.startswith("_") or component in _PIPELINE_SETTINGS or not isinstance(value, (list, tuple))
+                or value[0] is None):
             continue
         sub = folder / component
         if not sub.is_dir():

@@ -8,6 +8,11 @@ mechanism can load it where hfgen is not installed:
     vae/config.json  vae/diffusion_pytorch_model.safetensors
     vae/modeling_vae.py   hfgen/models/{likelihoods,blocks,vae}.py joined into one module (see ``bundle_modules``)
 
+A class-conditional DDPM folder carries its pipeline file only (``pipeline_ddpm_conditional.py``; its
+``model_index.json`` names ``["pipeline_ddpm_conditional", "ClassConditionalDDPMPipeline"]``, diffusers'
+``UNet2DModel`` and ``DDPMScheduler``, and the pipeline's ``class_names``); an unconditional DDPM folder is a stock
+``DDPMPipeline`` folder and carries no code.
+
 ``DiffusionPipeline.from_pretrained(folder_or_repo_id, trust_remote_code=True)`` then imports the pipeline from the
 root file and the model from the component folder; without ``trust_remote_code`` diffusers refuses before it runs
 any of that code. The model code is one self-contained file per component because diffusers downloads only the
@@ -143,12 +148,18 @@ def write_code_files(folder: str | Path, pipeline_class: type, components: dict[
     index = json.loads(index_path.read_text())
     index["_class_name"] = [pipeline_module, pipeline_class.__name__]
     for name, model_class in components.items():
+        if _is_diffusers_class(model_class):  # diffusers' own class (a DDPM's UNet, its scheduler): no code to carry
+            continue
         module = component_module_name(model_class)
         (folder / name / f"{module}.py").write_text(bundle_modules(inspect.getsourcefile(model_class)))
         written.append(f"{name}/{module}.py")
         index[name] = [module, model_class.__name__]
     write_json_atomically(index_path, index)
     return written
+
+
+def _is_diffusers_class(model_class: type) -> bool:
+    return model_class.__module__.split(".")[0] == "diffusers"
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -285,6 +296,7 @@ def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
         raise ValueError("hfgen loads weights only from safetensors files; use_safetensors=False is not supported")
     kwargs.pop("trust_remote_code", None)  # hfgen never runs a folder's code, so it needs no permission to
     passed = {name: kwargs.pop(name) for name in pipeline_class._hfgen_components if name in kwargs}
+    settings = {name: kwargs.pop(name) for name in _setting_names(pipeline_class) if name in kwargs}
     ignored = {key: kwargs.pop(key) for key in _IGNORED_KEYWORDS if key in kwargs}
     if ignored:
         logger.warning(f"Keyword arguments {ignored} have no meaning for {pipeline_class.__name__} (hfgen loads "
@@ -304,6 +316,9 @@ def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
         if name in passed:
             components[name] = passed[name]
             continue
+        if _is_scheduler_class(model_class):  # a config only: the scheduler class model_index.json names
+            components[name] = _scheduler_class(index.get(name), model_class).from_pretrained(folder, subfolder=name)
+            continue
         pattern = f"*.{variant}.safetensors" if variant else "*.safetensors"
         if variant and not any((folder / name).glob(pattern)):
             found_files = sorted(p.name for p in (folder / name).glob("*.safetensors"))
@@ -318,10 +333,45 @@ def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
         components[name] = model_class.from_pretrained(
             folder, subfolder=name, use_safetensors=True, variant=variant, low_cpu_mem_usage=low_cpu_mem_usage,
             device_map=device, **({"dtype": component_dtype} if component_dtype is not None else {}), **loading)
-    pipeline = pipeline_class(**components)
+    pipeline = pipeline_class(**components, **_pipeline_settings(pipeline_class, index, settings))
     if device_map is not None:
         pipeline.hf_device_map = {name: device for name in components} if device_map == "balanced" else device_map
     return pipeline
+
+
+def _setting_names(pipeline_class) -> list[str]:
+    """The keyword parameters of ``pipeline_class.__init__`` that are not components (e.g. ``class_names``): values
+    kept in ``model_index.json`` beside the components."""
+    parameters = inspect.signature(pipeline_class.__init__).parameters
+    return [name for name, parameter in parameters.items()
+            if name != "self" and name not in pipeline_class._hfgen_components
+            and parameter.default is not inspect.Parameter.empty]
+
+
+def _pipeline_settings(pipeline_class, index: dict, passed: dict) -> dict:
+    """The pipeline's settings from ``model_index.json``, those passed to ``from_pretrained`` taking precedence."""
+    return {**{name: index[name] for name in _setting_names(pipeline_class) if name in index}, **passed}
+
+
+def _is_scheduler_class(model_class: type) -> bool:
+    from diffusers import SchedulerMixin
+
+    return issubclass(model_class, SchedulerMixin)
+
+
+def _scheduler_class(entry, default: type) -> type:
+    """The diffusers scheduler class a ``model_index.json`` entry (``["diffusers", "DDIMScheduler"]``) names, or
+    ``default`` when the entry names none; a class from elsewhere is refused (its code would have to run)."""
+    import diffusers
+
+    if not isinstance(entry, (list, tuple)) or len(entry) != 2 or entry[1] is None:
+        return default
+    library, class_name = entry
+    scheduler_class = getattr(diffusers, class_name, None) if library == "diffusers" else None
+    if scheduler_class is None or not _is_scheduler_class(scheduler_class):
+        raise ValueError(f"model_index.json names the scheduler {list(entry)}; expected a diffusers scheduler such "
+                         f"as [\"diffusers\", \"{default.__name__}\"] (hfgen runs no code from a folder)")
+    return scheduler_class
 
 
 def save_pretrained(pipeline, save_directory, **kwargs) -> None:

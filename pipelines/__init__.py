@@ -5,13 +5,19 @@ here, as part of hfgen, their ``from_pretrained`` and ``save_pretrained`` get hf
 (``hfgen.remote_code``): hfgen's own model classes, and folders that plain diffusers can load too.
 """
 
+from diffusers import DDPMScheduler, UNet2DModel
+
 from ..models import HierarchicalVAEModel, VAEModel
 from ..remote_code import install_hooks
+from .pipeline_ddpm_conditional import ClassConditionalDDPMPipeline
 from .pipeline_hvae import HierarchicalVAEPipeline
 from .pipeline_vae import VAEPipeline
 
 install_hooks(VAEPipeline, {"vae": VAEModel})
 install_hooks(HierarchicalVAEPipeline, {"vae": HierarchicalVAEModel})
+# diffusers' own classes: the folder carries the pipeline file only
+install_hooks(ClassConditionalDDPMPipeline, {"unet": UNet2DModel, "scheduler": DDPMScheduler})
 
 __all__ = ["VAEPipeline"]
 __all__ += ["HierarchicalVAEPipeline"]
+__all__ += ["ClassConditionalDDPMPipeline"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..pipelines import ClassConditionalDDPMPipeline
 from .base import Bounds, ModelFamily, Preset
 from .ddpm import DDPMFamily
 from .hvae import HVAEFamily
@@ -11,6 +12,11 @@ from .vae import VAEFamily
 FAMILIES_BY_PIPELINE: dict[str, type[ModelFamily]] = {
     family.pipeline_class.__name__: family for family in (VAEFamily, HVAEFamily, DDPMFamily)
 }  # DDPM folders are stock diffusers DDPMPipeline folders
+# ... and class-conditional DDPM folders carry hfgen's pipeline file (diffusers' UNet2DModel and DDPMScheduler)
+FAMILIES_BY_PIPELINE[ClassConditionalDDPMPipeline.__name__] = DDPMFamily
+
+#: the pipeline class of a ``_class_name`` that is not its family's ``pipeline_class``
+_OTHER_PIPELINE_CLASSES = {ClassConditionalDDPMPipeline.__name__: ClassConditionalDDPMPipeline}
 
 
 def family_for_pipeline_class(class_name: str) -> ModelFamily:
@@ -27,8 +33,10 @@ def load_pipeline(path_or_repo_id: str, device=None, revision: str | None = None
     from ..remote_code import pipeline_class_name, read_model_index, resolve_folder
 
     path = resolve_folder(path_or_repo_id, revision)
-    family = family_for_pipeline_class(pipeline_class_name(read_model_index(path)))
-    pipeline = family.pipeline_class.from_pretrained(path, use_safetensors=True)
+    class_name = pipeline_class_name(read_model_index(path))
+    family = family_for_pipeline_class(class_name)
+    pipeline_class = _OTHER_PIPELINE_CLASSES.get(class_name, family.pipeline_class)
+    pipeline = pipeline_class.from_pretrained(path, use_safetensors=True)
     if device is not None:
         pipeline.to(device)
     return pipeline, family

@@ -16,6 +16,12 @@ evaluation's bound (many timesteps per image) for a figure to report. ``mse`` is
 Bounds: ``L_vlb`` (``hfgen.models.ddpm.variational_bound``); ``importance_samples`` K is the number of
 stratified timesteps per image (``K >= T - 1``: every term summed). A DDPM has no importance-weighted bound
 here, so both ``Bounds`` fields hold the same L_vlb.
+
+Class-conditional (``num_classes`` K > 0 in the model config): the UNet has K + 1 class embeddings (the last one
+the null class, which label dropout trains), ``loss`` and ``bounds`` pass the class indices to it (``bounds``:
+L_vlb of ``-log p(x | y)``, of ``-log p(x)`` for the null class or ``None``), and the folder holds a
+``ClassConditionalDDPMPipeline`` (classifier-free guidance; ``pipelines/pipeline_ddpm_conditional.py``) with the
+``class_names``, which plain diffusers loads with ``trust_remote_code=True``.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from ..models.ddpm import (
     BETA_SCHEDULES, PREDICTION_TYPES, SCHEDULER_KEYS, VARIANCE_TYPES, DiffusionTables, add_noise, build_scheduler,
     build_unet, prior_nats, split_output, training_target, variational_bound, vlb_term_nats,
 )
+from ..models.labels import class_label_ids
 from ..models.likelihoods import uint8_to_unit_interval
+from ..pipelines import ClassConditionalDDPMPipeline
 from .base import Bounds, ModelFamily, Preset
 
 #: ``hfgen sample --scheduler`` choices: the scheduler class and its settings over the folder's scheduler config.
@@ -94,7 +102,7 @@ class DDPMFamily(ModelFamily):
     presets = DDPM_PRESETS
     model_arguments = ("block_out_channels", "layers_per_block", "attention_resolutions", "dropout",
                        "norm_num_groups", "num_train_timesteps", "beta_schedule", "prediction_type", "variance_type")
-    sampling_options = ("scheduler", "steps", "clip_sample", "timestep_spacing")
+    sampling_options = ("scheduler", "steps", "clip_sample", "timestep_spacing", "guidance_scale")
     # bounds() runs its K timesteps one after another over the batch: the evaluator need not shrink batches
     importance_samples_in_batch = False
     # one bound, L_vlb, whose K is a number of timesteps; and the network scores the whole padded square (the
@@ -108,6 +116,8 @@ class DDPMFamily(ModelFamily):
         # model it built or was given (build_model / model_of), and its constant tables per device.
         self.scheduler: DDPMScheduler | None = None
         self._tables: dict[str, DiffusionTables] = {}
+        # Likewise the class names of a class-conditional model (pipeline config, not network config).
+        self.model_class_names: list[str] | None = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("DDPM model and objective (unset flags take the preset's value)")
@@ -132,18 +142,56 @@ class DDPMFamily(ModelFamily):
 
     # ------------------------------------------------------------------ model, pipeline
     def build_model(self, model_config, channels, sample_size):
+        """A ``UNet2DModel`` (and the family's ``DDPMScheduler``) from a flat config. ``num_classes`` K > 0 makes it
+        class-conditional (K + 1 class embeddings); ``class_names`` (K names, default ``"0" .. "K-1"``) are kept for
+        ``make_pipeline``."""
+        network = {k: v for k, v in model_config.items() if k not in (*SCHEDULER_KEYS, "num_classes", "class_names")}
+        num_classes = int(model_config.get("num_classes") or 0)
+        names = model_config.get("class_names")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {num_classes}")
+        if names and len(names) != num_classes:
+            raise ValueError(f"class_names holds {len(names)} names but num_classes is {num_classes}; expected one "
+                             f"name per class")
         self.scheduler = build_scheduler({k: v for k, v in model_config.items() if k in SCHEDULER_KEYS})
         self._tables = {}
-        return build_unet({k: v for k, v in model_config.items() if k not in SCHEDULER_KEYS}, channels, sample_size,
-                          learned_variance=self.scheduler.config.variance_type == "learned_range")
+        self.model_class_names = ([str(name) for name in names] if names else
+                                  [str(index) for index in range(num_classes)]) if num_classes else None
+        return build_unet(network, channels, sample_size,
+                          learned_variance=self.scheduler.config.variance_type == "learned_range",
+                          num_classes=num_classes)
 
     def make_pipeline(self, model):
+        """A stock ``DDPMPipeline``, or a ``ClassConditionalDDPMPipeline`` (with the class names) for a
+        class-conditional network."""
+        if self.num_classes(model):
+            return ClassConditionalDDPMPipeline(unet=model, scheduler=self._require_scheduler(),
+                                                class_names=self._class_names_for(model))
         return DDPMPipeline(unet=model, scheduler=self._require_scheduler())
 
     def model_of(self, pipeline):
         self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self._tables = {}
+        self.model_class_names = self.class_names(pipeline)
         return pipeline.unet
+
+    def _class_names_for(self, model) -> list[str]:
+        names = self.model_class_names
+        if names is None or len(names) != self.num_classes(model):
+            return [str(index) for index in range(self.num_classes(model))]
+        return list(names)
+
+    def num_classes(self, model):
+        """K: the UNet's class embeddings less the null class (0: unconditional)."""
+        embeddings = getattr(model.config, "num_class_embeds", None)
+        return int(embeddings) - 1 if embeddings else 0
+
+    def class_names(self, pipeline):
+        """The class names of a ``ClassConditionalDDPMPipeline`` (its config); None for a ``DDPMPipeline``."""
+        if not self.num_classes(pipeline.unet):
+            return None
+        names = getattr(pipeline.config, "class_names", None)
+        return list(names) if names else [str(index) for index in range(self.num_classes(pipeline.unet))]
 
     def _require_scheduler(self) -> DDPMScheduler:
         if self.scheduler is None:
@@ -157,7 +205,7 @@ class DDPMFamily(ModelFamily):
         return self._tables[key]
 
     # ------------------------------------------------------------------ objective
-    def loss(self, model, images, step, generator, config):
+    def loss(self, model, images, step, generator, config, class_labels=None):
         device = images.device
         tables = self.tables(device)
         x0 = uint8_to_unit_interval(images)
@@ -165,7 +213,7 @@ class DDPMFamily(ModelFamily):
         t = torch.randint(0, tables.num_timesteps, (batch,), generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
         x_t = add_noise(tables, x0, noise, t)
-        output = model(x_t, t).sample
+        output = model(x_t, t, class_labels=class_labels).sample
         target = training_target(tables, x0, noise, t)
         prediction, _ = split_output(tables, output.float())
         mse = (prediction - target).pow(2).flatten(1).mean(1)
@@ -205,22 +253,43 @@ class DDPMFamily(ModelFamily):
     def likelihood_of(self, model):
         return {"name": "discretized_gaussian_decoder", "data": "8-bit"}
 
-    def bounds(self, model, images, importance_samples, generator):
+    def bounds(self, model, images, importance_samples, generator, class_labels=None):
+        """L_vlb per image: of ``-log p(x | y)`` for class indices ``class_labels``, of ``-log p(x)`` for an
+        unconditional network or, given ``None``, the null class of a conditional one."""
         scheduler = self._require_scheduler()
+        num_classes = self.num_classes(model)
+        if num_classes == 0 and class_labels is not None:
+            raise ValueError("class_labels were given, but this DDPM was built without classes (its UNet has no "
+                             "class embeddings); build it with num_classes in the model config")
+        if num_classes and class_labels is None:
+            class_labels = torch.full((images.shape[0],), num_classes, dtype=torch.int64, device=images.device)
+        elif class_labels is not None:
+            class_labels = class_labels.to(device=images.device, dtype=torch.int64)
         estimate = variational_bound(model, scheduler, images, importance_samples, generator,
-                                     tables=self.tables(images.device))
+                                     tables=self.tables(images.device), class_labels=class_labels)
         return Bounds(estimate.nats_per_image, estimate.nats_per_image)
 
     # ------------------------------------------------------------------ sampling
-    def sample_images(self, pipeline, num_images, generator, **kwargs):
+    def sample_images(self, pipeline, num_images, generator, class_labels=None, **kwargs):
         """PIL images. Options: ``scheduler`` (``ddpm``, ``ddim`` or ``dpm-solver++``; default: the folder's
         DDPM scheduler), ``steps`` (default: T for ddpm, 50 for the others), and ``clip_sample`` /
         ``timestep_spacing`` to override the sampler's settings (defaults: ``SAMPLERS``). The trained network is
-        reused; ``pipeline`` itself is left unchanged."""
+        reused; ``pipeline`` itself is left unchanged. A class-conditional pipeline also takes ``class_labels``
+        (``ClassConditionalDDPMPipeline``'s; None: the null class) and ``guidance_scale`` (classifier-free guidance,
+        diffusers' convention; default: the pipeline's); an unconditional one refuses both."""
         unknown = sorted(set(kwargs) - set(self.sampling_options))
         if unknown:
             raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
                              f"{list(self.sampling_options)}")
+        conditional = self.num_classes(pipeline.unet) > 0
+        guidance_scale = kwargs.get("guidance_scale")
+        if not conditional:
+            if class_labels is not None:
+                class_label_ids(class_labels, None, 0, num_images)  # refuses, in the words every family uses
+            if guidance_scale is not None:
+                raise ValueError(f"guidance_scale={guidance_scale!r} was given, but this DDPM was trained without "
+                                 f"class labels; classifier-free guidance needs a model trained with "
+                                 f"--class_conditional")
         name = kwargs.get("scheduler") or "ddpm"
         if name not in SAMPLERS:
             raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
@@ -237,9 +306,15 @@ class DDPMFamily(ModelFamily):
             # DDIM and DPM-Solver++ use the prediction only (DPM-Solver's own split assumes 3 channels)
             unet, scheduler = _PredictionOnly(unet), scheduler_class.from_config(
                 {**config, "variance_type": None}, **extra)
-        sampler = DDPMPipeline(unet=unet, scheduler=scheduler)
+        if conditional:
+            sampler = ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler,
+                                                   class_names=self.class_names(pipeline))
+            guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
+            call = {"class_labels": class_labels, **guidance}
+        else:
+            sampler, call = DDPMPipeline(unet=unet, scheduler=scheduler), {}
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
-        return sampler(batch_size=num_images, generator=generator, num_inference_steps=steps).images
+        return sampler(batch_size=num_images, generator=generator, num_inference_steps=steps, **call).images
 
 
 class _PredictionOnly(torch.nn.Module):

@@ -1,7 +1,8 @@
 """DDPM on diffusers' ``UNet2DModel`` + ``DDPMScheduler``: networks and noise schedules from a flat config, and
 the variational bound L_vlb of Ho et al. (2020) in nats per image.
 
-A DDPM folder written by hfgen is a stock ``DDPMPipeline`` folder; nothing here is needed to load or sample it.
+A DDPM folder written by hfgen is a stock ``DDPMPipeline`` folder (a class-conditional one carries its pipeline
+file, ``pipelines/pipeline_ddpm_conditional.py``); nothing here is needed to load or sample it.
 This file imports only torch, diffusers and its siblings.
 
 The bound (Ho et al. 2020, eq. 5; Nichol & Dhariwal 2021, sec. 2) for 8-bit images ``x`` scaled to bin centres
@@ -41,9 +42,13 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 SCHEDULER_KEYS = ("num_train_timesteps", "beta_schedule", "prediction_type", "variance_type", "clip_sample")
 
 
-def build_unet(config: dict[str, Any], channels: int, sample_size: int, learned_variance: bool = False) -> UNet2DModel:
+def build_unet(config: dict[str, Any], channels: int, sample_size: int, learned_variance: bool = False,
+               num_classes: int = 0) -> UNet2DModel:
     """A ``UNet2DModel`` from the network part of a flat config; with ``learned_variance`` it outputs twice the
-    image's channels (the prediction, then the variance interpolation ``v``), as ``DDPMScheduler`` expects.
+    image's channels (the prediction, then the variance interpolation ``v``), as ``DDPMScheduler`` expects. With
+    ``num_classes`` K > 0 it is class-conditional: ``num_class_embeds = K + 1`` class embeddings (added to the
+    timestep embedding), indices ``0 .. K-1`` for the classes and ``K`` for the null class (classifier-free
+    guidance; see ``hfgen.models.labels``).
 
     ``attention_resolutions`` lists the feature-map sizes (pixels) at which a level uses self-attention, e.g.
     ``[16]`` for the DDPM CIFAR-10 network at 32x32; the middle block always has attention.
@@ -58,7 +63,8 @@ def build_unet(config: dict[str, Any], channels: int, sample_size: int, learned_
     return UNet2DModel(
         sample_size=sample_size, in_channels=channels, out_channels=channels * (2 if learned_variance else 1),
         block_out_channels=widths,
-        layers_per_block=config["layers_per_block"], down_block_types=down, up_block_types=up, **extra,
+        layers_per_block=config["layers_per_block"], down_block_types=down, up_block_types=up,
+        num_class_embeds=num_classes + 1 if num_classes > 0 else None, **extra,
     )
 
 
@@ -255,8 +261,11 @@ class VLBEstimate:
 
 @torch.no_grad()
 def variational_bound(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch.Tensor, timesteps: int,
-                      generator: torch.Generator, tables: DiffusionTables | None = None) -> VLBEstimate:
-    """L_vlb per image in nats for ``uint8`` images.
+                      generator: torch.Generator, tables: DiffusionTables | None = None,
+                      class_labels: torch.Tensor | None = None) -> VLBEstimate:
+    """L_vlb per image in nats for ``uint8`` images: a bound on ``-log p(x)``, or on ``-log p(x | y)`` for a
+    class-conditional network given ``class_labels`` (int64 class indices, shape ``(batch,)``; the null class
+    gives the bound on ``-log p(x)``), which every network pass receives.
 
     ``L_T`` and the decoder term ``L_0`` are always computed exactly (one network pass for ``L_0``). The sum of
     the ``T - 1`` KL terms is summed exactly when ``timesteps >= T - 1``; otherwise it is estimated by
@@ -276,7 +285,7 @@ def variational_bound(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch
     def term(t: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
         x_t = add_noise(tables, x0, noise, t)
-        return vlb_term_nats(tables, x0, x_t, t, unet(x_t, t).sample)
+        return vlb_term_nats(tables, x0, x_t, t, unet(x_t, t, class_labels=class_labels).sample)
 
     total = total + term(torch.zeros(batch, dtype=torch.long, device=device))
     exact = timesteps >= T - 1

@@ -1,0 +1,268 @@
+"""ClassConditionalDDPMPipeline: class-conditional sampling from a DDPM, with classifier-free guidance.
+
+Imports only torch and diffusers (the network is diffusers' ``UNet2DModel`` with class embeddings), so a published
+model folder can carry this file as remote code.
+
+The network holds K + 1 class embeddings: indices ``0 .. K-1`` are the classes it was trained on, in the order of
+the pipeline's ``class_names``, and index ``K`` is the *null class*, the network without a label (it was trained
+with label dropout, so it is also an unconditional model).
+
+Classifier-free guidance (Ho & Salimans 2022), in diffusers' convention for ``guidance_scale`` ``s``::
+
+    eps = eps_null + s * (eps_y - eps_null)
+
+``s = 1`` is the conditional model (one network pass per step), ``s = 0`` the unconditional, null-class model (one
+pass, with the null class), ``s > 1`` strengthens the class at the cost of diversity. The paper writes the same
+combination as ``(1 + w) * eps_y - w * eps_null``: its guidance strength ``w`` is ``s - 1``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models import UNet2DModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+#: ``guidance_scale`` when none is given: 1.0, the conditional model itself (no guidance)
+DEFAULT_GUIDANCE_SCALE = 1.0
+
+ClassLabels = int | str | Sequence[int | str] | torch.Tensor | None
+
+
+# The label resolution below is a copy of hfgen.models.labels (same rules, same messages): this file is published
+# alone in a model folder and may import only torch and diffusers. Change both together.
+def class_label_ids(class_labels: ClassLabels, class_names: Sequence[str] | None, num_classes: int,
+                    batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Class indices, shape ``(n,)`` int64, for ``class_labels``:
+
+    * ``None``: the null class ``num_classes`` for each of ``batch_size`` images (unconditional samples);
+    * one class, as an index or a name: that class for each of ``batch_size`` images;
+    * a list (or 1-d tensor) of indices and/or names: one image per entry; ``batch_size`` must then be 1 (the
+      pipelines' default) or the list's length.
+
+    A name must be one of ``class_names``; an index must be in ``0 .. num_classes - 1``. A model trained without
+    labels (``num_classes == 0``) takes ``None`` only. Every refusal names the value and what was expected.
+    """
+    if class_labels is None:
+        return torch.full((batch_size,), num_classes, dtype=torch.int64, device=device)
+    if num_classes <= 0:
+        raise ValueError(f"class_labels={_short(class_labels)} was given, but this model was trained without class "
+                         f"labels; train it with --class_conditional to sample a given class")
+    names = list(class_names or [str(index) for index in range(num_classes)])
+    single = isinstance(class_labels, (int, str)) or (
+        isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0)
+    if single:
+        values = [class_labels.item() if isinstance(class_labels, torch.Tensor) else class_labels] * batch_size
+    else:
+        values = class_labels.tolist() if isinstance(class_labels, torch.Tensor) else list(class_labels)
+        if isinstance(class_labels, torch.Tensor) and class_labels.ndim != 1:
+            raise ValueError(f"class_labels must be a 1-d tensor of class indices, got shape "
+                             f"{tuple(class_labels.shape)}")
+        if not values:
+            raise ValueError("class_labels is an empty list; expected at least one class index or name")
+        if batch_size not in (1, len(values)):
+            raise ValueError(f"class_labels holds {len(values)} labels but batch_size is {batch_size}; pass one label "
+                             f"per image (batch_size left at 1 or equal to the list's length), or one label for all")
+    ids = [_class_index(value, names, num_classes) for value in values]
+    return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+def _class_index(value, names: list[str], num_classes: int) -> int:
+    if isinstance(value, str):
+        if value in names:
+            return names.index(value)
+        folded = [name.casefold() for name in names]
+        if value.casefold() in folded and folded.count(value.casefold()) == 1:
+            return folded.index(value.casefold())
+        raise ValueError(f"class {value!r} is not one of this model's classes; expected one of "
+                         f"{', '.join(map(repr, names))} (or an index 0..{num_classes - 1})")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"class label {value!r} is a {type(value).__name__}; expected a class index (int) or a "
+                         f"class name (str)")
+    if not 0 <= value < num_classes:
+        raise ValueError(f"class index {value} is out of range; this model has {num_classes} classes "
+                         f"(0..{num_classes - 1}: {', '.join(map(repr, names))})")
+    return value
+
+
+def _short(value) -> str:
+    text = repr(value.tolist() if isinstance(value, torch.Tensor) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_generators(generator, batch_size: int) -> None:
+    """A list of generators must hold one per image (diffusers' pipelines' message)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(
+            f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
+            f" size of {batch_size}. Make sure the batch size matches the length of the generators."
+        )
+
+
+class ClassConditionalDDPMPipeline(DiffusionPipeline):
+    r"""Pipeline for class-conditional image generation with a DDPM trained with label dropout, with
+    classifier-free guidance (Ho & Salimans 2022).
+
+    Parameters:
+        unet ([`UNet2DModel`]): the denoiser, with ``num_class_embeds = K + 1`` class embeddings (index K: the null
+            class). Its output is the scheduler's prediction (``epsilon``, ``v_prediction`` or ``sample``), followed
+            by the variance channels when the scheduler's ``variance_type`` is ``learned_range``.
+        scheduler ([`SchedulerMixin`]): the sampler: the folder's [`DDPMScheduler`], or one made from its config
+            (for instance [`DDIMScheduler`] or [`DPMSolverMultistepScheduler`]).
+        class_names (`list[str]`, *optional*): the names of the K classes in index order; kept in the pipeline's
+            config (``model_index.json``). Without them the classes are named ``"0"``, ``"1"``, ...
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    # hfgen sets these (hfgen.remote_code.install_hooks) when this file is imported as part of the hfgen package:
+    # from_pretrained then reads a folder or Hub repo into diffusers' classes without running code from it, and
+    # save_pretrained also writes this file into the folder so that plain diffusers can load it with
+    # trust_remote_code=True. In the copy a published folder carries they stay None: diffusers' own methods apply.
+    _hfgen_components: dict = {}
+    _hfgen_from_pretrained = None
+    _hfgen_save_pretrained = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        if cls._hfgen_from_pretrained is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls._hfgen_from_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        if type(self)._hfgen_save_pretrained is None:
+            return super().save_pretrained(save_directory, **kwargs)
+        return type(self)._hfgen_save_pretrained(self, save_directory, **kwargs)
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: list[str] | None = None):
+        super().__init__()
+        num_embeds = unet.config.num_class_embeds
+        if not num_embeds or num_embeds < 2:
+            raise ValueError(f"unet has num_class_embeds={num_embeds}; a class-conditional DDPM needs K + 1 >= 2 "
+                             f"class embeddings (K classes and the null class). Sample an unconditional UNet with "
+                             f"diffusers' DDPMPipeline")
+        if class_names is not None:
+            class_names = [str(name) for name in class_names]
+            if len(class_names) != num_embeds - 1:
+                raise ValueError(f"class_names holds {len(class_names)} names, but the unet has {num_embeds - 1} "
+                                 f"classes (num_class_embeds={num_embeds}, the last being the null class); expected "
+                                 f"one name per class")
+        self.register_modules(unet=unet, scheduler=scheduler)
+        # a setting, not a module: read it as self.config.class_names (an attribute of the same name would be
+        # taken for a component by DiffusionPipeline.__setattr__)
+        self.register_to_config(class_names=class_names)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False, do_normalize=True)
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes (the network's class embeddings less the null class)."""
+        return self.unet.config.num_class_embeds - 1
+
+    @property
+    def null_class(self) -> int:
+        """The index of the null class (the model without a label): K."""
+        return self.num_classes
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Class index by class name."""
+        names = self.config.class_names or [str(index) for index in range(self.num_classes)]
+        return {name: index for index, name in enumerate(names)}
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        r"""The class indices of class names, as ``class_labels`` takes them (a name is matched exactly, else
+        case-insensitively when that is unambiguous).
+
+        Args:
+            label (`str` or `list[str]`): one class name or a list of them.
+        """
+        names = [label] if isinstance(label, str) else list(label)
+        return class_label_ids(names, self.config.class_names, self.num_classes, len(names)).tolist()
+
+    def _predict(self, sample: torch.Tensor, timestep: torch.Tensor, class_ids: torch.Tensor,
+                 guidance_scale: float) -> torch.Tensor:
+        """The network output that the scheduler steps with: the plain pass for ``class_ids`` at ``s = 1``, and
+        otherwise the conditional and null-class inputs as one batch, combined as
+        ``out_null + s * (out_y - out_null)`` on the prediction channels; learned variance channels (beyond the
+        sample's channels) are the conditional pass's."""
+        if guidance_scale == 1.0:
+            return self.unet(sample, timestep, class_labels=class_ids).sample
+        null_ids = torch.full_like(class_ids, self.null_class)
+        output = self.unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([class_ids, null_ids])).sample
+        conditional, unconditional = output.chunk(2)
+        channels = sample.shape[1]
+        prediction = unconditional[:, :channels] + guidance_scale * (conditional[:, :channels]
+                                                                     - unconditional[:, :channels])
+        return torch.cat([prediction, conditional[:, channels:]], dim=1)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: ClassLabels = None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images of given classes.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images when ``class_labels`` is one class or None.
+            class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*): the classes to sample: one class
+                index (``0 .. K-1``) or name for every image, or a list of them (one image each; ``batch_size`` is
+                then left at 1 or equal to its length). None samples the null class: the unconditional model.
+            guidance_scale (`float`, defaults to `DEFAULT_GUIDANCE_SCALE`): ``s`` in
+                ``eps_null + s * (eps_y - eps_null)``. 1 is the conditional model (one network pass per step), 0 the
+                unconditional (null-class) model (one pass), other values two passes, run as one batch.
+                Ho & Salimans' guidance strength ``w`` is ``s - 1``.
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a
+                list holds one generator per image, and image i then depends on ``generator[i]`` alone.
+            num_inference_steps (`int`, defaults to 1000): sampling steps (at most the scheduler's
+                ``num_train_timesteps``; fewer suit DDIM or DPM-Solver++).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the images (``images``), or the tuple ``(images,)``.
+        """
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(
+                guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number (1: the conditional model, 0: the "
+                             f"unconditional one), got {guidance_scale!r}")
+        device = self._execution_device
+        class_ids = class_label_ids(class_labels, self.config.class_names, self.num_classes, batch_size,
+                                    device=device)
+        if guidance_scale == 0.0 or class_labels is None:
+            # eps_null + s * (eps_y - eps_null) is the null-class prediction when s = 0, and whatever s is when y is
+            # the null class: one pass, with the null class
+            class_ids, guidance_scale = torch.full_like(class_ids, self.null_class), 1.0
+        batch = class_ids.shape[0]
+        _check_generators(generator, batch)
+
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else size
+        shape = (batch, self.unet.config.in_channels, height, width)
+        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        image = image * self.scheduler.init_noise_sigma
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = self.scheduler.scale_model_input(image, t)
+            model_output = self._predict(model_input, t, class_ids, float(guidance_scale))
+            image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
+
+        image = self.image_processor.postprocess(image.float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
