@@ -162,7 +162,7 @@ def test_bad_labels_are_refused_with_what_was_expected(fixed):
         pipeline(class_labels=[0, 1], generator=[torch.Generator()], num_inference_steps=1)
 
 
-@pytest.mark.parametrize("value", ["dress", 3, -1, [1.5], True, [0, "dress"], [], torch.zeros(2, 2, dtype=torch.long)])
+@pytest.mark.parametrize("value", ["dress", 3, -1, [1.5], 1.5, True, [0, "dress"], [], torch.zeros(2, 2, dtype=torch.long)])
 def test_the_published_copy_of_the_label_rules_matches_hfgen_models_labels(value):
     """The pipeline file carries its own copy of hfgen.models.labels (it may import only torch and diffusers)."""
     def outcome(function):

@@ -34,6 +34,9 @@ def class_label_ids(class_labels: ClassLabels, class_names: Sequence[str] | None
         raise ValueError(f"class_labels={_short(class_labels)} was given, but this model was trained without class "
                          f"labels; train it with --class_conditional to sample a given class")
     names = list(class_names or [str(index) for index in range(num_classes)])
+    if not isinstance(class_labels, (int, str, list, tuple, torch.Tensor)):
+        raise ValueError(f"class_labels={_short(class_labels)} is a {type(class_labels).__name__}; expected a class "
+                         f"index (int), a class name (str), or a list or 1-d tensor of them")
     single = isinstance(class_labels, (int, str)) or (
         isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0)
     if single:
