@@ -180,6 +180,8 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         data_description=_data_description(metrics),
         units_note=_units_note(metrics),
         conditional_section=_conditional_section(family, metrics, repo_id),
+        class_conditional=bool(metrics.get("class_names")),
+        class_names=metrics.get("class_names") or [],
         conditioning_limit=(
             f"it is conditioned on the class label only ({len(metrics['class_names'])} classes: "
             f"{', '.join(metrics['class_names'])}), no text." if metrics.get("class_names")

@@ -96,6 +96,9 @@ def test_conditional_hvae_and_ddpm_runs_write_class_conditional_folders(tmp_path
     assert "bits_per_dim_iw" not in ddpm["unconditional"]
     index = json.loads((tmp_path / "ddpm" / "model_index.json").read_text())
     assert index["class_names"] == list(FASHION_MNIST_CLASS_NAMES)
+    card = (tmp_path / "ddpm" / "README.md").read_text()
+    assert "trust_remote_code=True" in card and 'class_labels=["T-shirt/top"] * 8' in card
+    assert "stock diffusers `DDPMPipeline`" not in card and "### Class-conditional" in card
     pipeline, family = load_pipeline(str(tmp_path / "ddpm"))
     images = family.sample_images(pipeline, 2, torch.Generator().manual_seed(0), class_labels=["Bag", "Bag"],
                                   scheduler="dpm-solver++", steps=2, guidance_scale=2.0)
