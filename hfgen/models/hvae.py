@@ -37,10 +37,9 @@ from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
-from .labels import class_label_ids
 from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
-from .vae import (LikelihoodBoundsOutput, check_class_config, check_class_ids, check_generator_list,
-                  execution_device)
+from .vae import (ClassLabelsMixin, LikelihoodBoundsOutput, check_class_config, check_class_ids,
+                  check_generator_list, execution_device)
 
 POSTERIORS = ("residual", "product")
 _LOG_2PI = math.log(2 * math.pi)
@@ -177,7 +176,7 @@ class _BottomUp(nn.Module):
         return activations
 
 
-class HierarchicalVAEModel(ModelMixin, ConfigMixin):
+class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
     r"""A hierarchical VAE for images: groups of Gaussian latents over several scales, a shared top-down path for
     inference and generation, and a choice of pixel likelihood.
 
@@ -313,16 +312,6 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin):
         return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
 
     # ------------------------------------------------------------------ class labels
-    def resolve_class_labels(self, class_labels, batch_size: int = 1) -> torch.Tensor | None:
-        """Class indices (int64, on the device the model computes on) for a pipeline's ``class_labels``: None, one
-        class or a list of classes, each an index or one of ``config.class_names`` (see
-        ``hfgen.models.labels.class_label_ids``; a wrong name is refused naming the valid ones). ``None`` gives the
-        null class for ``batch_size`` images on a conditional model, and None on an unconditional one."""
-        if class_labels is None and not self.config.num_classes:
-            return None
-        return class_label_ids(class_labels, self.config.class_names, self.config.num_classes, batch_size,
-                               device=execution_device(self))
-
     def _class_embedding(self, class_labels, batch_size: int, device) -> torch.Tensor | None:
         """The class embeddings ``(batch_size, embed_dim)`` of class indices (checked; None: the null class), or
         None for an unconditional model."""

@@ -192,7 +192,22 @@ class VAEDecoder(nn.Module):
         return self.conv_out(nn.functional.silu(self.norm_out(h)))
 
 
-class VAEModel(ModelMixin, ConfigMixin):
+class ClassLabelsMixin:
+    """``resolve_class_labels`` of a model whose config has ``num_classes`` and ``class_names`` (the VAE and the
+    hierarchical VAE): what their pipelines call to turn ``class_labels`` into class indices."""
+
+    def resolve_class_labels(self, class_labels, batch_size: int = 1) -> torch.Tensor | None:
+        """Class indices (int64, on the device the model computes on) for a pipeline's ``class_labels``: None, one
+        class or a list of classes, each an index or one of ``config.class_names`` (see
+        ``hfgen.models.labels.class_label_ids``; a wrong name is refused naming the valid ones). ``None`` gives the
+        null class for ``batch_size`` images on a conditional model, and None on an unconditional one."""
+        if class_labels is None and not self.config.num_classes:
+            return None
+        return class_label_ids(class_labels, self.config.class_names, self.config.num_classes, batch_size,
+                               device=execution_device(self))
+
+
+class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
     r"""A Gaussian-latent VAE for images, with a choice of pixel likelihood.
 
     Parameters:
@@ -309,16 +324,6 @@ class VAEModel(ModelMixin, ConfigMixin):
         return SourceRegion.log_prob(self.source_region, self.pixel_likelihood, params, target)
 
     # ------------------------------------------------------------------ class labels
-    def resolve_class_labels(self, class_labels, batch_size: int = 1) -> torch.Tensor | None:
-        """Class indices (int64, on the device the model computes on) for a pipeline's ``class_labels``: None, one
-        class or a list of classes, each an index or one of ``config.class_names`` (see
-        ``hfgen.models.labels.class_label_ids``; a wrong name is refused naming the valid ones). ``None`` gives the
-        null class for ``batch_size`` images on a conditional model, and None on an unconditional one."""
-        if class_labels is None and not self.config.num_classes:
-            return None
-        return class_label_ids(class_labels, self.config.class_names, self.config.num_classes, batch_size,
-                               device=execution_device(self))
-
     def _class_ids(self, class_labels, batch_size: int, device) -> torch.Tensor | None:
         return check_class_ids(class_labels, self.config.num_classes, batch_size, device)
 
