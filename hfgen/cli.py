@@ -129,15 +129,16 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
     return figures
 
 
-def _split_labels(args, family, pipeline, dataset) -> torch.Tensor:
-    """The class index of each evaluated image, checked against the classes the model was trained on."""
+def _split_labels(args, family, pipeline, dataset) -> tuple[torch.Tensor, list[str]]:
+    """The class index of each evaluated image and the split's class names, checked against the classes the model
+    was trained on."""
     from .data import class_labels
 
     labels, names = class_labels(dataset, args.label_column, max_samples=args.max_samples or None)
     trained = family.class_names(pipeline)
     if trained and names != trained:
         raise ValueError(f"the {args.split!r} split declares the classes {names}; the model was trained on {trained}")
-    return labels
+    return labels, names
 
 
 def _null_class_progress_file(path: str | None) -> str | None:
@@ -147,34 +148,26 @@ def _null_class_progress_file(path: str | None) -> str | None:
     return str(path.with_name(path.stem + "-null-class" + path.suffix))
 
 
-def _class_quality(args, pipeline, family, model) -> dict:
-    """Per-class fd_fmnist and class accuracy of generated images (``hfgen.metrics.class_conditional``)."""
-    from .data import class_labels, images_to_uint8, load_image_dataset
+def _class_quality(args, pipeline, family, images, labels, names, split_size: int) -> dict:
+    """Per-class fd_fmnist and class accuracy of generated images (``hfgen.metrics.class_conditional``) against the
+    split's ``images`` of each class."""
     from .evaluation import split_label
     from .metrics import load_feature_net
     from .metrics.class_conditional import class_conditional_quality
 
-    if not family.num_classes(model):
-        raise ValueError("--metrics classes needs a class-conditional model (trained with --class_conditional)")
-    dataset = load_image_dataset(args.dataset, args.split, config_name=args.dataset_config_name,
-                                 image_column=args.image_column)
-    labels, names = class_labels(dataset, args.label_column, max_samples=args.max_samples or None)
-    images = images_to_uint8(dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
-                             resize_mode=args.resize_mode, convert_channels=args.convert_channels,
-                             max_samples=args.max_samples or None, description=f"{args.split} images")
     net = load_feature_net("fmnist", pipeline.device)
     options = _sampling_options(args, family)
     figures = class_conditional_quality(family, pipeline, net, images, labels, names,
                                         samples_per_class=args.samples_per_class, batch_size=args.batch_size,
                                         seed=args.seed, **options)
     figures["sampling"] = {"seed": args.seed, **options}
-    figures["reference_split"] = split_label(args.split, images.shape[0], len(dataset))
+    figures["reference_split"] = split_label(args.split, images.shape[0], split_size)
     return figures
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import images_and_source_shape, load_image_dataset, public_dataset_name
-    from .evaluation import evaluate_likelihood, split_label
+    from .evaluation import bound_figures, evaluate_likelihood, split_label
 
     requested = _parse_metrics(args.metrics)
     if args.write_metrics and not Path(args.model).is_dir():
@@ -186,25 +179,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pipeline, family = load_pipeline(args.model, device)
     model = family.model_of(pipeline)
     metrics, images = {}, None
-    if "bpd" in requested:
+    conditional = bool(family.num_classes(model))
+    if "classes" in requested and not conditional:
+        raise ValueError("--metrics classes needs a class-conditional model (trained with --class_conditional)")
+    if "bpd" in requested or "classes" in requested:  # the split's images (and labels) once, for both
         dataset = load_image_dataset(args.dataset, args.split, config_name=args.dataset_config_name,
                                      image_column=args.image_column)
         images, source_shape = images_and_source_shape(
             dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
             resize_mode=args.resize_mode, convert_channels=args.convert_channels,
             max_samples=args.max_samples or None, description=f"{args.split} images")
+        labels, names = _split_labels(args, family, pipeline, dataset) if conditional else (None, None)
+    if "bpd" in requested:
         model.eval().to(memory_format=torch.channels_last)
         samples = args.vlb_timesteps if args.vlb_timesteps else args.importance_samples
-        labels = _split_labels(args, family, pipeline, dataset) if family.num_classes(model) else None
         metrics = evaluate_likelihood(family, model, images, importance_samples=samples,
                                       batch_size=args.batch_size, seed=args.seed, progress_file=args.progress_file,
                                       source_shape=source_shape, class_labels=labels)
-        if labels is not None:  # and the same model without labels (its null class): a bound on -log p(x)
-            unconditional = evaluate_likelihood(family, model, images, importance_samples=samples,
-                                                batch_size=args.batch_size, seed=args.seed, source_shape=source_shape,
-                                                progress_file=_null_class_progress_file(args.progress_file))
-            metrics["unconditional"] = {key: value for key, value in unconditional.items()
-                                        if key.startswith(("bits_per_dim", "nats_per_image")) or key == "likelihood"}
+        if conditional:  # and the same model without labels (its null class): a bound on -log p(x)
+            metrics["unconditional"] = bound_figures(evaluate_likelihood(
+                family, model, images, importance_samples=samples, batch_size=args.batch_size, seed=args.seed,
+                source_shape=source_shape, progress_file=_null_class_progress_file(args.progress_file)))
         metrics.update({"split": split_label(args.split, metrics["num_samples"], len(dataset)),
                         "split_size": len(dataset)})
     quality = [name for name in requested if name not in ("bpd", "classes")]
@@ -213,7 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics.update(_sample_quality(args, pipeline, family, model, quality, images))
     if "classes" in requested:
         model.eval()
-        metrics["classes"] = _class_quality(args, pipeline, family, model)
+        metrics["classes"] = _class_quality(args, pipeline, family, images, labels, names, len(dataset))
     # "split" labels the likelihood figures only; sample quality names its reference split under "reference"
     metrics.update({"dataset": public_dataset_name(args.dataset), "family": family.name})
     if args.write_metrics:

@@ -136,6 +136,14 @@ def evaluate_likelihood(
     return {**figures, **units, "likelihood": likelihood}
 
 
+def bound_figures(metrics: dict) -> dict:
+    """The bounds of an ``evaluate_likelihood`` result (``bits_per_dim_*``, ``nats_per_image_*``, their standard
+    errors) and its ``likelihood``: what ``metrics.json`` keeps under ``unconditional`` for a class-conditional
+    model's null class, beside the figures given the labels."""
+    return {key: value for key, value in metrics.items()
+            if key.startswith(("bits_per_dim", "nats_per_image")) or key == "likelihood"}
+
+
 def bound_units(family: ModelFamily, model, image_shape, source_shape: SourceShape | None) -> dict:
     """``num_dims`` (the data's own C x H x W), ``source_shape``, ``sample_shape`` (what the model sees) and
     ``bound_over``; refuses a model that scores fewer pixels than the data has (its figure would bound nothing)."""

@@ -40,10 +40,10 @@ def class_conditional_quality(
     all of them against all ``real_images`` (uint8; ``real_labels`` are their classes: the reference split), and the
     class histogram of ``null_class_samples`` (default ``samples_per_class``; 0: none) unconditional samples.
     ``options`` go to the family's sampler (e.g. ``guidance_scale``)."""
-    num_classes = len(class_names)
-    if num_classes != family.num_classes(family.model_of(pipeline)):
+    num_classes, trained = len(class_names), family.num_classes(family.model_of(pipeline))
+    if num_classes != trained:
         raise ValueError(f"the reference split declares {num_classes} classes ({class_names}) but the model was "
-                         f"trained on {family.num_classes(family.model_of(pipeline))}")
+                         f"trained on {trained}")
     if samples_per_class < 2:
         raise ValueError(f"samples_per_class must be >= 2 (a covariance per class), got {samples_per_class}")
     labels = [label for label in range(num_classes) for _ in range(samples_per_class)]

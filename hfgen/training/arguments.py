@@ -167,6 +167,9 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
 
 def resolve_config(args: argparse.Namespace, family: ModelFamily) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Fill unset flags from the preset, then from ``COMMON_DEFAULTS``; return (settings, model config)."""
+    if (args.label_column is not None or args.label_dropout is not None) and not args.class_conditional:
+        raise ValueError("--label_column and --label_dropout apply to class-conditional training; add "
+                         "--class_conditional (or leave them unset)")
     preset = family.presets[args.preset]
     resolved = argparse.Namespace(**vars(args))
     for key, value in {**COMMON_DEFAULTS, **preset.training}.items():
@@ -202,9 +205,6 @@ def _validate(cfg: argparse.Namespace) -> None:
     if not 0.0 <= cfg.label_dropout < 1.0:
         raise ValueError(f"--label_dropout must be in [0, 1) (the fraction of labels replaced by the null class), "
                          f"got {cfg.label_dropout}")
-    if (cfg.label_column is not None or cfg.label_dropout != COMMON_DEFAULTS["label_dropout"]) and not cfg.class_conditional:
-        raise ValueError("--label_column and --label_dropout apply to class-conditional training; add "
-                         "--class_conditional (or leave them unset)")
     if getattr(cfg, "push_to_hub", False) and not getattr(cfg, "hub_model_id", None):
         raise ValueError("--push_to_hub needs --hub_model_id (the repo to publish to, e.g. user/hfgen-vae)")
     if cfg.checkpoints_total_limit < 1:

@@ -28,7 +28,7 @@ from diffusers.utils import make_image_grid
 from ..progress import progress_bar
 
 from ..data import DataError, class_labels, images_and_source_shape, load_image_dataset, public_dataset_name
-from ..evaluation import evaluate_likelihood, split_label
+from ..evaluation import bound_figures, evaluate_likelihood, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
 from .arguments import resolve_config
@@ -169,10 +169,10 @@ def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, 
     return loaded
 
 
-def _check_same_classes(first: LoadedSplit, second: LoadedSplit, first_name: str, second_name: str) -> None:
-    if first.class_names != second.class_names:
-        raise DataError(f"the {first_name!r} split declares the classes {first.class_names} but the {second_name!r} "
-                        f"split {second.class_names}; expected the same classes in the same order")
+def _check_same_classes(first: list[str], second: list[str], first_split: str, second_split: str) -> None:
+    if first != second:
+        raise DataError(f"the {first_split!r} split declares the classes {first} but the {second_split!r} split "
+                        f"{second}; expected the same classes in the same order")
 
 
 def _no_accelerator_present() -> bool:
@@ -322,7 +322,7 @@ class TrainingRun:
                 self.train_labels = self.train_labels.to(self.device)
         if cfg.class_conditional:
             # the class count and names come from the data; every split must declare the same classes
-            _check_same_classes(train, evaluation, cfg.train_split, cfg.eval_split)
+            _check_same_classes(train.class_names, evaluation.class_names, cfg.train_split, cfg.eval_split)
             cfg.num_classes, cfg.class_names = len(train.class_names), train.class_names
             model_config = {**model_config, "num_classes": cfg.num_classes, "class_names": cfg.class_names}
         self.batches = BatchSchedule(self.train_images.shape[0], cfg.train_batch_size, cfg.seed,
@@ -583,11 +583,9 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
     # a class-conditional model: bounds on -log p(x | y) given the true labels, and on -log p(x) (its null class)
     metrics = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples, final.labels)
     if cfg.class_conditional:
-        _check_same_classes(final, LoadedSplit(None, None, 0, class_names=cfg.class_names), cfg.final_eval_split,
-                            cfg.train_split)
+        _check_same_classes(final.class_names, cfg.class_names, cfg.final_eval_split, cfg.train_split)
         unconditional = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples)
-        metrics["unconditional"] = {key: value for key, value in unconditional.items()
-                                    if key.startswith(("bits_per_dim", "nats_per_image")) or key == "likelihood"}
+        metrics["unconditional"] = bound_figures(unconditional)
         metrics["class_names"] = cfg.class_names
     if accelerator.is_main_process:
         _save_pipeline_folder(family.make_pipeline(run.unwrapped), output_dir)
