@@ -18,12 +18,15 @@ import logging
 import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, create_branch, create_repo, upload_folder
 
 from .data import FASHION_MNIST, FASHION_MNIST_HUB_ID, LOCAL_DATA_SUFFIX
-from .families.base import ModelFamily
-from .remote_code import pipeline_class_name, read_model_index
+from .remote_code import component_module_name, pipeline_class_name, read_model_index
+
+if TYPE_CHECKING:  # annotations only: hfgen.families imports the pipelines, whose hooks import this module
+    from .families.base import ModelFamily
 
 logger = logging.getLogger("hfgen.hub")
 
@@ -277,8 +280,6 @@ def pipeline_class_file(family: ModelFamily) -> str:
 
 def component_file(family: ModelFamily) -> str:
     """``modeling_vae.py``: the model code file a family's published component folder carries ("" for DDPM)."""
-    from .remote_code import component_module_name
-
     components = getattr(family.pipeline_class, "_hfgen_components", {})
     return "".join(f"{component_module_name(model_class)}.py" for model_class in components.values())
 

@@ -18,11 +18,12 @@ root file and the model from the component folder; without ``trust_remote_code``
 any of that code. The model code is one self-contained file per component because diffusers downloads only the
 component's own module file from a repo (not the files it imports relatively).
 
-With hfgen installed, ``VAEPipeline.from_pretrained`` / ``HierarchicalVAEPipeline.from_pretrained`` (hooks installed
-by ``install_hooks``) never run code from the folder: they read ``model_index.json`` and the safetensors weights
+With hfgen installed, ``VAEPipeline.from_pretrained`` / ``HierarchicalVAEPipeline.from_pretrained`` (``load_pretrained``,
+installed by ``hfgen.pipeline_hooks``) never run code from the folder: they read ``model_index.json`` and the safetensors weights
 into hfgen's own classes, for a local folder or a Hub repo id (whose files are downloaded first, weights and configs
 only). Folders written before this layout (``"_class_name": "VAEPipeline"``, ``"vae": ["hfgen.models.vae", ...]``)
-load the same way. ``save_pretrained`` writes the layout, so every folder hfgen writes is the folder it publishes.
+load the same way. ``write_code_files`` completes the layout when hfgen saves a pipeline, so every folder hfgen writes
+is the folder it publishes. This module reads and writes folders only; publishing them is ``hfgen.hub``'s.
 """
 
 from __future__ import annotations
@@ -372,33 +373,3 @@ def _scheduler_class(entry, default: type) -> type:
         raise ValueError(f"model_index.json names the scheduler {list(entry)}; expected a diffusers scheduler such "
                          f"as [\"diffusers\", \"{default.__name__}\"] (hfgen runs no code from a folder)")
     return scheduler_class
-
-
-def save_pretrained(pipeline, save_directory, **kwargs) -> None:
-    """``save_pretrained`` of hfgen's pipelines: diffusers' folder (safetensors) plus the code files and the
-    ``model_index.json`` entries that let plain diffusers load it with ``trust_remote_code=True``.
-    ``push_to_hub=True`` then publishes the folder with ``hfgen.hub.publish`` (``repo_id``, ``private``,
-    ``commit_message``, ``revision``, ``token`` as in diffusers)."""
-    from diffusers import DiffusionPipeline
-
-    push = kwargs.pop("push_to_hub", False)
-    hub_args = {key: kwargs.pop(key) for key in ("repo_id", "private", "commit_message", "revision", "token",
-                                                 "create_pr") if key in kwargs}
-    if kwargs.get("safe_serialization") is False:
-        raise ValueError("hfgen saves weights only as safetensors; safe_serialization=False is not supported")
-    DiffusionPipeline.save_pretrained(pipeline, save_directory, **kwargs)
-    write_code_files(save_directory, type(pipeline), type(pipeline)._hfgen_components)
-    if push:
-        from .hub import publish
-
-        if hub_args.pop("create_pr", False):
-            raise ValueError("hfgen publishes to a branch (revision=...), not as a pull request")
-        repo_id = hub_args.pop("repo_id", None) or Path(save_directory).name
-        publish(save_directory, repo_id, **hub_args)
-
-
-def install_hooks(pipeline_class: type, components: dict[str, type]) -> None:
-    """Make ``pipeline_class.from_pretrained`` / ``save_pretrained`` hfgen's (see the module docstring)."""
-    pipeline_class._hfgen_components = dict(components)
-    pipeline_class._hfgen_from_pretrained = staticmethod(load_pretrained)
-    pipeline_class._hfgen_save_pretrained = staticmethod(save_pretrained)

@@ -2,13 +2,13 @@
 
 The pipeline files import only torch and diffusers, so that a published folder can carry them as remote code;
 here, as part of hfgen, their ``from_pretrained`` and ``save_pretrained`` get hfgen's behaviour
-(``hfgen.remote_code``): hfgen's own model classes, and folders that plain diffusers can load too.
+(``hfgen.pipeline_hooks``): hfgen's own model classes, and folders that plain diffusers can load too.
 """
 
 from diffusers import DDPMScheduler, UNet2DModel
 
 from ..models import HierarchicalVAEModel, VAEModel
-from ..remote_code import install_hooks
+from ..pipeline_hooks import install_hooks
 from .pipeline_ddpm_conditional import ClassConditionalDDPMPipeline
 from .pipeline_hvae import HierarchicalVAEPipeline
 from .pipeline_vae import VAEPipeline

@@ -124,7 +124,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    # hfgen sets these (hfgen.remote_code.install_hooks) when this file is imported as part of the hfgen package:
+    # hfgen sets these (hfgen.pipeline_hooks.install_hooks) when this file is imported as part of the hfgen package:
     # from_pretrained then reads a folder or Hub repo into diffusers' classes without running code from it, and
     # save_pretrained also writes this file into the folder so that plain diffusers can load it with
     # trust_remote_code=True. In the copy a published folder carries they stay None: diffusers' own methods apply.

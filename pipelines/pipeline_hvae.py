@@ -92,7 +92,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "vae"
 
-    # hfgen sets these (hfgen.remote_code.install_hooks) when this file is imported as part of the hfgen package:
+    # hfgen sets these (hfgen.pipeline_hooks.install_hooks) when this file is imported as part of the hfgen package:
     # from_pretrained then reads a folder or Hub repo into hfgen's own model classes without running code from it,
     # and save_pretrained also writes the code files that let plain diffusers load the folder with
     # trust_remote_code=True. In the copy a published folder carries they stay None: diffusers' own methods apply.
