@@ -19,7 +19,10 @@ from hfgen.metrics import evaluate_samples, load_feature_net, reference_statisti
 
 SETTINGS = {  # scheduler -> the (clip_sample, timestep_spacing) pairs compared
     "ddim": list(itertools.product((True, False), ("leading", "trailing"))),
-    "dpm-solver++": list(itertools.product((False,), ("linspace", "trailing"))),
+    # DPM-Solver++ "clips" through its dynamic thresholding at sample_max_value=1 (hfgen.families.ddpm)
+    "dpm-solver++": list(itertools.product((True, False), ("linspace", "trailing"))),
+    # the ancestral sampler with fewer steps than T (the folder's clip_sample=True)
+    "ddpm": [(True, "leading")],
 }
 
 
@@ -30,6 +33,9 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--schedulers", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--clip-sample", choices=("true", "false"), default=None,
+                        help="compare only the settings with this clip_sample")
+    parser.add_argument("--timestep-spacing", default=None, help="compare only the settings with this spacing")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     args = parser.parse_args()
@@ -40,6 +46,9 @@ def main() -> None:
         pipeline.set_progress_bar_config(disable=True)
         for name, steps in itertools.product(args.schedulers, args.steps):
             for clip_sample, spacing in SETTINGS[name]:
+                if ((args.clip_sample is not None and clip_sample != (args.clip_sample == "true"))
+                        or (args.timestep_spacing is not None and spacing != args.timestep_spacing)):
+                    continue
                 started = time.perf_counter()
                 figures = evaluate_samples(family, pipeline, reference, num_samples=args.num_samples,
                                            metrics=("fd",), batch_size=args.batch_size, net=net,

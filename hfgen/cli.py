@@ -86,15 +86,22 @@ def _parse_metrics(text: str) -> list[str]:
 
 def _sampling_options(args: argparse.Namespace, family) -> dict:
     """Sampling options given on the command line, checked against the ones the family's sampler takes
-    (``ModelFamily.sampling_options``: ``temperature`` for the VAEs, ``scheduler`` and ``steps`` for DDPM)."""
+    (``ModelFamily.sampling_options``: ``temperature`` for the VAEs; ``scheduler``, ``steps``, ``clip_sample`` and,
+    for a class-conditional model, ``guidance_scale`` for DDPM)."""
     given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps,
+             "clip_sample": args.clip_sample, "timestep_spacing": args.timestep_spacing,
              "guidance_scale": args.guidance_scale}
     options = {key: value for key, value in given.items() if value is not None}
-    refused = [f"--{key}" for key in options if key not in family.sampling_options]
+    refused = [_flag(key) for key in options if key not in family.sampling_options]
     if refused:
         raise ValueError(f"the {family.name} family's sampler does not take {', '.join(refused)}; it takes "
-                         f"{', '.join('--' + key for key in family.sampling_options)}")
+                         f"{', '.join(_flag(key) for key in family.sampling_options)}")
     return options
+
+
+def _flag(option: str) -> str:
+    """The command-line flag of a sampling option: ``clip_sample`` -> ``--clip-sample``."""
+    return "--" + option.replace("_", "-")
 
 
 def _sample_quality(args, pipeline, family, model, names: list[str], images) -> dict:
@@ -254,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sampler for the trained network (DDPM family; default: the folder's own)")
     sample.add_argument("--steps", type=int, default=None,
                         help="sampling steps (DDPM family; default: T for ddpm, 50 for ddim and dpm-solver++)")
+    sample.add_argument("--clip-sample", action=argparse.BooleanOptionalAction, default=None,
+                        help="clip every x_0 prediction to [-1, 1] (DDPM family; default: the sampler's)")
+    sample.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
+                        help="where the sampler's steps fall among the T timesteps (DDPM family)")
     sample.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
                         help="a class-conditional model: a row of this class (a name, e.g. sneaker, or an index); "
                              "repeat for more rows (default: one row per class)")
@@ -303,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
     evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (families that take them)")
+    evaluate.add_argument("--clip-sample", action=argparse.BooleanOptionalAction, default=None,
+                          help="clip every x_0 prediction to [-1, 1] (DDPM family; default: the sampler's)")
+    evaluate.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
+                          help="where the sampler's steps fall among the T timesteps (DDPM family)")
     evaluate.add_argument("--inception-weights", default=None,
                           help="a local FID Inception-v3 weight file (pytorch-fid's pt_inception-2015-12-05-*.pth, or a "
                                ".safetensors of the same state dict): adds fid_inception to --metrics fd "

@@ -89,6 +89,10 @@ def test_errors_name_the_problem(trained, tmp_path, capsys):
     assert main(["evaluate", str(trained), "--dataset", str(tmp_path / "rgb"), "--split", "train"]) == 2
     err = capsys.readouterr().err
     assert "3" in err and "1" in err and "channel" in err
+    # a sampling option of another family: refused in the command line's own spelling, naming what it takes
+    assert main(["sample", str(trained), "--clip-sample", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--clip-sample" in err and "--temperature" in err and not (tmp_path / "x.png").exists()
 
 
 def test_console_script_runs_in_a_fresh_process(trained, tmp_path, run_env):

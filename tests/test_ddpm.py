@@ -137,6 +137,10 @@ def test_scheduler_swap_is_deterministic_and_the_vae_refuses_it(trained, tmp_pat
     assert main(["sample", str(trained), "--num-images", "4", "--scheduler", "dpm-solver++", "--steps", "5",
                  "--out", str(tmp_path / "g.png"), "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["scheduler"] == "dpm-solver++"
+    assert main(["sample", str(trained), "--num-images", "2", "--scheduler", "ddim", "--steps", "3", "--clip-sample",
+                 "--timestep-spacing", "trailing", "--out", str(tmp_path / "c.png")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (printed["clip_sample"], printed["timestep_spacing"]) == (True, "trailing")
     assert main(["sample", str(trained), "--steps", "1000", "--out", str(tmp_path / "h.png")]) == 2
     assert "steps" in capsys.readouterr().err
 
@@ -288,3 +292,39 @@ def test_ddim_does_not_inherit_clipping_and_options_override_the_sampler_setting
     assert (seen[0].clip_sample, seen[0].timestep_spacing) == (False, "leading")
     assert (seen[1].clip_sample, seen[1].timestep_spacing) == (True, "trailing")
     assert isinstance(DDIMScheduler.from_config(seen[0]), DDIMScheduler)
+
+
+@pytest.mark.parametrize("clip_sample", [True, False])
+def test_dpm_solver_clips_its_data_prediction_when_asked(monkeypatch, clip_sample):
+    """DPM-Solver++ has no clip_sample; hfgen maps it to dynamic thresholding at 1, which clips every x_0 prediction
+    to [-1, 1] as the DDPM and DDIM schedulers' clip_sample does. An untrained network's x_0 predictions at high
+    noise lie far outside [-1, 1], so the unclipped run shows them and the clipped one never does."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    family = DDPMFamily()
+    torch.manual_seed(0)
+    pipeline = family.make_pipeline(family.build_model(family.presets["tiny"].model, 1, 16))
+    pipeline.set_progress_bar_config(disable=True)
+    unclipped_max, predictions = [], []
+    original = DPMSolverMultistepScheduler.convert_model_output
+    threshold = DPMSolverMultistepScheduler._threshold_sample
+
+    def record_threshold(self, sample):
+        unclipped_max.append(sample.abs().max().item())
+        return threshold(self, sample)
+
+    def record(self, *args, **kwargs):
+        predictions.append(original(self, *args, **kwargs))
+        return predictions[-1]
+
+    monkeypatch.setattr(DPMSolverMultistepScheduler, "_threshold_sample", record_threshold)
+    monkeypatch.setattr(DPMSolverMultistepScheduler, "convert_model_output", record)
+    images = family.sample_images(pipeline, 2, torch.Generator().manual_seed(0), scheduler="dpm-solver++", steps=4,
+                                  clip_sample=clip_sample)
+    assert len(images) == 2 and len(predictions) == 4
+    largest = max(p.abs().max().item() for p in predictions)
+    if clip_sample:
+        assert len(unclipped_max) == 4 and max(unclipped_max) > 1.5  # there was something to clip
+        assert largest == pytest.approx(1.0)
+    else:
+        assert not unclipped_max and largest > 1.5
