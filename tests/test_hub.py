@@ -560,3 +560,26 @@ def test_no_published_file_of_a_run_on_a_local_folder_holds_an_absolute_path(tmp
     assert config["dataset"] == "my_garments (local data)" and config["output_dir"] == "vae-local"
     card = ModelCard.load(out / "README.md")
     assert "datasets" not in card.data.to_dict()  # a local folder is not a Hub data set
+
+
+def _hfgen_imports(module_file: Path) -> set[str]:
+    """The hfgen modules a module file imports anywhere in it (top level or inside functions), as dotted names
+    relative to the package (``"files"``, ``"families.base"``)."""
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(module_file.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names.add(node.module or "")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hfgen."):
+            names.add(node.module.removeprefix("hfgen."))
+    return names
+
+
+def test_folder_code_and_publishing_do_not_import_each_other():
+    """remote_code.py (the folder layout and its loading) sits below hub.py (cards, publishing): it imports no hfgen
+    module but files.py, and the pipelines' hooks, which need both, live above them in pipeline_hooks.py."""
+    package = ROOT / "hfgen"
+    assert _hfgen_imports(package / "remote_code.py") == {"files"}
+    assert "pipeline_hooks" not in _hfgen_imports(package / "hub.py")
+    assert {"hub", "remote_code"} <= _hfgen_imports(package / "pipeline_hooks.py")
