@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--samples-per-class", type=int, default=100)
     parser.add_argument("--scheduler", default="dpm-solver++")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--clip-sample", action=argparse.BooleanOptionalAction, default=None,
+                        help="clip the sampler's x_0 predictions to [-1, 1] (default: the sampler's; docs/ddpm.md)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -45,8 +47,10 @@ def main() -> None:
         figures = class_conditional_quality(
             family, pipeline, net, images, labels, names, samples_per_class=args.samples_per_class,
             null_class_samples=args.samples_per_class if index == 0 else 0, batch_size=args.batch_size,
-            seed=args.seed, show_progress=False, scheduler=args.scheduler, steps=args.steps, guidance_scale=scale)
+            seed=args.seed, show_progress=False, scheduler=args.scheduler, steps=args.steps, guidance_scale=scale,
+            **({} if args.clip_sample is None else {"clip_sample": args.clip_sample}))
         row = {"folder": args.folder, "split": args.split, "guidance_scale": scale, "scheduler": args.scheduler,
+               "clip_sample": args.clip_sample,
                "steps": args.steps, "seconds": round(time.perf_counter() - started, 1), **figures}
         rows.append(row)
         line = json.dumps(row)

@@ -20,7 +20,7 @@ from hfgen.metrics import evaluate_samples, load_feature_net, reference_statisti
 SETTINGS = {  # scheduler -> the (clip_sample, timestep_spacing) pairs compared
     "ddim": list(itertools.product((True, False), ("leading", "trailing"))),
     # DPM-Solver++ "clips" through its dynamic thresholding at sample_max_value=1 (hfgen.families.ddpm)
-    "dpm-solver++": list(itertools.product((True, False), ("linspace", "trailing"))),
+    "dpm-solver++": list(itertools.product((True, False), ("linspace", "leading", "trailing"))),
     # the ancestral sampler with fewer steps than T (the folder's clip_sample=True)
     "ddpm": [(True, "leading")],
 }

@@ -291,6 +291,11 @@ def test_ddim_does_not_inherit_clipping_and_options_override_the_sampler_setting
                          timestep_spacing="trailing")
     assert (seen[0].clip_sample, seen[0].timestep_spacing) == (False, "leading")
     assert (seen[1].clip_sample, seen[1].timestep_spacing) == (True, "trailing")
+    # DPM-Solver++: clipped (thresholding at 1) on its own "linspace" steps, not the folder's "leading"
+    family.sample_images(pipeline, 1, torch.Generator(), scheduler="dpm-solver++", steps=5)
+    family.sample_images(pipeline, 1, torch.Generator(), scheduler="dpm-solver++", steps=5, clip_sample=False)
+    assert (seen[2].thresholding, seen[2].sample_max_value, seen[2].timestep_spacing) == (True, 1.0, "linspace")
+    assert not seen[3].thresholding
     assert isinstance(DDIMScheduler.from_config(seen[0]), DDIMScheduler)
 
 
