@@ -48,7 +48,7 @@ def main() -> None:
             family, pipeline, net, images, labels, names, samples_per_class=args.samples_per_class,
             null_class_samples=args.samples_per_class if index == 0 else 0, batch_size=args.batch_size,
             seed=args.seed, show_progress=False, scheduler=args.scheduler, steps=args.steps, guidance_scale=scale,
-            **({} if args.clip_sample is None else {"clip_sample": args.clip_sample}))
+            clip_sample=args.clip_sample)  # None: the sampler's default
         row = {"folder": args.folder, "split": args.split, "guidance_scale": scale, "scheduler": args.scheduler,
                "clip_sample": args.clip_sample,
                "steps": args.steps, "seconds": round(time.perf_counter() - started, 1), **figures}

@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 50])
     parser.add_argument("--schedulers", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--clip-sample", choices=("true", "false"), default=None,
-                        help="compare only the settings with this clip_sample")
+    parser.add_argument("--clip-sample", action=argparse.BooleanOptionalAction, default=None,
+                        help="compare only the settings with (or without) clipping")
     parser.add_argument("--timestep-spacing", default=None, help="compare only the settings with this spacing")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -46,8 +46,7 @@ def main() -> None:
         pipeline.set_progress_bar_config(disable=True)
         for name, steps in itertools.product(args.schedulers, args.steps):
             for clip_sample, spacing in SETTINGS[name]:
-                if ((args.clip_sample is not None and clip_sample != (args.clip_sample == "true"))
-                        or (args.timestep_spacing is not None and spacing != args.timestep_spacing)):
+                if args.clip_sample not in (None, clip_sample) or args.timestep_spacing not in (None, spacing):
                     continue
                 started = time.perf_counter()
                 figures = evaluate_samples(family, pipeline, reference, num_samples=args.num_samples,

@@ -86,8 +86,8 @@ def _parse_metrics(text: str) -> list[str]:
 
 def _sampling_options(args: argparse.Namespace, family) -> dict:
     """Sampling options given on the command line, checked against the ones the family's sampler takes
-    (``ModelFamily.sampling_options``: ``temperature`` for the VAEs; ``scheduler``, ``steps``, ``clip_sample`` and,
-    for a class-conditional model, ``guidance_scale`` for DDPM)."""
+    (``ModelFamily.sampling_options``: ``temperature`` for the VAEs; ``scheduler``, ``steps``, ``clip_sample``,
+    ``timestep_spacing`` and, for a class-conditional model, ``guidance_scale`` for DDPM)."""
     given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps,
              "clip_sample": args.clip_sample, "timestep_spacing": args.timestep_spacing,
              "guidance_scale": args.guidance_scale}

@@ -18,12 +18,13 @@ root file and the model from the component folder; without ``trust_remote_code``
 any of that code. The model code is one self-contained file per component because diffusers downloads only the
 component's own module file from a repo (not the files it imports relatively).
 
-With hfgen installed, ``VAEPipeline.from_pretrained`` / ``HierarchicalVAEPipeline.from_pretrained`` (``load_pretrained``,
-installed by ``hfgen.pipeline_hooks``) never run code from the folder: they read ``model_index.json`` and the safetensors weights
-into hfgen's own classes, for a local folder or a Hub repo id (whose files are downloaded first, weights and configs
-only). Folders written before this layout (``"_class_name": "VAEPipeline"``, ``"vae": ["hfgen.models.vae", ...]``)
-load the same way. ``write_code_files`` completes the layout when hfgen saves a pipeline, so every folder hfgen writes
-is the folder it publishes. This module reads and writes folders only; publishing them is ``hfgen.hub``'s.
+With hfgen installed, ``VAEPipeline.from_pretrained`` / ``HierarchicalVAEPipeline.from_pretrained``
+(``load_pretrained``, installed by ``hfgen.pipeline_hooks``) never run code from the folder: they read
+``model_index.json`` and the safetensors weights into hfgen's own classes, for a local folder or a Hub repo id (whose
+files are downloaded first, weights and configs only). Folders written before this layout (``"_class_name":
+"VAEPipeline"``, ``"vae": ["hfgen.models.vae", ...]``) load the same way. ``write_code_files`` completes the layout
+when hfgen saves a pipeline, so every folder hfgen writes is the folder it publishes. This module reads and writes
+folders only; publishing them is ``hfgen.hub``'s.
 """
 
 from __future__ import annotations

@@ -43,6 +43,16 @@ from ..models.likelihoods import uint8_to_unit_interval
 from ..pipelines import ClassConditionalDDPMPipeline
 from .base import Bounds, ModelFamily, Preset
 
+
+def _dpm_solver_clipping(clip_sample: bool) -> dict:
+    """DPM-Solver++'s settings for ``clip_sample``: it has no such option, but its dynamic thresholding with
+    ``sample_max_value=1`` clips every x_0 prediction to [-1, 1], exactly what ``clip_sample`` does in the DDPM and
+    DDIM schedulers (the threshold, a quantile of |x_0| clamped to [1, sample_max_value], is then always 1).
+    Unlike DDIM's clipping, which keeps the network's unclipped noise for the step, DPM-Solver++ steps from the
+    clipped x_0 alone, so clipping helps it (docs/ddpm.md)."""
+    return {"thresholding": bool(clip_sample), "sample_max_value": 1.0}
+
+
 #: ``hfgen sample --scheduler`` choices: the scheduler class and its settings over the folder's scheduler config.
 #: DDIM does not inherit the folder's clip_sample=True: on the validation split (two 10-minute `small` models, fixed
 #: and learned variances, 20 steps, 300 samples) clipping cost 15-19 in fd_fmnist, and "trailing" spacing was no
@@ -54,8 +64,8 @@ from .base import Bounds, ModelFamily, Preset
 SAMPLERS = {
     "ddpm": (DDPMScheduler, {}),
     "ddim": (DDIMScheduler, {"clip_sample": False, "timestep_spacing": "leading"}),
-    "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "thresholding": True,
-                                                   "sample_max_value": 1.0, "timestep_spacing": "linspace"}),
+    "dpm-solver++": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", **_dpm_solver_clipping(True),
+                                                   "timestep_spacing": "linspace"}),
 }
 
 DDPM_PRESETS = {
@@ -323,15 +333,6 @@ class DDPMFamily(ModelFamily):
             sampler, call = DDPMPipeline(unet=unet, scheduler=scheduler), {}
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return sampler(batch_size=num_images, generator=generator, num_inference_steps=steps, **call).images
-
-
-def _dpm_solver_clipping(clip_sample: bool) -> dict:
-    """DPM-Solver++'s settings for ``clip_sample``: it has no such option, but its dynamic thresholding with
-    ``sample_max_value=1`` clips every x_0 prediction to [-1, 1], exactly what ``clip_sample`` does in the DDPM and
-    DDIM schedulers (the threshold, a quantile of |x_0| clamped to [1, sample_max_value], is then always 1).
-    Unlike DDIM's clipping, which keeps the network's unclipped noise for the step, DPM-Solver++ steps from the
-    clipped x_0 alone, so clipping helps it (docs/ddpm.md)."""
-    return {"thresholding": bool(clip_sample), "sample_max_value": 1.0}
 
 
 class _PredictionOnly(torch.nn.Module):
