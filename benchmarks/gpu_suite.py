@@ -15,6 +15,8 @@ soon as it is done and printed; a measurement that fails writes a line with its 
     hvae_train, hvae_memory, hvae_train_compiled   the same for the hierarchical VAE `base`
     hvae_fmnist          HVAE `base` trained on Fashion-MNIST for the minutes left, test bits/dim (ELBO)
     vae_fmnist           the same for the VAE `base`
+    iw_bounds            only with --iw-folders: each carried VAE-family folder's ELBO and importance-weighted
+                         bound with K=1000 (--iw-samples) over the whole Fashion-MNIST test split, fp32, TF32 off
     suite                the run itself: seconds, budget, names that failed
 
 The measurements come in parts (ddpm_train, ddpm_sample, vae, hvae, hvae_fmnist, vae_fmnist). By default each
@@ -23,6 +25,12 @@ share whatever time the others left (skipped when too little is left). --quick (
 the calling process) is what CI runs so that the suite cannot rot:
 
     python benchmarks/gpu_suite.py --output $OUT/gpu_suite.jsonl --fashion-mnist-dir .data/fashion-mnist
+    python benchmarks/gpu_suite.py --parts iw_bounds --iw-folders .device-folders/* --budget-minutes 5 \
+        --output $OUT/gpu_suite.jsonl --fashion-mnist-dir .data/fashion-mnist
+
+The second line is the K=1000 bounds of models trained elsewhere (minutes on a GPU, hours on a CPU): a part of its
+own that runs only when --iw-folders names folders. Each folder's evaluation keeps a progress file in the logs
+folder (`iw_<folder>.progress.json`), so a run cut short continues where it stopped when the file is carried back.
     python benchmarks/gpu_suite.py --device cpu --quick --output runs/gpu_suite_quick.jsonl
 
 docs/benchmarks.md has the device command. Light imports at the top: the parent process never imports torch.
@@ -54,9 +62,11 @@ PARTS = {
     "ddpm_sample": (0.12, ("ddpm_sample",)),
     "vae": (0.12, ("vae_train", "vae_memory", "vae_train_compiled")),  # compilation last: it may overrun
     "hvae": (0.18, ("hvae_train", "hvae_memory", "hvae_train_compiled")),
+    "iw_bounds": (1.0, ("iw_bounds",)),  # only with --iw-folders: the time left but the Fashion-MNIST runs' minimum
     "hvae_fmnist": (None, ("hvae_fmnist",)),
     "vae_fmnist": (None, ("vae_fmnist",)),
 }
+SPEED_PARTS = [part for part in PARTS if part != "iw_bounds"]  # the default parts
 FMNIST_OVERHEAD_S = 60  # start-up, data, final ELBO over the test split, samples and save of one training run
 FMNIST_MIN_TRAIN_S = 30  # below this a Fashion-MNIST run is skipped
 MARGIN_S = 15  # kept back from the budget for the last lines (not with --quick)
@@ -70,6 +80,7 @@ SIZES = {
                num_images=32, sample_batch=2, vae_preset="tiny", fmnist_eval=64, fmnist_train_images=256,
                compile_backend="eager"),  # eager: dynamo traces the step, no code generation (seconds on a CPU)
 }
+IW_EVAL_IMAGES = {False: 0, True: 64}  # test images of iw_bounds (0: the whole split)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -177,19 +188,26 @@ def memory(args, family: str) -> dict:
     return train_memory.measure(settings, in_process=args.quick)
 
 
-def fmnist_training(args, family_name: str) -> dict:
-    """Train the family's `base` (tiny with --quick) on Fashion-MNIST for --fmnist-minutes; test bits/dim."""
-    import tempfile
-
+def _fashion_mnist_folder(args) -> str:
+    """The Fashion-MNIST IDX folder hfgen's data layer will read (--fashion-mnist-dir, else its default)."""
     from hfgen.data import FASHION_MNIST_DIR_ENV, fashion_mnist_dir
-    from hfgen.families import FAMILIES_BY_PIPELINE
-    from hfgen.training import build_parser, train
 
     if args.fashion_mnist_dir:
         os.environ[FASHION_MNIST_DIR_ENV] = str(Path(args.fashion_mnist_dir).resolve())
     folder = fashion_mnist_dir()
     if folder is None or not os.path.isdir(folder):
         raise FileNotFoundError(f"no Fashion-MNIST IDX folder ({folder}); give --fashion-mnist-dir")
+    return folder
+
+
+def fmnist_training(args, family_name: str) -> dict:
+    """Train the family's `base` (tiny with --quick) on Fashion-MNIST for --fmnist-minutes; test bits/dim."""
+    import tempfile
+
+    from hfgen.families import FAMILIES_BY_PIPELINE
+    from hfgen.training import build_parser, train
+
+    folder = _fashion_mnist_folder(args)
     sizes = SIZES[args.quick]
     family = next(cls for cls in FAMILIES_BY_PIPELINE.values() if cls.name == family_name)()
     with tempfile.TemporaryDirectory() as output_dir:
@@ -208,6 +226,40 @@ def fmnist_training(args, family_name: str) -> dict:
     return kept
 
 
+def iw_bounds(args) -> dict:
+    """ELBO and K-sample importance-weighted bound of each --iw-folders pipeline folder over the Fashion-MNIST test
+    split (the whole split; its first 64 images with --quick), through `hfgen evaluate` on this device. The bound is
+    computed in fp32 with TF32 off, as on a CPU; the noise differs from a CPU run's (another generator), not the
+    estimate's expectation. Progress files beside the logs make an evaluation cut short resume."""
+    import io
+
+    import torch
+
+    from hfgen.cli import main as hfgen_main
+
+    if not args.iw_folders:
+        raise ValueError("iw_bounds evaluates the folders named by --iw-folders, and none were given")
+    data_folder = _fashion_mnist_folder(args)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    output = Path(args.output)
+    results = {}
+    for folder in args.iw_folders:
+        name = Path(folder).resolve().name
+        progress = output.parent / f"{output.stem}_logs" / f"iw_{name}.progress.json"
+        started = time.monotonic()
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            hfgen_main(["evaluate", folder, "--split", "test", "--importance-samples", str(args.iw_samples),
+                        "--max-samples", str(IW_EVAL_IMAGES[args.quick]), "--device", args.device,
+                        "--progress-file", str(progress)])
+        metrics = json.loads(printed.getvalue().strip().splitlines()[-1])
+        metrics["seconds"] = round(time.monotonic() - started, 1)
+        results[name] = metrics
+    return {"folders": results, "fashion_mnist_dir": data_folder, "importance_samples": args.iw_samples,
+            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
+
+
 MEASUREMENTS = {
     "ddpm_train": lambda args: train_speed(args, "ddpm", compiled=False),
     "ddpm_train_compiled": lambda args: train_speed(args, "ddpm", compiled=True),
@@ -220,6 +272,7 @@ MEASUREMENTS = {
     "hvae_memory": lambda args: memory(args, "hvae"),
     "hvae_fmnist": lambda args: fmnist_training(args, "hvae"),
     "vae_fmnist": lambda args: fmnist_training(args, "vae"),
+    "iw_bounds": iw_bounds,
 }
 
 
@@ -265,6 +318,8 @@ def run_part_in_child(part: str, args, log_path: Path, limit_s: float) -> str | 
                "--fmnist-minutes", str(args.fmnist_minutes)] + (["--quick"] if args.quick else [])
     if args.fashion_mnist_dir:
         command += ["--fashion-mnist-dir", args.fashion_mnist_dir]
+    if args.iw_folders:
+        command += ["--iw-samples", str(args.iw_samples), "--iw-folders", *args.iw_folders]
     with open(log_path, "a") as log:
         child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -280,11 +335,14 @@ def run_part_in_child(part: str, args, log_path: Path, limit_s: float) -> str | 
 
 
 def part_limit(part: str, parts: list[str], args, seconds_left: float) -> float:
-    """Seconds ``part`` may take: its share of the budget, or for a Fashion-MNIST run its share of what is left
-    (which also sets ``args.fmnist_minutes`` unless given)."""
+    """Seconds ``part`` may take: its share of the budget (less what the Fashion-MNIST runs after it need at
+    least), or for a Fashion-MNIST run its share of what is left (which also sets ``args.fmnist_minutes`` unless
+    given)."""
     share = PARTS[part][0]
-    if share is not None:
-        return min(share * args.budget_minutes * 60, seconds_left)
+    if share is not None:  # leaving the Fashion-MNIST runs after it the least they need
+        later_fmnist = [p for p in parts[parts.index(part) + 1:] if PARTS[p][0] is None]
+        reserve = 0 if args.quick else len(later_fmnist) * (FMNIST_OVERHEAD_S + FMNIST_MIN_TRAIN_S)
+        return min(share * args.budget_minutes * 60, seconds_left - reserve)
     fmnist_left = [p for p in parts[parts.index(part):] if PARTS[p][0] is None]
     limit = seconds_left / len(fmnist_left)
     if not args.quick and not args.fixed_fmnist_minutes:
@@ -299,7 +357,7 @@ def run_suite(args) -> list[dict]:
     logs.mkdir(exist_ok=True)
     started, first_line = time.monotonic(), len(read_lines(output))  # the file is appended to, never cleared
     deadline = started + args.budget_minutes * 60 - (0 if args.quick else MARGIN_S)
-    parts = args.parts or list(PARTS)
+    parts = args.parts or [part for part in PARTS if part in SPEED_PARTS or args.iw_folders]
     args.fixed_fmnist_minutes = args.fmnist_minutes is not None
     args.fmnist_minutes = args.fmnist_minutes or 0.0
     for part in parts:
@@ -339,12 +397,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "/usr/share/datasets/fashion-mnist)")
     parser.add_argument("--fmnist-minutes", type=float, default=None,
                         help="training minutes of each Fashion-MNIST run (default: what the budget leaves)")
-    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=None, help="run only these parts")
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=None,
+                        help="run only these parts (default: every part but iw_bounds, and iw_bounds too when "
+                             "--iw-folders is given)")
+    parser.add_argument("--iw-folders", nargs="+", default=[],
+                        help="pipeline folders (VAE families) whose K-sample bounds iw_bounds measures")
+    parser.add_argument("--iw-samples", type=int, default=1000, help="K of iw_bounds (default 1000; 4 with --quick)")
     parser.add_argument("--isolation", choices=("process", "none"), default=None,
                         help="process: each part in a child process with a hard time limit (default); none: all in "
                              "this process (default with --quick)")
     parser.add_argument("--part", choices=list(PARTS), default=None, help=argparse.SUPPRESS)  # a child's part
     args = parser.parse_args(argv)
+    if args.quick and "--iw-samples" not in (argv if argv is not None else sys.argv):
+        args.iw_samples = 4
     if args.isolation is None:
         args.isolation = "none" if args.quick else "process"
     return args

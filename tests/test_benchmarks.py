@@ -5,7 +5,10 @@ import json
 import subprocess
 import sys
 
-from conftest import FASHION_MNIST_DIR, PYTHON, ROOT
+from hfgen.families import VAEFamily
+from hfgen.training import build_parser, train
+
+from conftest import FASHION_MNIST_DIR, PYTHON, ROOT, requires_fashion_mnist
 
 SUITE = ROOT / "benchmarks" / "gpu_suite.py"
 sys.path.insert(0, str(SUITE.parent))
@@ -25,6 +28,7 @@ FIGURES = {
     "hvae_memory": ("peak_step_memory_gb", "peak_step_memory_gb_checkpointed"),
     "hvae_fmnist": ("bits_per_dim_elbo", "num_samples", "train_steps"),
     "vae_fmnist": ("bits_per_dim_elbo", "num_samples", "train_steps"),
+    "iw_bounds": ("folders", "importance_samples", "fashion_mnist_dir"),
     "suite": ("seconds", "budget_minutes", "parts", "errors"),
 }
 
@@ -55,8 +59,8 @@ def test_quick_suite_on_cpu_writes_every_line(tmp_path, run_env):
     run = _run(args, run_env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [json.loads(line) for line in output.read_text().splitlines()]
-    in_order = [name for _, names in gpu_suite.PARTS.values() for name in names]
-    assert [line["name"] for line in lines] == [*in_order, "suite"]
+    in_order = [name for part in gpu_suite.SPEED_PARTS for name in gpu_suite.PARTS[part][1]]
+    assert [line["name"] for line in lines] == [*in_order, "suite"]  # iw_bounds only with --iw-folders
     printed = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert printed == lines
     for line in lines:
@@ -83,3 +87,28 @@ def test_a_part_over_its_budget_is_killed_and_reported(tmp_path, run_env):
     assert sample["name"] == "ddpm_sample" and sample["error"].startswith("timed out"), sample
     assert suite["name"] == "suite" and suite["errors"] == ["ddpm_sample"]
     assert (tmp_path / "suite_logs" / "ddpm_sample.log").exists()
+
+
+@requires_fashion_mnist
+def test_iw_bounds_of_a_carried_folder_resume_to_the_same_figures(tmp_path, run_env):
+    """The K=1000 part on a tiny trained folder (--quick: K=4 on 64 test images): the CLI's figures and units, a
+    progress file beside the logs, and a second run that finds every batch there gives the same figures."""
+    folder = tmp_path / "vae-tiny"
+    train(VAEFamily(), build_parser(VAEFamily()).parse_args([
+        "--output_dir", str(folder), "--preset", "tiny", "--max_train_samples", "256", "--max_train_steps", "3",
+        "--final_eval_max_samples", "16", "--final_importance_samples", "2", "--report_to", "none"]))
+    output = tmp_path / "suite.jsonl"
+    args = ["--device", "cpu", "--quick", "--iw-folders", str(folder), "--parts", "iw_bounds",
+            "--fashion-mnist-dir", str(FASHION_MNIST_DIR), "--output", str(output)]
+    for _ in range(2):
+        run = _run(args, run_env, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    first, _, second, _ = (json.loads(line) for line in output.read_text().splitlines())
+    assert first["name"] == second["name"] == "iw_bounds" and "error" not in first, first
+    figures = first["folders"]["vae-tiny"]
+    assert figures["importance_samples"] == 4 and figures["num_samples"] == 64 and figures["num_dims"] == 784
+    assert figures["split"] == "test[:64]" and figures["bits_per_dim_iw"] <= figures["bits_per_dim_elbo"]
+    assert (tmp_path / "suite_logs" / "iw_vae-tiny.progress.json").exists()
+    resumed = second["folders"]["vae-tiny"]
+    assert resumed["bits_per_dim_iw"] == figures["bits_per_dim_iw"]
+    assert resumed["bits_per_dim_elbo"] == figures["bits_per_dim_elbo"]

@@ -86,6 +86,19 @@ def test_loss_and_bounds_with_labels_and_the_null_class(name):
         model(x, class_labels=torch.tensor([0, 1]))
 
 
+def test_hvae_diagnostics_of_a_conditional_model_use_the_images_classes():
+    """kl_per_group of a class-conditional model is KL(q(z|x,y) || p(z|y)) with the images' own classes, as in
+    training, not the null class's."""
+    family, model = _build("hvae")
+    x, labels = _images(6), torch.tensor([0, 1, 2, 0, 1, 2])
+    with_labels = family.diagnostics(model, x, labels)
+    expected = model.posterior_statistics(x, generator=_gen(), class_labels=labels)
+    null = model.posterior_statistics(x, generator=_gen())
+    assert with_labels == expected
+    assert with_labels["kl_per_group"] != null["kl_per_group"]
+    assert family.diagnostics(model, x) == null
+
+
 def test_vae_class_prior_starts_standard_normal_and_its_kl_is_the_closed_form():
     _, fresh = _build("vae", perturb=False)
     prior = fresh.prior(torch.arange(K + 1), batch_size=K + 1)

@@ -113,10 +113,12 @@ class ModelFamily:
     def model_of(self, pipeline: DiffusionPipeline) -> ModelMixin:
         raise NotImplementedError
 
-    def diagnostics(self, model: ModelMixin, images: torch.Tensor) -> dict[str, Any]:
-        """Extra figures about a trained model on ``uint8`` test ``images`` (e.g. KL and active units per latent
-        group): JSON values (numbers or lists of numbers). The loop logs them at every evaluation and merges them
-        into ``metrics.json`` at the end (with the EMA weights). Default: none."""
+    def diagnostics(self, model: ModelMixin, images: torch.Tensor,
+                    class_labels: torch.Tensor | None = None) -> dict[str, Any]:
+        """Extra figures about a trained model on ``uint8`` evaluation ``images`` (e.g. KL and active units per
+        latent group): JSON values (numbers or lists of numbers). ``class_labels``: the images' class indices for a
+        class-conditional model (None: unconditional, or the null class). The loop logs them at every evaluation
+        and merges them into ``metrics.json`` at the end (with the EMA weights). Default: none."""
         return {}
 
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator,

@@ -162,12 +162,16 @@ class HVAEFamily(ModelFamily):
                                           generator=generator)
         return Bounds(out.nats_per_image_elbo, out.nats_per_image_iw)
 
-    def diagnostics(self, model, images):
-        """KL per group (mean nats per image), active units per group (mean KL(q || p) of the unit > 0.01 nats) and units per group,
-        over at most 1000 test images, groups top first."""
+    def diagnostics(self, model, images, class_labels=None):
+        """KL per group (mean nats per image), active units per group (mean KL(q || p) of the unit > 0.01 nats) and
+        units per group, over at most 1000 of the images, groups top first. A class-conditional model is given the
+        images' own classes (q(z|x,y) against p(z|y)), as in training."""
         model = _unwrap(model)
         generator = torch.Generator(device=model.device).manual_seed(0)
-        return model.posterior_statistics(images[:1000].to(model.device), generator=generator)
+        if class_labels is not None:
+            class_labels = class_labels[:1000].to(model.device)
+        return model.posterior_statistics(images[:1000].to(model.device), generator=generator,
+                                          class_labels=class_labels)
 
     def make_pipeline(self, model):
         return HierarchicalVAEPipeline(vae=model)

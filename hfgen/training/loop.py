@@ -560,7 +560,8 @@ def _validate(run: TrainingRun) -> dict:
     cfg, accelerator, step = run.cfg, run.accelerator, run.state.step
     with run.ema_weights():
         metrics = run.evaluate(run.eval_images, run.eval_source_shape, 1, run.eval_labels)
-        diagnostics = run.family.diagnostics(run.unwrapped, run.eval_images) if accelerator.is_main_process else {}
+        diagnostics = (run.family.diagnostics(run.unwrapped, run.eval_images, run.eval_labels)
+                       if accelerator.is_main_process else {})
     accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
                      "eval/train_seconds": run.state.train_seconds,
                      **_flatten_for_logs("diagnostics", diagnostics)}, step=step)
@@ -616,7 +617,7 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
             metrics.update({"fd_fmnist": run.sample_fd(), "fd_num_samples": cfg.fd_num_samples,
                             "fd_split": cfg.eval_split})
         # the family's own end-of-training figures (e.g. KL and active units per latent group), EMA weights
-        metrics.update(family.diagnostics(run.unwrapped, final_images))
+        metrics.update(family.diagnostics(run.unwrapped, final_images, final.labels))
         write_json_atomically(output_dir / "metrics.json", metrics)
         from ..hub import write_model_card
 
