@@ -83,6 +83,9 @@ def test_cli_samples_a_class_grid_and_evaluates_both_bounds_and_per_class_figure
     classes = figures["classes"]
     assert set(classes["per_class"]) == set(FASHION_MNIST_CLASS_NAMES) and classes["samples_per_class"] == 3
     assert 0.0 <= classes["class_accuracy"] <= 1.0 and sum(classes["null_class_histogram"].values()) == pytest.approx(1)
+    for name, entry in classes["per_class"].items():  # a confusion row: fractions summing to 1, accuracy on the diagonal
+        assert sum(entry["classified_as"].values()) == pytest.approx(1)
+        assert entry["classified_as"].get(name, 0.0) == pytest.approx(entry["accuracy"])
     assert main(["sample", str(out), "--class", "Sandals", "--out", str(tmp_path / "x.png")]) == 2
     assert "'Sandals' is not one of this model's classes" in capsys.readouterr().err
 

@@ -154,6 +154,22 @@ def test_bad_settings_are_named(tmp_path):
         train(VAEFamily(), _args(tmp_path / "y", "--resume_from_checkpoint", str(tmp_path / "no-such-checkpoint")))
 
 
+def test_presets_fill_unset_flags_and_flags_win():
+    from hfgen.families import HVAEFamily
+    from hfgen.training.arguments import resolve_config
+
+    hvae = HVAEFamily()
+    cfg, _ = resolve_config(build_parser(hvae).parse_args(["--output_dir", "x", "--preset", "small"]), hvae)
+    assert cfg.adam_beta2 == 0.99 and cfg.train_batch_size == 16  # the preset's
+    cfg, _ = resolve_config(build_parser(hvae).parse_args(["--output_dir", "x", "--preset", "small",
+                                                            "--adam-beta2", "0.999"]), hvae)
+    assert cfg.adam_beta2 == 0.999  # the flag's
+    cfg, _ = resolve_config(build_parser(VAEFamily()).parse_args(["--output_dir", "x"]), VAEFamily())
+    assert cfg.adam_beta2 == 0.999  # no preset sets it: the common default
+    with pytest.raises(ValueError, match=r"--adam_beta2 must be in \[0, 1\), got 1.0"):
+        resolve_config(build_parser(hvae).parse_args(["--output_dir", "x", "--adam_beta2", "1"]), hvae)
+
+
 def test_bf16_autocast_and_gradient_accumulation(tmp_path):
     metrics = train(VAEFamily(), _args(tmp_path / "run", "--max_train_steps", "3", "--mixed_precision", "bf16",
                                        "--gradient_accumulation_steps", "2", "--train_batch_size", "8"))

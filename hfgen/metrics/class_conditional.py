@@ -4,6 +4,8 @@ network (``load_feature_net("fmnist")``, a classifier whose penultimate layer gi
 * ``accuracy`` of each class: how often the network classifies an image generated for class c as c (how often a
   "sneaker" is a sneaker). The network's own accuracy on the real images of the reference split is reported beside
   it (``classifier_accuracy_on_real``): generated images cannot be expected to score far above it.
+* ``classified_as`` of each class: the classes the network sees in the images generated for class c, as fractions
+  (a row of the confusion matrix; classes it never chose are left out): what a class that fails turns into.
 * ``fd_fmnist`` of each class: the Fréchet distance between the features of the images generated for class c and
   those of the reference split's real images of class c (about 1,000 a class for Fashion-MNIST's test split; with
   fewer images than the 128 feature dimensions the figure is biased upwards, so compare like with like).
@@ -63,8 +65,11 @@ def class_conditional_quality(
         if int(real.sum()) < 2:
             raise ValueError(f"the reference split holds {int(real.sum())} image(s) of class {name!r}; expected at "
                              f"least 2 for its fd_fmnist")
+        classified_as = torch.bincount(predicted[mine], minlength=num_classes).double() / int(mine.sum())
         per_class[name] = {
             "accuracy": float((predicted[mine] == label).float().mean()),
+            # where this class's samples went: the classifier's classes, fractions of them (a confusion row)
+            "classified_as": {other: value for other, value in zip(class_names, classified_as.tolist()) if value},
             "fd_fmnist": frechet_distance(*feature_statistics(generated_features[mine]),
                                           *feature_statistics(real_features[real])),
             "num_real": int(real.sum()),

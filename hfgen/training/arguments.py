@@ -27,6 +27,7 @@ COMMON_DEFAULTS: dict[str, Any] = dict(
     final_importance_samples=1,
     num_sample_images=64,
     ema_decay=0.999,
+    adam_beta2=0.999,
     max_grad_norm=100.0,
     fd_steps=0,
     fd_num_samples=2000,
@@ -105,7 +106,7 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
                      help="decay after warm-up, over max_train_steps or the --max_train_minutes budget")
     opt.add_argument("--lr_warmup_steps", type=int, default=None)
     opt.add_argument("--adam_beta1", type=float, default=0.9)
-    opt.add_argument("--adam_beta2", type=float, default=0.999)
+    opt.add_argument("--adam_beta2", type=float, default=None, help="Adam's second-moment decay (default 0.999)")
     opt.add_argument("--adam_weight_decay", type=float, default=0.0)
     opt.add_argument("--adam_epsilon", type=float, default=1e-8)
     opt.add_argument("--max_grad_norm", type=float, default=None, help="clip the gradient norm (0: no clipping)")
@@ -200,6 +201,8 @@ def _validate(cfg: argparse.Namespace) -> None:
         raise ValueError(f"--learning_rate must be > 0, got {cfg.learning_rate}")
     if cfg.max_train_minutes is not None and cfg.max_train_minutes <= 0:
         raise ValueError(f"--max_train_minutes must be > 0, got {cfg.max_train_minutes}")
+    if not 0.0 <= cfg.adam_beta2 < 1.0:
+        raise ValueError(f"--adam_beta2 must be in [0, 1), got {cfg.adam_beta2}")
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"--ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if not 0.0 <= cfg.label_dropout < 1.0:
