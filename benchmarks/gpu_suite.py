@@ -25,13 +25,14 @@ share whatever time the others left (skipped when too little is left). --quick (
 the calling process) is what CI runs so that the suite cannot rot:
 
     python benchmarks/gpu_suite.py --output $OUT/gpu_suite.jsonl --fashion-mnist-dir .data/fashion-mnist
-    python benchmarks/gpu_suite.py --parts iw_bounds --iw-folders .device-folders/* --budget-minutes 5 \
-        --output $OUT/gpu_suite.jsonl --fashion-mnist-dir .data/fashion-mnist
-
-The second line is the K=1000 bounds of models trained elsewhere (minutes on a GPU, hours on a CPU): a part of its
-own that runs only when --iw-folders names folders. Each folder's evaluation keeps a progress file in the logs
-folder (`iw_<folder>.progress.json`), so a run cut short continues where it stopped when the file is carried back.
     python benchmarks/gpu_suite.py --device cpu --quick --output runs/gpu_suite_quick.jsonl
+
+The K=1000 bounds of models trained elsewhere (minutes on a GPU, hours on a CPU) are a part of their own that runs
+only when --iw-folders names folders. Each folder's evaluation keeps a progress file in the logs folder
+(`iw_<folder>.progress.json`), so a run cut short continues where it stopped when the file is carried back:
+
+    python benchmarks/gpu_suite.py --parts iw_bounds --iw-folders .device-folders/* --budget-minutes 6 \
+        --output $OUT/gpu_suite.jsonl --fashion-mnist-dir .data/fashion-mnist
 
 docs/benchmarks.md has the device command. Light imports at the top: the parent process never imports torch.
 """
@@ -402,14 +403,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "--iw-folders is given)")
     parser.add_argument("--iw-folders", nargs="+", default=[],
                         help="pipeline folders (VAE families) whose K-sample bounds iw_bounds measures")
-    parser.add_argument("--iw-samples", type=int, default=1000, help="K of iw_bounds (default 1000; 4 with --quick)")
+    parser.add_argument("--iw-samples", type=int, default=None, help="K of iw_bounds (default 1000; 4 with --quick)")
     parser.add_argument("--isolation", choices=("process", "none"), default=None,
                         help="process: each part in a child process with a hard time limit (default); none: all in "
                              "this process (default with --quick)")
     parser.add_argument("--part", choices=list(PARTS), default=None, help=argparse.SUPPRESS)  # a child's part
     args = parser.parse_args(argv)
-    if args.quick and "--iw-samples" not in (argv if argv is not None else sys.argv):
-        args.iw_samples = 4
+    args.iw_samples = args.iw_samples or (4 if args.quick else 1000)
     if args.isolation is None:
         args.isolation = "none" if args.quick else "process"
     return args

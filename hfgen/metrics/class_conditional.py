@@ -67,7 +67,7 @@ def class_conditional_quality(
                              f"least 2 for its fd_fmnist")
         classified_as = torch.bincount(predicted[mine], minlength=num_classes).double() / int(mine.sum())
         per_class[name] = {
-            "accuracy": float((predicted[mine] == label).float().mean()),
+            "accuracy": float(classified_as[label]),
             # where this class's samples went: the classifier's classes, fractions of them (a confusion row)
             "classified_as": {other: value for other, value in zip(class_names, classified_as.tolist()) if value},
             "fd_fmnist": frechet_distance(*feature_statistics(generated_features[mine]),

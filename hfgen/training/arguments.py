@@ -106,7 +106,7 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
                      help="decay after warm-up, over max_train_steps or the --max_train_minutes budget")
     opt.add_argument("--lr_warmup_steps", type=int, default=None)
     opt.add_argument("--adam_beta1", type=float, default=0.9)
-    opt.add_argument("--adam_beta2", type=float, default=None, help="Adam's second-moment decay (default 0.999)")
+    opt.add_argument("--adam_beta2", type=float, default=None, help=f"Adam's second-moment decay (default: the preset's, else {COMMON_DEFAULTS['adam_beta2']})")
     opt.add_argument("--adam_weight_decay", type=float, default=0.0)
     opt.add_argument("--adam_epsilon", type=float, default=1e-8)
     opt.add_argument("--max_grad_norm", type=float, default=None, help="clip the gradient norm (0: no clipping)")
