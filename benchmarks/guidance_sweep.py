@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--clip-sample", action=argparse.BooleanOptionalAction, default=None,
                         help="clip the sampler's x_0 predictions to [-1, 1] (default: the sampler's; docs/ddpm.md)")
+    parser.add_argument("--guidance-rescale", type=float, default=None,
+                        help="0..1: rescale each guided prediction to the conditional one's spread (Lin et al. "
+                             "2023; default: the pipeline's, 0)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -48,9 +51,9 @@ def main() -> None:
             family, pipeline, net, images, labels, names, samples_per_class=args.samples_per_class,
             null_class_samples=args.samples_per_class if index == 0 else 0, batch_size=args.batch_size,
             seed=args.seed, show_progress=False, scheduler=args.scheduler, steps=args.steps, guidance_scale=scale,
-            clip_sample=args.clip_sample)  # None: the sampler's default
+            clip_sample=args.clip_sample, guidance_rescale=args.guidance_rescale)  # None: the defaults
         row = {"folder": args.folder, "split": args.split, "guidance_scale": scale, "scheduler": args.scheduler,
-               "clip_sample": args.clip_sample,
+               "clip_sample": args.clip_sample, "guidance_rescale": args.guidance_rescale,
                "steps": args.steps, "seconds": round(time.perf_counter() - started, 1), **figures}
         rows.append(row)
         line = json.dumps(row)

@@ -87,10 +87,11 @@ def _parse_metrics(text: str) -> list[str]:
 def _sampling_options(args: argparse.Namespace, family) -> dict:
     """Sampling options given on the command line, checked against the ones the family's sampler takes
     (``ModelFamily.sampling_options``: ``temperature`` for the VAEs; ``scheduler``, ``steps``, ``clip_sample``,
-    ``timestep_spacing`` and, for a class-conditional model, ``guidance_scale`` for DDPM)."""
+    ``timestep_spacing`` and, for a class-conditional model, ``guidance_scale`` and ``guidance_rescale`` for
+    DDPM)."""
     given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps,
              "clip_sample": args.clip_sample, "timestep_spacing": args.timestep_spacing,
-             "guidance_scale": args.guidance_scale}
+             "guidance_scale": args.guidance_scale, "guidance_rescale": args.guidance_rescale}
     options = {key: value for key, value in given.items() if value is not None}
     refused = [_flag(key) for key in options if key not in family.sampling_options]
     if refused:
@@ -271,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance scale of a class-conditional DDPM (1: the conditional model, "
                              "0: the unconditional one, above 1: guided)")
+    sample.add_argument("--guidance-rescale", type=float, default=None,
+                        help="0..1: scale the guided prediction back to the conditional one's spread against the "
+                             "over-brightening of large guidance scales (Lin et al. 2023; default 0)")
     sample.add_argument("--cols", type=int, default=None,
                         help="grid columns (default: a square grid; a class grid: --num-images / classes)")
     sample.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -311,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="--metrics classes: images generated per class (and for the null-class histogram)")
     evaluate.add_argument("--guidance-scale", type=float, default=None,
                           help="classifier-free guidance scale of a class-conditional DDPM's samples")
+    evaluate.add_argument("--guidance-rescale", type=float, default=None,
+                          help="0..1: guidance rescale of a class-conditional DDPM's samples (Lin et al. 2023)")
     evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
     evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (families that take them)")

@@ -14,6 +14,11 @@ Classifier-free guidance (Ho & Salimans 2022), in diffusers' convention for ``gu
 ``s = 1`` is the conditional model (one network pass per step), ``s = 0`` the unconditional, null-class model (one
 pass, with the null class), ``s > 1`` strengthens the class at the cost of diversity. The paper writes the same
 combination as ``(1 + w) * eps_y - w * eps_null``: its guidance strength ``w`` is ``s - 1``.
+
+Large scales over-brighten (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps Are Flawed",
+sec. 3.4): the guided prediction's spread grows with ``s``. ``guidance_rescale`` ``phi`` (diffusers' name for it in
+its Stable Diffusion pipelines) scales each image's guided prediction back to the standard deviation of its
+conditional one and mixes the two: ``phi * rescaled + (1 - phi) * guided``; 0 (the default) is plain guidance.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 #: ``guidance_scale`` when none is given: 1.0, the conditional model itself (no guidance)
 DEFAULT_GUIDANCE_SCALE = 1.0
+#: ``guidance_rescale`` when none is given: 0.0, plain classifier-free guidance
+DEFAULT_GUIDANCE_RESCALE = 0.0
 
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor | None
 
@@ -106,6 +113,16 @@ def _check_generators(generator, batch_size: int) -> None:
             f"You have passed a list of generators of length {len(generator)}, but requested an effective batch"
             f" size of {batch_size}. Make sure the batch size matches the length of the generators."
         )
+
+
+def rescale_guided_prediction(guided: torch.Tensor, conditional: torch.Tensor,
+                              guidance_rescale: float) -> torch.Tensor:
+    """``guidance_rescale * rescaled + (1 - guidance_rescale) * guided``, where ``rescaled`` is ``guided`` scaled,
+    image by image, to the standard deviation (over channels and pixels) of the ``conditional`` prediction (Lin et
+    al. 2023, eqs. 15-16)."""
+    dims = tuple(range(1, guided.ndim))
+    rescaled = guided * (conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+    return guidance_rescale * rescaled + (1.0 - guidance_rescale) * guided
 
 
 class ClassConditionalDDPMPipeline(DiffusionPipeline):
@@ -189,19 +206,22 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         return class_label_ids(names, self.config.class_names, self.num_classes, len(names)).tolist()
 
     def _predict(self, sample: torch.Tensor, timestep: torch.Tensor, class_ids: torch.Tensor,
-                 guidance_scale: float) -> torch.Tensor:
+                 guidance_scale: float, guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE) -> torch.Tensor:
         """The network output that the scheduler steps with: the plain pass for ``class_ids`` at ``s = 1``, and
         otherwise the conditional and null-class inputs as one batch, combined as
-        ``out_null + s * (out_y - out_null)`` on the prediction channels; learned variance channels (beyond the
-        sample's channels) are the conditional pass's."""
+        ``out_null + s * (out_y - out_null)`` on the prediction channels (then rescaled by ``guidance_rescale``);
+        learned variance channels (beyond the sample's channels) are the conditional pass's."""
         if guidance_scale == 1.0:
             return self.unet(sample, timestep, class_labels=class_ids).sample
         null_ids = torch.full_like(class_ids, self.null_class)
         output = self.unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([class_ids, null_ids])).sample
         conditional, unconditional = output.chunk(2)
         channels = sample.shape[1]
-        prediction = unconditional[:, :channels] + guidance_scale * (conditional[:, :channels]
+        conditional_prediction = conditional[:, :channels]
+        prediction = unconditional[:, :channels] + guidance_scale * (conditional_prediction
                                                                      - unconditional[:, :channels])
+        if guidance_rescale:
+            prediction = rescale_guided_prediction(prediction, conditional_prediction, guidance_rescale)
         return torch.cat([prediction, conditional[:, channels:]], dim=1)
 
     @torch.no_grad()
@@ -210,6 +230,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         batch_size: int = 1,
         class_labels: ClassLabels = None,
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int = 1000,
         output_type: str = "pil",
@@ -226,6 +247,10 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
                 ``eps_null + s * (eps_y - eps_null)``. 1 is the conditional model (one network pass per step), 0 the
                 unconditional (null-class) model (one pass), other values two passes, run as one batch.
                 Ho & Salimans' guidance strength ``w`` is ``s - 1``.
+            guidance_rescale (`float`, defaults to `DEFAULT_GUIDANCE_RESCALE`): ``phi`` in ``[0, 1]``: each guided
+                prediction is scaled to the standard deviation of its conditional one and mixed,
+                ``phi * rescaled + (1 - phi) * guided`` (Lin et al. 2023), against the over-brightening of large
+                scales; 0 is plain guidance. Used only when guidance runs (``s`` other than 0 and 1).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a
                 list holds one generator per image, and image i then depends on ``generator[i]`` alone.
             num_inference_steps (`int`, defaults to 1000): sampling steps (at most the scheduler's
@@ -242,6 +267,10 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
                 guidance_scale):
             raise ValueError(f"guidance_scale must be a finite number (1: the conditional model, 0: the "
                              f"unconditional one), got {guidance_scale!r}")
+        if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or not (
+                0.0 <= guidance_rescale <= 1.0):
+            raise ValueError(f"guidance_rescale must be a number in [0, 1] (0: plain guidance, 1: the guided "
+                             f"prediction fully rescaled to the conditional one's spread), got {guidance_rescale!r}")
         device = self._execution_device
         class_ids = class_label_ids(class_labels, self.config.class_names, self.num_classes, batch_size,
                                     device=device)
@@ -261,7 +290,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(image, t)
-            model_output = self._predict(model_input, t, class_ids, float(guidance_scale))
+            model_output = self._predict(model_input, t, class_ids, float(guidance_scale), float(guidance_rescale))
             image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
 
         image = self.image_processor.postprocess(image.float(), output_type=output_type)

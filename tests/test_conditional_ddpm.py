@@ -65,8 +65,9 @@ def _sample(pipeline, seed=0, **kwargs):
 
 
 @torch.no_grad()
-def _by_hand(unet, scheduler, class_ids, guidance_scale, seed=0, steps=STEPS):
-    """Guided sampling written out: the conditional and null-class outputs from separate network calls."""
+def _by_hand(unet, scheduler, class_ids, guidance_scale, seed=0, steps=STEPS, guidance_rescale=0.0):
+    """Guided sampling written out: the conditional and null-class outputs from separate network calls, and the
+    rescale (Lin et al. 2023) image by image."""
     generator = torch.Generator().manual_seed(seed)
     null_ids = torch.full_like(class_ids, unet.config.num_class_embeds - 1)
     x = randn_tensor((len(class_ids), 1, 16, 16), generator=generator) * scheduler.init_noise_sigma
@@ -78,6 +79,10 @@ def _by_hand(unet, scheduler, class_ids, guidance_scale, seed=0, steps=STEPS):
         else:
             unconditional = unet(x, t, class_labels=null_ids).sample
             guided = unconditional[:, :1] + guidance_scale * (conditional[:, :1] - unconditional[:, :1])
+            if guidance_rescale:
+                for i in range(len(guided)):
+                    rescaled = guided[i] * conditional[i, :1].std() / guided[i].std()
+                    guided[i] = guidance_rescale * rescaled + (1 - guidance_rescale) * guided[i]
             output = torch.cat([guided, conditional[:, 1:]], dim=1)  # learned variance: the conditional pass's
         x = scheduler.step(output, t, x, generator=generator).prev_sample
     return (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
@@ -211,6 +216,43 @@ def test_batched_guidance_equals_the_two_passes_done_separately(fixture, request
                                _by_hand(pipe.unet, DDIMScheduler.from_config(ddim.config), labels, 2.5), atol=1e-4)
 
 
+@pytest.mark.parametrize("fixture", ["fixed", "learned"])
+def test_guidance_rescale_matches_its_definition(fixture, request):
+    _, pipeline = request.getfixturevalue(fixture)
+    labels = torch.tensor([1, 0, 2])
+    scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    plain = _sample(pipeline, class_labels=labels, guidance_scale=4.0)
+    assert published.DEFAULT_GUIDANCE_RESCALE == 0.0
+    np.testing.assert_array_equal(_sample(pipeline, class_labels=labels, guidance_scale=4.0, guidance_rescale=0.0),
+                                  plain)
+    rescaled = _sample(pipeline, class_labels=labels, guidance_scale=4.0, guidance_rescale=0.7)
+    np.testing.assert_allclose(rescaled, _by_hand(pipeline.unet, scheduler, labels, 4.0, guidance_rescale=0.7),
+                               atol=1e-4)
+    assert np.abs(rescaled - plain).max() > 1e-3
+    # at s = 1 there is no guided prediction to rescale
+    np.testing.assert_array_equal(_sample(pipeline, class_labels=labels, guidance_rescale=1.0),
+                                  _sample(pipeline, class_labels=labels))
+
+
+def test_a_fully_rescaled_prediction_has_the_conditional_spread():
+    generator = torch.Generator().manual_seed(0)
+    guided, conditional = torch.randn(2, 3, 8, 8, generator=generator) * torch.tensor([5.0, 0.2]).view(2, 1, 1, 1), \
+        torch.randn(2, 3, 8, 8, generator=generator)
+    full = published.rescale_guided_prediction(guided, conditional, 1.0)
+    torch.testing.assert_close(full.flatten(1).std(1), conditional.flatten(1).std(1))
+    torch.testing.assert_close(full / full.flatten(1).std(1).view(2, 1, 1, 1),
+                               guided / guided.flatten(1).std(1).view(2, 1, 1, 1))  # only the scale changes
+    torch.testing.assert_close(published.rescale_guided_prediction(guided, conditional, 0.25),
+                               0.25 * full + 0.75 * guided)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), True, "0.5"])
+def test_a_guidance_rescale_outside_0_1_is_refused(fixed, value):
+    _, pipeline = fixed
+    with pytest.raises(ValueError, match=r"guidance_rescale must be a number in \[0, 1\]"):
+        _sample(pipeline, class_labels=[0], guidance_scale=2.0, guidance_rescale=value)
+
+
 def _prediction_only(unet):
     from hfgen.families.ddpm import _PredictionOnly
 
@@ -252,6 +294,8 @@ def test_an_unconditional_ddpm_refuses_labels_and_guidance():
         family.sample_images(pipeline, 2, torch.Generator(), class_labels=[0, 1], steps=1)
     with pytest.raises(ValueError, match="guidance_scale=2.0 was given, but this DDPM was trained without class"):
         family.sample_images(pipeline, 2, torch.Generator(), guidance_scale=2.0, steps=1)
+    with pytest.raises(ValueError, match="guidance_rescale=0.7 was given, but this DDPM was trained without class"):
+        family.sample_images(pipeline, 2, torch.Generator(), guidance_rescale=0.7, steps=1)
     with pytest.raises(ValueError, match="does not take the sampling option"):
         family.sample_images(pipeline, 2, torch.Generator(), temperature=0.5)
 

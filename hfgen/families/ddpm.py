@@ -118,7 +118,7 @@ class DDPMFamily(ModelFamily):
     presets = DDPM_PRESETS
     model_arguments = ("block_out_channels", "layers_per_block", "attention_resolutions", "dropout",
                        "norm_num_groups", "num_train_timesteps", "beta_schedule", "prediction_type", "variance_type")
-    sampling_options = ("scheduler", "steps", "clip_sample", "timestep_spacing", "guidance_scale")
+    sampling_options = ("scheduler", "steps", "clip_sample", "timestep_spacing", "guidance_scale", "guidance_rescale")
     # bounds() runs its K timesteps one after another over the batch: the evaluator need not shrink batches
     importance_samples_in_batch = False
     # one bound, L_vlb, whose K is a number of timesteps; and the network scores the whole padded square (the
@@ -291,21 +291,22 @@ class DDPMFamily(ModelFamily):
         DDPM scheduler), ``steps`` (default: T for ddpm, 50 for the others), and ``clip_sample`` /
         ``timestep_spacing`` to override the sampler's settings (defaults: ``SAMPLERS``). The trained network is
         reused; ``pipeline`` itself is left unchanged. A class-conditional pipeline also takes ``class_labels``
-        (``ClassConditionalDDPMPipeline``'s; None: the null class) and ``guidance_scale`` (classifier-free guidance,
-        diffusers' convention; default: the pipeline's); an unconditional one refuses both."""
+        (``ClassConditionalDDPMPipeline``'s; None: the null class), ``guidance_scale`` (classifier-free guidance,
+        diffusers' convention) and ``guidance_rescale`` (defaults: the pipeline's); an unconditional one refuses
+        them."""
         unknown = sorted(set(kwargs) - set(self.sampling_options))
         if unknown:
             raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
                              f"{list(self.sampling_options)}")
         conditional = self.num_classes(pipeline.unet) > 0
-        guidance_scale = kwargs.get("guidance_scale")
+        guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
         if not conditional:
             if class_labels is not None:
                 class_label_ids(class_labels, None, 0, num_images)  # refuses, in the words every family uses
-            if guidance_scale is not None:
-                raise ValueError(f"guidance_scale={guidance_scale!r} was given, but this DDPM was trained without "
-                                 f"class labels; classifier-free guidance needs a model trained with "
-                                 f"--class_conditional")
+            if guidance:
+                given = ", ".join(f"{key}={value!r}" for key, value in guidance.items())
+                raise ValueError(f"{given} was given, but this DDPM was trained without class labels; "
+                                 f"classifier-free guidance needs a model trained with --class_conditional")
         name = kwargs.get("scheduler") or "ddpm"
         if name not in SAMPLERS:
             raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
@@ -327,7 +328,6 @@ class DDPMFamily(ModelFamily):
         if conditional:
             sampler = ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler,
                                                    class_names=self.class_names(pipeline))
-            guidance = {} if guidance_scale is None else {"guidance_scale": guidance_scale}
             call = {"class_labels": class_labels, **guidance}
         else:
             sampler, call = DDPMPipeline(unet=unet, scheduler=scheduler), {}

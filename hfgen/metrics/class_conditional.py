@@ -86,7 +86,8 @@ def class_conditional_quality(
     if null_class_samples:
         null_samples = generate_uint8(family, pipeline, null_class_samples, batch_size=batch_size, seed=seed + 1,
                                       show_progress=show_progress, channels=net.config.in_channels,
-                                      **{key: value for key, value in options.items() if key != "guidance_scale"})
+                                      **{key: value for key, value in options.items()
+                                         if key not in ("guidance_scale", "guidance_rescale")})
         histogram = torch.bincount(classify(net, null_samples), minlength=num_classes).double() / null_class_samples
         figures["null_class_histogram"] = dict(zip(class_names, histogram.tolist()))
         figures["null_class_samples"] = null_class_samples
