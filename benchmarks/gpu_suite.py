@@ -163,6 +163,8 @@ def sample_speed(args) -> dict:
     """Sampling img/s of the DDPM net: DDPM over all T steps against DPM-Solver++ 20 and DDIM 50."""
     import torch
 
+    from hfgen.devices import device_description
+
     sample_throughput = _import_benchmark("sample_throughput")
     sizes = SIZES[args.quick]
     dtype = "bf16" if args.device.startswith("cuda") else "fp32"
@@ -176,7 +178,7 @@ def sample_speed(args) -> dict:
             "speedup_vs_ddpm": {key: round(value / img_per_s[ddpm_key], 2) for key, value in img_per_s.items()},
             "model": label, "batch_size": sizes["sample_batch"], "dtype": dtype,
             "num_parameters": sum(p.numel() for p in pipeline.unet.parameters()),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
+            "device_name": device_description(device)}
 
 
 def memory(args, family: str) -> dict:
@@ -237,6 +239,7 @@ def iw_bounds(args) -> dict:
     import torch
 
     from hfgen.cli import main as hfgen_main
+    from hfgen.devices import device_description
 
     if not args.iw_folders:
         raise ValueError("iw_bounds evaluates the folders named by --iw-folders, and none were given")
@@ -258,7 +261,7 @@ def iw_bounds(args) -> dict:
         metrics["seconds"] = round(time.monotonic() - started, 1)
         results[name] = metrics
     return {"folders": results, "fashion_mnist_dir": data_folder, "importance_samples": args.iw_samples,
-            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"}
+            "device_name": device_description(args.device)}
 
 
 MEASUREMENTS = {

@@ -22,6 +22,7 @@ import torch
 from diffusers import DDPMPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from hfgen.devices import device_description  # noqa: E402
 from hfgen.families import DDPMFamily  # noqa: E402
 from hfgen.families.ddpm import SAMPLERS  # noqa: E402
 from hfgen.training import build_parser, resolve_config  # noqa: E402
@@ -109,7 +110,7 @@ def main(argv=None) -> dict:
         "img_per_s": {k: v["img_per_s"] for k, v in results.items()},
         "speedup_vs_ddpm": {k: round(v["img_per_s"] / results[ddpm_key]["img_per_s"], 2) for k, v in results.items()},
         "model": label, "batch_size": args.batch_size, "dtype": args.dtype, "device": str(device.type),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_description(device),
         "num_parameters": num_parameters, "num_train_timesteps": num_train_timesteps,
         "torch_threads": torch.get_num_threads(),
     }

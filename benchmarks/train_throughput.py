@@ -45,6 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfgen.data import images_to_uint8, load_image_dataset  # noqa: E402
+from hfgen.devices import device_description  # noqa: E402
 from hfgen.families import FAMILIES_BY_PIPELINE  # noqa: E402
 from hfgen.training import BatchSchedule, build_parser, resolve_config, train_step  # noqa: E402
 
@@ -317,7 +318,7 @@ def measure(args) -> dict:
         "peak_memory_gb": round(peak_hfgen, 3), "peak_memory_gb_baseline": rounded(peak_baseline, 3),
         "family": args.family, "preset": args.preset, "batch_size": args.batch_size, "steps": timed_steps,
         "rounds": rounds, "dataset": args.dataset, "channels": uint8.shape[1], "device": str(device.type),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": device_description(device),
         "mixed_precision": args.mixed_precision, "torch_compile": args.torch_compile,
         "torch_compile_mode": args.torch_compile_mode if args.torch_compile else None,
         "num_parameters": num_parameters, "torch_threads": torch.get_num_threads(),

@@ -36,6 +36,8 @@ def test_evaluate_prints_the_metrics_json_keys(trained, capsys):
     saved = json.loads((trained / "metrics.json").read_text())
     for key in EVALUATE_KEYS:
         assert key in printed and key in saved
+    # the machine in words a reader can look up (its CPU and threads), not just "cpu"
+    assert saved["device"].endswith(("thread", "threads")) and saved["device"] != "cpu"
     assert printed["num_samples"] == 32 and printed["importance_samples"] == 4
     # the same images, K and seed as the end of training: the same figures
     assert printed["bits_per_dim_elbo"] == pytest.approx(saved["bits_per_dim_elbo"], rel=1e-5)

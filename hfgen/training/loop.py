@@ -28,6 +28,7 @@ from diffusers.utils import make_image_grid
 from ..progress import progress_bar
 
 from ..data import DataError, class_labels, images_and_source_shape, load_image_dataset, public_dataset_name
+from ..devices import device_description
 from ..evaluation import bound_figures, evaluate_likelihood, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
@@ -607,7 +608,7 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
             "train_img_per_s": state.images_seen / max(state.train_seconds, 1e-9),
             "images_seen": state.images_seen,
             "num_parameters": run.num_parameters,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device.type),
+            "device": device_description(device),
             "num_processes": accelerator.num_processes,
             "mixed_precision": accelerator.mixed_precision,
             "ema": run.ema is not None,
