@@ -188,14 +188,21 @@ def test_wall_clock_budget_stops_the_run(tmp_path):
 
 def test_torch_compile_trains_the_same_weights_as_eager(tmp_path):
     """--torch_compile (inductor on CPU; the first step compiles, about a minute here) takes the same steps."""
-    common = ("--max_train_steps", "3", "--no_ema", "--final_eval_max_samples", "16")
-    train(VAEFamily(), _args(tmp_path / "eager", *common))
+    steps = 3
+    common = ("--max_train_steps", str(steps), "--no_ema", "--final_eval_max_samples", "16")
+    eager_metrics = train(VAEFamily(), _args(tmp_path / "eager", *common))
     reset_accelerate_state()
     metrics = train(VAEFamily(), _args(tmp_path / "compiled", *common, "--torch_compile"))
-    assert metrics["train_steps"] == 3 and metrics["skipped_steps"] == 0
+    assert metrics["train_steps"] == steps and metrics["skipped_steps"] == 0
+    assert metrics["bits_per_dim_elbo"] == pytest.approx(eager_metrics["bits_per_dim_elbo"], rel=1e-6)
+    # Adam divides each gradient by its own running scale, so where a gradient is near zero the last bits of
+    # inductor's differently ordered (on AVX-512 CPUs, differently vectorised) sums move a weight by a visible
+    # fraction of the learning rate (1.0e-5 of a possible 6e-3 on an AMD EPYC with AVX-512): the weights must agree
+    # to 1% of the most that the steps can move them (the learning rate per step).
+    learning_rate = VAEFamily.presets["tiny"].training["learning_rate"]
     eager, compiled = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
     for key in eager:
-        assert torch.allclose(eager[key], compiled[key], atol=1e-5, rtol=0), key
+        assert torch.allclose(eager[key], compiled[key], atol=0.01 * learning_rate * steps, rtol=0), key
 
 
 def test_resume_from_checkpoint_by_name_is_looked_up_in_the_output_folder(tmp_path, monkeypatch):
