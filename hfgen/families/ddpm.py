@@ -117,6 +117,7 @@ DDPM_PRESETS = {
 
 class DDPMFamily(ModelFamily):
     name = "ddpm"
+    summary = "DDPM in pixel space: diffusers UNet2DModel + DDPMScheduler"
     pipeline_class = DDPMPipeline
     presets = DDPM_PRESETS
     model_arguments = ("block_out_channels", "layers_per_block", "attention_resolutions", "dropout",
@@ -225,9 +226,25 @@ class DDPMFamily(ModelFamily):
 
     # ------------------------------------------------------------------ objective
     def loss(self, model, images, step, generator, config, class_labels=None):
-        device = images.device
-        tables = self.tables(device)
         x0 = uint8_to_unit_interval(images)
+        loss, term_nats, logs = self.diffusion_objective(model, x0, generator, config, class_labels)
+        with torch.no_grad():
+            # Unbiased one-timestep estimate of L_vlb per image: t ~ Uniform{0..T-1}, importance weight T.
+            tables = self.tables(images.device)
+            nats = prior_nats(tables, x0) + tables.num_timesteps * term_nats
+            source_shape = getattr(config, "source_shape", None)  # the data's own C, H, W (set by the loop)
+            num_dims = math.prod(source_shape) if source_shape else x0[0].numel()
+            bits_per_dim = nats.mean() / (num_dims * math.log(2.0))
+        return loss, {"bits_per_dim": bits_per_dim, **logs}
+
+    def diffusion_objective(self, model, x0, generator, config, class_labels=None, decoder="discretized"):
+        """The diffusion's training objective on data ``x0`` (images in [-1, 1], or a latent diffusion's scaled
+        latents with ``decoder="continuous"``): the simple loss at one uniform timestep per sample (Min-SNR weighted
+        with ``config.snr_gamma``), plus the hybrid L_vlb term for learned variances. Returns ``(loss, term_nats,
+        logs)``: ``term_nats`` is each sample's L_vlb term at its timestep (nats, detached), which ``T *
+        term_nats + L_T`` turns into an unbiased estimate of L_vlb."""
+        device = x0.device
+        tables = self.tables(device)
         batch = x0.shape[0]
         t = torch.randint(0, tables.num_timesteps, (batch,), generator=generator, device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
@@ -249,25 +266,19 @@ class DDPMFamily(ModelFamily):
             loss = (weight * mse).mean()
         else:
             loss = mse.mean()
-        logs = {}
+        logs = {"mse": mse.mean().detach()}
         if tables.learned_variance:
             # L_vlb = T * E_t[L_t]: this timestep's term, weighted by T, per dimension; the mean's gradient stopped
-            term_nats = vlb_term_nats(tables, x0, x_t, t, output, stop_mean_gradient=True)
+            term_nats = vlb_term_nats(tables, x0, x_t, t, output, stop_mean_gradient=True, decoder=decoder)
             vlb_per_dim = term_nats / x0[0].numel()
             weight = getattr(config, "vlb_weight", None)
             loss = loss + (0.001 if weight is None else weight) * tables.num_timesteps * vlb_per_dim.mean()
             logs["vlb_term_nats_per_dim"] = vlb_per_dim.mean().detach()
-            term_nats = term_nats.detach()  # the same term the log below needs: not computed twice
+            term_nats = term_nats.detach()  # the same term the log needs: not computed twice
         else:
             with torch.no_grad():
-                term_nats = vlb_term_nats(tables, x0, x_t, t, output.detach())
-        with torch.no_grad():
-            # Unbiased one-timestep estimate of L_vlb per image: t ~ Uniform{0..T-1}, importance weight T.
-            nats = prior_nats(tables, x0) + tables.num_timesteps * term_nats
-            source_shape = getattr(config, "source_shape", None)  # the data's own C, H, W (set by the loop)
-            num_dims = math.prod(source_shape) if source_shape else x0[0].numel()
-            bits_per_dim = nats.mean() / (num_dims * math.log(2.0))
-        return loss, {"bits_per_dim": bits_per_dim, "mse": mse.mean().detach(), **logs}
+                term_nats = vlb_term_nats(tables, x0, x_t, t, output.detach(), decoder=decoder)
+        return loss, term_nats, logs
 
     def likelihood_of(self, model):
         return {"name": "discretized_gaussian_decoder", "data": "8-bit"}

@@ -219,10 +219,23 @@ def model_log_variance(tables: DiffusionTables, t: torch.Tensor, variance_output
     return frac * _at(tables.log_betas, t) + (1.0 - frac) * _at(tables.clipped_posterior_log_variance, t)
 
 
+def gaussian_nll(x0: torch.Tensor, mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """-log N(x0; mean, e^log_variance) per element, in nats: the decoder of a diffusion over continuous data
+    (a latent diffusion's scaled latents), a density rather than a bin mass."""
+    return 0.5 * (math.log(2 * math.pi) + log_variance + (x0 - mean) ** 2 * torch.exp(-log_variance))
+
+
+#: what the decoder term L_0 scores: ``"discretized"`` 8-bit bins of an image in [-1, 1] (a probability mass),
+#: ``"continuous"`` a Gaussian density of continuous data such as latents (nats of a density)
+DECODERS = ("discretized", "continuous")
+
+
 def vlb_term_nats(tables: DiffusionTables, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                  model_output: torch.Tensor, stop_mean_gradient: bool = False) -> torch.Tensor:
+                  model_output: torch.Tensor, stop_mean_gradient: bool = False,
+                  decoder: str = "discretized") -> torch.Tensor:
     """The L_vlb term of timestep ``t`` (per image, nats) given ``x_t ~ q(x_t | x_0)`` and the network's output
-    at ``(x_t, t)``: the KL of the reverse step for ``t >= 1``, the decoder's discretized NLL for ``t = 0``.
+    at ``(x_t, t)``: the KL of the reverse step for ``t >= 1``, the decoder's NLL for ``t = 0`` (``decoder``:
+    ``"discretized"`` 8-bit bins, or ``"continuous"`` a Gaussian density, see ``DECODERS``).
     ``stop_mean_gradient``: the mean enters as a constant, so that the term trains only a learned variance
     (Nichol & Dhariwal's hybrid objective)."""
     prediction, variance_output = split_output(tables, model_output.float())
@@ -234,8 +247,13 @@ def vlb_term_nats(tables: DiffusionTables, x0: torch.Tensor, x_t: torch.Tensor, 
     model_logvar = model_log_variance(tables, t, variance_output)
     true_mean = coef_x0 * x0 + coef_xt * x_t
     kl = _normal_kl(true_mean, _at(tables.posterior_log_variance, t), model_mean, model_logvar).flatten(1).sum(1)
-    decoder = discretized_gaussian_nll(x0, model_mean, model_logvar).flatten(1).sum(1)
-    return torch.where(t == 0, decoder, kl)
+    if decoder == "discretized":
+        decoder_nll = discretized_gaussian_nll(x0, model_mean, model_logvar)
+    elif decoder == "continuous":
+        decoder_nll = gaussian_nll(x0, model_mean, model_logvar)
+    else:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    return torch.where(t == 0, decoder_nll.flatten(1).sum(1), kl)
 
 
 def stratum_edges(num_timesteps: int, strata: int) -> list[tuple[int, int]]:
@@ -275,17 +293,37 @@ def variational_bound(unet: UNet2DModel, scheduler: DDPMScheduler, images: torch
     timestep-sampling variance. Each image also draws its own ``x_t ~ q(x_t | x_0)`` per term (one sample), as in
     Ho et al.'s and Nichol & Dhariwal's bits/dim evaluations; that part is a Monte Carlo estimate even when exact.
     """
-    device = images.device
-    tables = tables or DiffusionTables(scheduler, device)
+    return _variational_bound(unet, tables or DiffusionTables(scheduler, images.device), uint8_to_unit_interval(images),
+                              timesteps, generator, class_labels, decoder="discretized")
+
+
+@torch.no_grad()
+def continuous_variational_bound(unet: UNet2DModel, scheduler: DDPMScheduler, x0: torch.Tensor, timesteps: int,
+                                 generator: torch.Generator, tables: DiffusionTables | None = None,
+                                 class_labels: torch.Tensor | None = None) -> VLBEstimate:
+    """L_vlb per sample in nats for continuous data ``x0`` (float, e.g. a latent diffusion's scaled latents): an
+    upper bound on ``-log p(x0)`` of the density the diffusion defines (``-log p(x0 | y)`` given ``class_labels``),
+    with a Gaussian decoder density as ``L_0``. Estimated as ``variational_bound`` is (``L_T`` and ``L_0`` exact,
+    ``timesteps`` stratified KL terms). The scheduler must not clip (``clip_sample=False``): clipping assumes
+    data in [-1, 1]."""
+    tables = tables or DiffusionTables(scheduler, x0.device)
+    if tables.clip_sample:
+        raise ValueError("the bound of continuous data needs a scheduler with clip_sample=False (clipping x_0 to "
+                         f"[-{tables.clip_range:g}, {tables.clip_range:g}] assumes images); got clip_sample=True")
+    return _variational_bound(unet, tables, x0.float(), timesteps, generator, class_labels, decoder="continuous")
+
+
+def _variational_bound(unet, tables: DiffusionTables, x0: torch.Tensor, timesteps: int, generator: torch.Generator,
+                       class_labels: torch.Tensor | None, decoder: str) -> VLBEstimate:
+    device = x0.device
     T = tables.num_timesteps
-    x0 = uint8_to_unit_interval(images)
     batch = x0.shape[0]
     total = prior_nats(tables, x0)
 
     def term(t: torch.Tensor) -> torch.Tensor:
         noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
         x_t = add_noise(tables, x0, noise, t)
-        return vlb_term_nats(tables, x0, x_t, t, unet(x_t, t, class_labels=class_labels).sample)
+        return vlb_term_nats(tables, x0, x_t, t, unet(x_t, t, class_labels=class_labels).sample, decoder=decoder)
 
     total = total + term(torch.zeros(batch, dtype=torch.long, device=device))
     exact = timesteps >= T - 1
