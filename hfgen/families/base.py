@@ -36,18 +36,27 @@ class Bounds:
 
     nats_per_image_elbo: torch.Tensor
     nats_per_image_iw: torch.Tensor
+    #: further per-image figures in nats that the evaluator averages with their standard errors (``bound_terms``):
+    #: parts of the bound or comparisons paired with it image by image (the latent diffusion: its VAE's own
+    #: N(0, I)-prior ELBO and the prior's gain over it)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class ModelFamily:
     """Base class of a model family. Subclasses set the class attributes and implement the methods."""
 
     name: str = ""
+    #: one line for ``hfgen train --help``
+    summary: str = ""
     pipeline_class: type[DiffusionPipeline]
     presets: dict[str, Preset] = {}
     #: model-config keys that the family's command-line flags may override (flag names are these keys)
     model_arguments: tuple[str, ...] = ()
     #: the options ``sample_images`` (and ``hfgen sample``) accept; others are refused with a ValueError
     sampling_options: tuple[str, ...] = ("temperature",)
+    #: the family's flags that name local folders (``training_config.json`` keeps their names, not this machine's
+    #: paths: the file is published)
+    folder_arguments: tuple[str, ...] = ()
     #: whether ``bounds`` holds K importance samples per image in memory at once (the evaluator then shrinks
     #: its batches as K grows)
     importance_samples_in_batch: bool = True
@@ -76,6 +85,11 @@ class ModelFamily:
         conditional model)."""
         raise NotImplementedError
 
+    def bound_terms(self, model: ModelMixin) -> list[str]:
+        """The names of the ``Bounds.terms`` that ``bounds`` gives for ``model``, in the order the evaluator keeps
+        them (default: none)."""
+        return []
+
     def num_classes(self, model: ModelMixin) -> int:
         """K, the number of classes a class-conditional model was trained on (0: unconditional)."""
         return int(getattr(model.config, "num_classes", 0) or 0)
@@ -90,6 +104,10 @@ class ModelFamily:
     #: whether the model scores only the data's own pixels when the data layer zero-padded them (``source_size``
     #: in the model config, set by the training loop), so that its bound is one on the unpadded image
     scores_source_pixels: bool = True
+
+    def image_shape(self, model: ModelMixin) -> tuple[int, int]:
+        """(channels, sample_size) of the images the model generates and is evaluated on."""
+        return int(model.config.in_channels), int(model.config.sample_size)
 
     def scored_shape(self, model: ModelMixin) -> tuple[int, int, int]:
         """(C, H, W) of the pixels the model's bound scores: the data's own (``source_size``) or the whole square."""
@@ -119,6 +137,17 @@ class ModelFamily:
         latent group): JSON values (numbers or lists of numbers). ``class_labels``: the images' class indices for a
         class-conditional model (None: unconditional, or the null class). The loop logs them at every evaluation
         and merges them into ``metrics.json`` at the end (with the EMA weights). Default: none."""
+        return {}
+
+    def configure(self, cfg: argparse.Namespace) -> None:
+        """Read the family's own settings once, before the data and the model are built (the latent diffusion: load
+        and check its frozen VAE from ``--vae``). Default: nothing."""
+
+    def fit_to_training_data(self, model: ModelMixin, train_images: torch.Tensor,
+                             generator: torch.Generator) -> dict[str, Any]:
+        """Config values measured on ``uint8`` training images with the final (EMA) weights, set on ``model`` before
+        the final folder is written (the VAE: its latents' ``scaling_factor``). Returns them for ``metrics.json``.
+        Default: none."""
         return {}
 
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator,

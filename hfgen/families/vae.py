@@ -31,6 +31,17 @@ VAE_PRESETS = {
             num_sample_images=64, ema_decay=0.998,
         ),
     ),
+    "small-spatial": Preset(
+        description="the small VAE with a 4x8x8 spatial latent, the first stage of a latent diffusion (hfgen train ldm "
+                    "--vae DIR); a few minutes on two CPU cores",
+        model=dict(block_out_channels=[16, 32, 64], layers_per_block=1, latent_channels=4, latent_dim=0),
+        training=dict(
+            train_batch_size=64, learning_rate=2e-3, max_train_steps=1200, lr_warmup_steps=100,
+            kl_warmup_steps=300, eval_steps=400, sample_steps=0, checkpointing_steps=400, logging_steps=20,
+            eval_max_samples=1000, final_eval_max_samples=1000, final_importance_samples=16,
+            num_sample_images=64, ema_decay=0.998,
+        ),
+    ),
     "base": Preset(
         description="about a GPU hour (Fashion-MNIST 32x32)",
         model=dict(block_out_channels=[64, 128, 256], layers_per_block=2, latent_channels=16, latent_dim=64),
@@ -46,6 +57,7 @@ VAE_PRESETS = {
 
 class VAEFamily(ModelFamily):
     name = "vae"
+    summary = "Gaussian VAE (ELBO; --preset small-spatial is the first stage of a latent diffusion)"
     pipeline_class = VAEPipeline
     presets = VAE_PRESETS
     model_arguments = ("block_out_channels", "layers_per_block", "latent_channels", "latent_dim", "likelihood",
@@ -91,6 +103,19 @@ class VAEFamily(ModelFamily):
         out = model.log_likelihood_bounds(images, class_labels=class_labels, importance_samples=importance_samples,
                                           generator=generator)
         return Bounds(out.nats_per_image_elbo, out.nats_per_image_iw)
+
+    #: training images whose posterior samples set the latents' ``scaling_factor`` (the first N)
+    scaling_factor_images = 10000
+
+    def fit_to_training_data(self, model, train_images, generator):
+        """The latents' ``scaling_factor`` (``VAEModel.latent_scaling_factor``: 1 / std of one posterior sample per
+        image, over the first ``scaling_factor_images`` training images), stored in the model config so that a
+        latent diffusion over this VAE (``hfgen train ldm --vae DIR``) reads it, as diffusers' latent pipelines read
+        ``vae.config.scaling_factor``."""
+        images = train_images[: self.scaling_factor_images]
+        factor = model.latent_scaling_factor(images, generator)
+        model.register_to_config(scaling_factor=factor)
+        return {"latent_scaling_factor": factor, "latent_scaling_factor_images": int(images.shape[0])}
 
     def make_pipeline(self, model):
         return VAEPipeline(vae=model)

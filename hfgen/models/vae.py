@@ -232,6 +232,10 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
             trained without labels, with no class parameters at all).
         class_names (`list[str]`, *optional*): the K class names in class-index order (pipelines take a class by
             name or by index).
+        scaling_factor (`float`, *optional*): diffusers' latent scaling convention: ``1 / std`` of posterior samples
+            ``z ~ q(z | x)`` over training images (``latent_scaling_factor``), so that a latent diffusion prior sees
+            ``z * scaling_factor`` at about unit variance and decodes ``vae.decode(latents / scaling_factor)``.
+            Measured and stored at the end of training; None in folders written before it existed.
 
     Class conditioning (K > 0). Class indices run over ``0 .. K``: ``0 .. K-1`` are the data's classes and K is the
     *null class*, the model without a label (training drops labels to it, so the same weights also model p(x)).
@@ -265,8 +269,12 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         source_size: tuple[int, int] | None = None,
         num_classes: int = 0,
         class_names: list[str] | None = None,
+        scaling_factor: float | None = None,
     ):
         super().__init__()
+        if scaling_factor is not None and not (math.isfinite(scaling_factor) and scaling_factor > 0):
+            raise ValueError(f"scaling_factor must be a finite number > 0 (1 / the latents' standard deviation), got "
+                             f"{scaling_factor!r}")
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         if not block_out_channels or any(int(w) < 1 for w in block_out_channels):
@@ -469,6 +477,26 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         nll_elbo = -log_weights.mean(dim=1)
         nll_iw = -(torch.logsumexp(log_weights, dim=1) - math.log(importance_samples))
         return LikelihoodBoundsOutput(nats_per_image_elbo=nll_elbo, nats_per_image_iw=nll_iw)
+
+    @torch.no_grad()
+    def latent_scaling_factor(self, sample: torch.Tensor, generator: torch.Generator | None = None,
+                              batch_size: int = 256) -> float:
+        """``1 / std`` of one posterior sample ``z ~ q(z | x)`` per image of ``sample`` (``uint8`` or [-1, 1]), all
+        latent elements pooled: the ``scaling_factor`` that brings the latents a diffusion prior sees to unit
+        variance (Rombach et al. 2022's convention, diffusers' ``AutoencoderKL.config.scaling_factor``). Images of
+        a class-conditional model are encoded with the null class."""
+        total = total_sq = count = 0.0
+        for start in range(0, sample.shape[0], batch_size):
+            x_uint8 = self.to_uint8(sample[start : start + batch_size].to(self.device))
+            batch = self.pixel_likelihood.prepare(x_uint8, generator)
+            z = self.encode(batch.model_input.to(self.dtype)).latent_dist.sample(generator=generator).double()
+            total, total_sq, count = total + float(z.sum()), total_sq + float(z.pow(2).sum()), count + z.numel()
+        if count < 2:
+            raise ValueError(f"latent_scaling_factor needs at least one image, got {sample.shape[0]}")
+        variance = (total_sq - total * total / count) / (count - 1)
+        if not variance > 0:
+            raise ValueError(f"the posterior samples have variance {variance!r}; cannot scale them to unit variance")
+        return 1.0 / math.sqrt(variance)
 
     @torch.no_grad()
     @apply_forward_hook

@@ -287,6 +287,7 @@ class TrainingRun:
         run = cls()
         run.family = family
         cfg, model_config = resolve_config(args, family)
+        family.configure(cfg)
         run.cfg, run.output_dir = cfg, Path(cfg.output_dir)
         accelerator = run.accelerator = Accelerator(
             cpu=_no_accelerator_present(),
@@ -410,7 +411,7 @@ class TrainingRun:
         machine (the file is published)."""
         settings = dict(vars(self.cfg))
         settings["dataset"] = public_dataset_name(self.cfg.dataset)
-        for key in ("output_dir", "resume_from_checkpoint"):
+        for key in ("output_dir", "resume_from_checkpoint", *self.family.folder_arguments):
             if settings.get(key) and settings[key] != "latest":
                 settings[key] = Path(settings[key]).name
         return {"family": self.family.name, "model_config": self.model_config, **settings}
@@ -580,6 +581,9 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
     run.model.eval()
     if run.ema is not None:
         run.ema.copy_to(run.unwrapped.parameters())
+    # config values measured on the training images with the final weights (the VAE's latent scaling_factor)
+    fitted = family.fit_to_training_data(run.unwrapped, run.train_images,
+                                         torch.Generator(device=run.device).manual_seed(cfg.seed))
     final = _load_split(cfg, cfg.final_eval_split, run.channels, cfg.final_eval_max_samples or None, accelerator)
     final_images, final_split_size = final.images, final.split_size
     # a class-conditional model: bounds on -log p(x | y) given the true labels, and on -log p(x) (its null class)
@@ -613,6 +617,7 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
             "mixed_precision": accelerator.mixed_precision,
             "ema": run.ema is not None,
             "grad_norm_mean": state.grad_norm_mean,
+            **fitted,
         })
         if cfg.fd_steps:
             metrics.update({"fd_fmnist": run.sample_fd(), "fd_num_samples": cfg.fd_num_samples,
