@@ -114,7 +114,8 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
         raise ValueError(f"--inception-weights {args.inception_weights} adds fid_inception to the fd metric; "
                          f"ask for it with --metrics fd (got --metrics {args.metrics})")
     options = _sampling_options(args, family)
-    split = dict(sample_size=model.config.sample_size, channels=model.config.in_channels,
+    channels, sample_size = family.image_shape(model)
+    split = dict(sample_size=sample_size, channels=channels,
                  resize_mode=args.resize_mode, convert_channels=args.convert_channels,
                  max_samples=args.max_samples or None, images=images, config_name=args.dataset_config_name,
                  image_column=args.image_column)
@@ -193,8 +194,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "bpd" in requested or "classes" in requested:  # the split's images (and labels) once, for both
         dataset = load_image_dataset(args.dataset, args.split, config_name=args.dataset_config_name,
                                      image_column=args.image_column)
+        channels, sample_size = family.image_shape(model)
         images, source_shape = images_and_source_shape(
-            dataset, sample_size=model.config.sample_size, channels=model.config.in_channels,
+            dataset, sample_size=sample_size, channels=channels,
             resize_mode=args.resize_mode, convert_channels=args.convert_channels,
             max_samples=args.max_samples or None, description=f"{args.split} images")
         labels, names = _split_labels(args, family, pipeline, dataset) if conditional else (None, None)
@@ -330,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "(never downloaded)")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    sub.add_parser("train", help="train a model: hfgen train vae|hvae|ddpm [flags] (the flags of "
-                                 "training/train_<family>.py; hfgen train vae --help lists them)", add_help=False)
+    sub.add_parser("train", help="train a model: hfgen train vae|hvae|ddpm|ldm [flags] (the flags of "
+                                 "training/train_<family>.py; hfgen train --help lists the families, hfgen train vae "
+                                 "--help a family's flags)", add_help=False)
     publish = sub.add_parser(
         "publish", help="upload a trained folder to a Hub model repo (weights, configs, code, card, samples, metrics)",
         description="Upload the files of a trained folder that load it (safetensors weights, configs, pipeline and "
@@ -350,25 +353,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``hfgen train vae|hvae|ddpm [flags]``: the training scripts' flags and code path, for an installed hfgen."""
-    from .families import DDPMFamily, HVAEFamily, VAEFamily
+    """``hfgen train FAMILY [flags]``: the training scripts' flags and code path, for an installed hfgen."""
+    from .families import FAMILIES
     from .training import build_parser as build_training_parser, train
 
-    family = {"vae": VAEFamily, "hvae": HVAEFamily, "ddpm": DDPMFamily}[args.family]()
+    family = FAMILIES[args.family]()
     parser = build_training_parser(family)
     parser.prog = f"hfgen train {args.family}"
     train(family, parser.parse_args(args.training_flags))
     return 0
 
 
+def train_usage() -> str:
+    """What ``hfgen train`` and ``hfgen train --help`` print: the families and how to get each one's flags."""
+    from .families import FAMILIES
+
+    lines = ["usage: hfgen train FAMILY [flags]", "", "Train a model with the shared Accelerate loop (the flags of "
+             "training/train_FAMILY.py; `accelerate launch training/train_FAMILY.py` runs several processes).", "",
+             "families:"]
+    for name, family in FAMILIES.items():
+        lines.append(f"  {name:<6} {family.summary}")
+    lines += ["", "Each family's flags and presets: hfgen train FAMILY --help"]
+    return "\n".join(lines)
+
+
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # everything after the family belongs to the training parser, --help included
-        args = argparse.Namespace(command="train", func=cmd_train, family=argv[1] if len(argv) > 1 else None,
-                                  training_flags=argv[2:])
-        if args.family not in ("vae", "hvae", "ddpm"):
-            print(f"hfgen train: error: expected a family, vae, hvae or ddpm, got {args.family!r}", file=sys.stderr)
+        from .families import FAMILIES
+
+        family = argv[1] if len(argv) > 1 else None
+        if family in (None, "-h", "--help"):
+            print(train_usage(), file=sys.stdout if family else sys.stderr)
+            return 0 if family else 2
+        if family not in FAMILIES:
+            print(f"{train_usage()}\n\nhfgen train: error: expected a family, one of {', '.join(FAMILIES)}, got "
+                  f"{family!r}", file=sys.stderr)
             return 2
+        args = argparse.Namespace(command="train", func=cmd_train, family=family, training_flags=argv[2:])
     else:
         args = build_parser().parse_args(argv)
     for key in ("num_images", "importance_samples", "batch_size", "num_samples", "samples_per_class"):

@@ -96,6 +96,7 @@ def evaluate_likelihood(
     mine = batch_starts[process_index::num_processes]
     # per batch: sums over its images of elbo, elbo^2, iw, iw^2 (nats), and the count
     batch_sums: dict[int, list[float]] = {}
+    term_names = family.bound_terms(model)  # per-image figures beside the bound (Bounds.terms), summed the same way
     progress = None
     if progress_file is not None:
         if num_processes != 1:
@@ -105,6 +106,8 @@ def evaluate_likelihood(
                "batch_size": batch_size, "seed": seed}
         if class_labels is not None:
             key["class_labels_sha256"] = _tensor_sha256(class_labels)
+        if term_names:
+            key["bound_terms"] = term_names
         progress = _EvaluationProgress(Path(progress_file), key)
         batch_sums = progress.load()
     todo = [start for start in mine if start // batch_size not in batch_sums]
@@ -120,20 +123,36 @@ def evaluate_likelihood(
             bounds = family.bounds(model, x, importance_samples, gen)
         elbo = bounds.nats_per_image_elbo.double()
         iw = bounds.nats_per_image_iw.double()
-        sums = torch.stack([elbo.sum(), elbo.pow(2).sum(), iw.sum(), iw.pow(2).sum()]).cpu().tolist()
-        batch_sums[start // batch_size] = [*sums, float(x.shape[0])]
+        terms = [bounds.terms[name].double() for name in term_names]
+        sums = torch.stack([elbo.sum(), elbo.pow(2).sum(), iw.sum(), iw.pow(2).sum()]
+                           + [s for term in terms for s in (term.sum(), term.pow(2).sum())]).cpu().tolist()
+        batch_sums[start // batch_size] = [*sums[:4], float(x.shape[0]), *sums[4:]]
         if progress is not None:
             progress.save(batch_sums)
         bar.update(1)
     bar.close()
-    totals = [0.0] * 5
+    totals = [0.0] * (5 + 2 * len(term_names))
     for index in sorted(batch_sums):  # batch order, whatever order the batches were computed in
         totals = [total + value for total, value in zip(totals, batch_sums[index])]
     if reduce_sum is not None:
         totals = reduce_sum(torch.tensor(totals, dtype=torch.float64, device=device)).cpu().tolist()
-    figures = summarize_bounds(totals, units["num_dims"], importance_samples,
+    figures = summarize_bounds(totals[:5], units["num_dims"], importance_samples,
                                importance_weighted=family.has_importance_weighted_bound)
+    if term_names:
+        figures["bound_terms"] = {
+            name: _term_figures(totals[5 + 2 * i], totals[6 + 2 * i], figures["num_samples"], units["num_dims"])
+            for i, name in enumerate(term_names)}
     return {**figures, **units, "likelihood": likelihood}
+
+
+def _term_figures(total: float, total_sq: float, count: int, num_dims: int) -> dict:
+    """Mean and standard error over images of one of a family's ``Bounds.terms``, in nats per image and bits/dim."""
+    mean = total / count
+    variance = max(total_sq / count - mean * mean, 0.0) * count / max(count - 1, 1)
+    stderr = math.sqrt(variance / count)
+    to_bpd = 1.0 / (num_dims * math.log(2.0))
+    return {"nats_per_image": mean, "nats_per_image_stderr": stderr, "bits_per_dim": mean * to_bpd,
+            "bits_per_dim_stderr": stderr * to_bpd}
 
 
 def bound_figures(metrics: dict) -> dict:
@@ -141,7 +160,7 @@ def bound_figures(metrics: dict) -> dict:
     errors) and its ``likelihood``: what ``metrics.json`` keeps under ``unconditional`` for a class-conditional
     model's null class, beside the figures given the labels."""
     return {key: value for key, value in metrics.items()
-            if key.startswith(("bits_per_dim", "nats_per_image")) or key == "likelihood"}
+            if key.startswith(("bits_per_dim", "nats_per_image")) or key in ("likelihood", "bound_terms")}
 
 
 def bound_units(family: ModelFamily, model, image_shape, source_shape: SourceShape | None) -> dict:

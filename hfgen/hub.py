@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # annotations only: hfgen.families imports the pipelines, who
 
 logger = logging.getLogger("hfgen.hub")
 
-_TITLES = {"vae": "Gaussian VAE", "hvae": "hierarchical VAE", "ddpm": "DDPM"}
+_TITLES = {"vae": "Gaussian VAE", "hvae": "hierarchical VAE", "ddpm": "DDPM", "ldm": "latent diffusion"}
 
 #: metrics.json keys that are evaluation results, in card order: (key, name in the card, what it measures).
 #: ``hfgen evaluate`` writes the likelihood bounds; the sample-quality keys appear when they were computed.
@@ -45,7 +45,7 @@ METRICS = (
     ("recall", "recall (k-NN manifolds, k=3)", "sample quality"),
 )
 #: families with a single likelihood bound (their ``*_iw`` keys repeat the ``*_elbo`` figures)
-_SINGLE_BOUND = {"ddpm": "L_vlb bound"}
+_SINGLE_BOUND = {"ddpm": "L_vlb bound", "ldm": "ELBO bound with the diffusion prior's L_vlb"}
 
 #: metrics.json keys that describe a likelihood evaluation (beside the bits_per_dim_* / nats_per_image_* figures)
 _BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "num_dims", "source_shape", "sample_shape",
@@ -155,7 +155,8 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
     settings = {k: v for k, v in sorted(training_config.items()) if k not in _UNPUBLISHED_SETTINGS and v is not None}
     template = resources.files("hfgen.model_cards").joinpath(f"{family.name}.md").read_text()
     pipeline_class = family.pipeline_class.__name__
-    bound = "L_vlb" if family.name in _SINGLE_BOUND else "ELBO and importance-weighted"
+    bound = {"ddpm": "L_vlb", "ldm": "the ELBO with the diffusion prior's L_vlb"}.get(family.name,
+                                                                                    "ELBO and importance-weighted")
     return ModelCard.from_template(
         card_data,
         template_str=template,
@@ -281,13 +282,19 @@ def pipeline_class_file(family: ModelFamily) -> str:
 def component_file(family: ModelFamily) -> str:
     """``modeling_vae.py``: the model code file a family's published component folder carries ("" for DDPM)."""
     components = getattr(family.pipeline_class, "_hfgen_components", {})
-    return "".join(f"{component_module_name(model_class)}.py" for model_class in components.values())
+    return "".join(f"{component_module_name(model_class)}.py" for model_class in components.values()
+                   if model_class.__module__.split(".")[0] != "diffusers")
 
 
 def _metrics_note(family_name: str, metrics: dict) -> str:
     count, split = metrics.get("num_samples"), metrics.get("split", "test")
     if count is None:
         return ""
+    if family_name == "ldm":
+        k = metrics.get("vlb_timesteps", metrics.get("importance_samples"))
+        return (f"Likelihood measured on {count} images (`{split}`) with one posterior sample z per image and {k} "
+                f"stratified timesteps of the prior's L_vlb (± is the standard error over images, both samplings "
+                f"included).")
     if family_name in _SINGLE_BOUND:
         k = metrics.get("vlb_timesteps", metrics.get("importance_samples"))
         return (f"Likelihood measured on {count} images (`{split}`) with {k} timesteps per image (± is the standard "

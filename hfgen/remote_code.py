@@ -8,7 +8,9 @@ mechanism can load it where hfgen is not installed:
     vae/config.json  vae/diffusion_pytorch_model.safetensors
     vae/modeling_vae.py   hfgen/models/{likelihoods,blocks,vae}.py joined into one module (see ``bundle_modules``)
 
-A class-conditional DDPM folder carries its pipeline file only (``pipeline_ddpm_conditional.py``; its
+A latent diffusion folder carries ``pipeline_ldm.py`` (joined with the guidance rules of
+``pipeline_ddpm_conditional.py`` it imports, by ``bundle_modules``), ``vae/modeling_vae.py`` and diffusers'
+``unet/`` and ``scheduler/``. A class-conditional DDPM folder carries its pipeline file only (``pipeline_ddpm_conditional.py``; its
 ``model_index.json`` names ``["pipeline_ddpm_conditional", "ClassConditionalDDPMPipeline"]``, diffusers'
 ``UNet2DModel`` and ``DDPMScheduler``, and the pipeline's ``class_names``); an unconditional DDPM folder is a stock
 ``DDPMPipeline`` folder and carries no code.
@@ -143,7 +145,10 @@ def write_code_files(folder: str | Path, pipeline_class: type, components: dict[
     folder = Path(folder)
     written = []
     pipeline_module = pipeline_module_name(pipeline_class)
-    pipeline_source = Path(inspect.getsourcefile(pipeline_class)).read_text()
+    pipeline_file = Path(inspect.getsourcefile(pipeline_class))
+    pipeline_source = pipeline_file.read_text()
+    if _relative_imports(ast.parse(pipeline_source)):  # a pipeline built on another's rules: one file, as models are
+        pipeline_source = bundle_modules(pipeline_file)
     (folder / f"{pipeline_module}.py").write_text(pipeline_source)
     written.append(f"{pipeline_module}.py")
     index_path = folder / "model_index.json"

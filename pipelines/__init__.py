@@ -11,13 +11,16 @@ from ..models import HierarchicalVAEModel, VAEModel
 from ..pipeline_hooks import install_hooks
 from .pipeline_ddpm_conditional import ClassConditionalDDPMPipeline
 from .pipeline_hvae import HierarchicalVAEPipeline
+from .pipeline_ldm import LatentDiffusionPipeline
 from .pipeline_vae import VAEPipeline
 
 install_hooks(VAEPipeline, {"vae": VAEModel})
 install_hooks(HierarchicalVAEPipeline, {"vae": HierarchicalVAEModel})
 # diffusers' own classes: the folder carries the pipeline file only
 install_hooks(ClassConditionalDDPMPipeline, {"unet": UNet2DModel, "scheduler": DDPMScheduler})
+install_hooks(LatentDiffusionPipeline, {"vae": VAEModel, "unet": UNet2DModel, "scheduler": DDPMScheduler})
 
 __all__ = ["VAEPipeline"]
 __all__ += ["HierarchicalVAEPipeline"]
 __all__ += ["ClassConditionalDDPMPipeline"]
+__all__ += ["LatentDiffusionPipeline"]

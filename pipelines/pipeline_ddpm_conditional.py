@@ -125,6 +125,37 @@ def rescale_guided_prediction(guided: torch.Tensor, conditional: torch.Tensor,
     return guidance_rescale * rescaled + (1.0 - guidance_rescale) * guided
 
 
+def guided_output(unet, sample: torch.Tensor, timestep: torch.Tensor, class_ids: torch.Tensor, null_class: int,
+                  guidance_scale: float, guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE) -> torch.Tensor:
+    """The output of a class-conditional ``unet`` that a scheduler steps with: the plain pass for ``class_ids`` at
+    ``s = 1``, and otherwise the conditional and null-class inputs as one batch, combined as
+    ``out_null + s * (out_y - out_null)`` on the prediction channels (then rescaled by ``guidance_rescale``);
+    learned variance channels (beyond the sample's channels) are the conditional pass's."""
+    if guidance_scale == 1.0:
+        return unet(sample, timestep, class_labels=class_ids).sample
+    null_ids = torch.full_like(class_ids, null_class)
+    output = unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([class_ids, null_ids])).sample
+    conditional, unconditional = output.chunk(2)
+    channels = sample.shape[1]
+    conditional_prediction = conditional[:, :channels]
+    prediction = unconditional[:, :channels] + guidance_scale * (conditional_prediction - unconditional[:, :channels])
+    if guidance_rescale:
+        prediction = rescale_guided_prediction(prediction, conditional_prediction, guidance_rescale)
+    return torch.cat([prediction, conditional[:, channels:]], dim=1)
+
+
+def check_guidance(guidance_scale, guidance_rescale) -> None:
+    """Refuse a ``guidance_scale`` that is not a finite number and a ``guidance_rescale`` outside [0, 1]."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(
+            guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number (1: the conditional model, 0: the "
+                         f"unconditional one), got {guidance_scale!r}")
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or not (
+            0.0 <= guidance_rescale <= 1.0):
+        raise ValueError(f"guidance_rescale must be a number in [0, 1] (0: plain guidance, 1: the guided "
+                         f"prediction fully rescaled to the conditional one's spread), got {guidance_rescale!r}")
+
+
 class ClassConditionalDDPMPipeline(DiffusionPipeline):
     r"""Pipeline for class-conditional image generation with a DDPM trained with label dropout, with
     classifier-free guidance (Ho & Salimans 2022).
@@ -207,22 +238,9 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
 
     def _predict(self, sample: torch.Tensor, timestep: torch.Tensor, class_ids: torch.Tensor,
                  guidance_scale: float, guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE) -> torch.Tensor:
-        """The network output that the scheduler steps with: the plain pass for ``class_ids`` at ``s = 1``, and
-        otherwise the conditional and null-class inputs as one batch, combined as
-        ``out_null + s * (out_y - out_null)`` on the prediction channels (then rescaled by ``guidance_rescale``);
-        learned variance channels (beyond the sample's channels) are the conditional pass's."""
-        if guidance_scale == 1.0:
-            return self.unet(sample, timestep, class_labels=class_ids).sample
-        null_ids = torch.full_like(class_ids, self.null_class)
-        output = self.unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([class_ids, null_ids])).sample
-        conditional, unconditional = output.chunk(2)
-        channels = sample.shape[1]
-        conditional_prediction = conditional[:, :channels]
-        prediction = unconditional[:, :channels] + guidance_scale * (conditional_prediction
-                                                                     - unconditional[:, :channels])
-        if guidance_rescale:
-            prediction = rescale_guided_prediction(prediction, conditional_prediction, guidance_rescale)
-        return torch.cat([prediction, conditional[:, channels:]], dim=1)
+        """The network output that the scheduler steps with (``guided_output``)."""
+        return guided_output(self.unet, sample, timestep, class_ids, self.null_class, guidance_scale,
+                             guidance_rescale)
 
     @torch.no_grad()
     def __call__(
@@ -263,14 +281,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(
-                guidance_scale):
-            raise ValueError(f"guidance_scale must be a finite number (1: the conditional model, 0: the "
-                             f"unconditional one), got {guidance_scale!r}")
-        if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or not (
-                0.0 <= guidance_rescale <= 1.0):
-            raise ValueError(f"guidance_rescale must be a number in [0, 1] (0: plain guidance, 1: the guided "
-                             f"prediction fully rescaled to the conditional one's spread), got {guidance_rescale!r}")
+        check_guidance(guidance_scale, guidance_rescale)
         device = self._execution_device
         class_ids = class_label_ids(class_labels, self.config.class_names, self.num_classes, batch_size,
                                     device=device)

@@ -6,11 +6,16 @@ from ..pipelines import ClassConditionalDDPMPipeline
 from .base import Bounds, ModelFamily, Preset
 from .ddpm import DDPMFamily
 from .hvae import HVAEFamily
+from .ldm import LatentDiffusionFamily
 from .vae import VAEFamily
+
+#: every family by the name ``hfgen train NAME`` and ``training/train_NAME.py`` give it
+FAMILIES: dict[str, type[ModelFamily]] = {
+    family.name: family for family in (VAEFamily, HVAEFamily, DDPMFamily, LatentDiffusionFamily)}
 
 #: every family, by the ``_class_name`` its pipeline folders carry in ``model_index.json``
 FAMILIES_BY_PIPELINE: dict[str, type[ModelFamily]] = {
-    family.pipeline_class.__name__: family for family in (VAEFamily, HVAEFamily, DDPMFamily)
+    family.pipeline_class.__name__: family for family in FAMILIES.values()
 }  # DDPM folders are stock diffusers DDPMPipeline folders
 # ... and class-conditional DDPM folders carry hfgen's pipeline file (diffusers' UNet2DModel and DDPMScheduler)
 FAMILIES_BY_PIPELINE[ClassConditionalDDPMPipeline.__name__] = DDPMFamily
@@ -33,7 +38,12 @@ def load_pipeline(path_or_repo_id: str, device=None, revision: str | None = None
     from ..remote_code import pipeline_class_name, read_model_index, resolve_folder
 
     path = resolve_folder(path_or_repo_id, revision)
-    class_name = pipeline_class_name(read_model_index(path))
+    index = read_model_index(path)
+    class_name = pipeline_class_name(index)
+    if class_name == LatentDiffusionFamily.pipeline_class.__name__ and not isinstance(index["_class_name"], list):
+        raise ValueError(f"{path_or_repo_id} holds diffusers' own {class_name} (a text-to-image LDM, "
+                         f"model_index.json names no pipeline file); hfgen's latent diffusion folders name "
+                         f"[\"pipeline_ldm\", \"{class_name}\"]. Load it with diffusers.{class_name}")
     family = family_for_pipeline_class(class_name)
     pipeline_class = _OTHER_PIPELINE_CLASSES.get(class_name, family.pipeline_class)
     pipeline = pipeline_class.from_pretrained(path, use_safetensors=True)
@@ -42,5 +52,5 @@ def load_pipeline(path_or_repo_id: str, device=None, revision: str | None = None
     return pipeline, family
 
 
-__all__ = ["Bounds", "DDPMFamily", "FAMILIES_BY_PIPELINE", "HVAEFamily", "ModelFamily", "Preset", "VAEFamily",
-           "family_for_pipeline_class", "load_pipeline"]
+__all__ = ["Bounds", "DDPMFamily", "FAMILIES", "FAMILIES_BY_PIPELINE", "HVAEFamily", "LatentDiffusionFamily",
+           "ModelFamily", "Preset", "VAEFamily", "family_for_pipeline_class", "load_pipeline"]

@@ -93,6 +93,7 @@ def kl_objective(kl_per_group: torch.Tensor, kl_weight: float, balancing: bool, 
 
 class HVAEFamily(ModelFamily):
     name = "hvae"
+    summary = "hierarchical VAE: latent groups at several scales, per-group KL"
     pipeline_class = HierarchicalVAEPipeline
     presets = HVAE_PRESETS
     model_arguments = ("block_out_channels", "encoder_blocks_per_scale", "groups_per_scale", "decoder_blocks_per_group",

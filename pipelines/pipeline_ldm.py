@@ -1,0 +1,223 @@
+"""LatentDiffusionPipeline: a diffusion prior over the latents of a frozen VAE (latent diffusion), with
+classifier-free guidance for a class-conditional prior.
+
+    z_T ~ N(0, I)  --UNet2DModel + scheduler-->  z_0 (scaled latents)  --vae.decode(z_0 / scaling_factor)-->  image
+
+The VAE (hfgen's ``VAEModel`` with a spatial latent, unconditional) is the first stage; the UNet is diffusers'
+``UNet2DModel`` over its latents scaled by ``vae.config.scaling_factor`` (unit variance on training data), as in
+diffusers' own latent pipelines. A class-conditional UNet holds K + 1 class embeddings, the last the null class
+(trained with label dropout); guidance follows diffusers' convention ``eps_null + s * (eps_y - eps_null)``.
+
+Imports only torch and diffusers (and the guidance rules of ``pipeline_ddpm_conditional``, joined into this file
+when a folder is saved), so a published folder can carry it as remote code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffusers import DDPMScheduler
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.models import UNet2DModel
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline_ddpm_conditional import (
+    DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, ClassLabels, _check_generators, check_guidance, class_label_ids,
+    guided_output,
+)
+
+
+@dataclass
+class LatentDiffusionPipelineOutput(ImagePipelineOutput):
+    """``images`` (PIL images, a numpy array or a tensor, as ``output_type`` says; with ``output_type="latent"``
+    the denoised scaled latents ``z_0``) and ``latents``, the initial noise ``z_T`` the images were drawn from:
+    ``pipe(latents=out.latents, ...)`` draws the same images with a deterministic sampler (DDIM, DPM-Solver++)."""
+
+    latents: torch.Tensor = None
+
+
+def check_latent_components(vae: ModelMixin, unet: UNet2DModel) -> None:
+    """Refuse a VAE that a diffusion prior cannot sit on (a vector latent, no ``scaling_factor``, class-conditional)
+    and a UNet whose input is not the VAE's latent, each with a message naming what was expected."""
+    config = vae.config
+    if getattr(config, "latent_dim", None):
+        raise ValueError(f"the VAE has a vector latent (latent_dim={config.latent_dim}); a latent diffusion needs a "
+                         f"spatial latent (latent_dim None), e.g. a VAE trained with --preset small-spatial")
+    if getattr(config, "scaling_factor", None) is None:
+        raise ValueError("the VAE's config has no scaling_factor; expected one measured on its training data (hfgen "
+                         "writes it at the end of VAE training: retrain, or set vae.register_to_config("
+                         "scaling_factor=vae.latent_scaling_factor(train_images)))")
+    if getattr(config, "num_classes", 0):
+        raise ValueError(f"the VAE is class-conditional (num_classes={config.num_classes}); a latent diffusion takes "
+                         f"a VAE trained without labels, and the prior carries the classes")
+    latent_shape = tuple(vae.latent_shape)
+    size = unet.config.sample_size
+    unet_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+    if unet_shape != latent_shape:
+        raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size) but the VAE's latent "
+                         f"has shape {latent_shape}; expected a prior trained on this VAE's latents")
+
+
+class LatentDiffusionPipeline(DiffusionPipeline):
+    r"""Pipeline for (class-conditional) image generation with a diffusion prior over a VAE's latents.
+
+    Parameters:
+        vae ([`ModelMixin`]): hfgen's ``VAEModel`` with a spatial latent and a ``scaling_factor`` in its config;
+            ``vae.decode(z / scaling_factor).sample`` gives images in [-1, 1].
+        unet ([`UNet2DModel`]): the denoiser over scaled latents, ``in_channels`` the VAE's latent channels and
+            ``sample_size`` its latent size; ``num_class_embeds = K + 1`` for a class-conditional prior (index K:
+            the null class). Its output is the scheduler's prediction, followed by the variance channels when the
+            scheduler's ``variance_type`` is ``learned_range``.
+        scheduler ([`SchedulerMixin`]): the sampler: the folder's [`DDPMScheduler`] (the training schedule), or one
+            made from its config, e.g. ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``.
+        class_names (`list[str]`, *optional*): the K class names in index order (``model_index.json``).
+    """
+
+    model_cpu_offload_seq = "unet->vae"
+
+    # hfgen fills these (hfgen.pipeline_hooks.install_hooks); in the copy a published folder carries they stay None
+    _hfgen_components: dict = {}
+    _hfgen_from_pretrained = None
+    _hfgen_save_pretrained = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        if cls._hfgen_from_pretrained is None:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        return cls._hfgen_from_pretrained(cls, pretrained_model_name_or_path, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        if type(self)._hfgen_save_pretrained is None:
+            return super().save_pretrained(save_directory, **kwargs)
+        return type(self)._hfgen_save_pretrained(self, save_directory, **kwargs)
+
+    def __init__(self, vae: ModelMixin, unet: UNet2DModel, scheduler: SchedulerMixin,
+                 class_names: list[str] | None = None):
+        super().__init__()
+        check_latent_components(vae, unet)
+        num_classes = (unet.config.num_class_embeds or 1) - 1
+        if class_names is not None:
+            class_names = [str(name) for name in class_names]
+            if len(class_names) != num_classes:
+                raise ValueError(f"class_names holds {len(class_names)} names, but the unet has {num_classes} classes "
+                                 f"(num_class_embeds={unet.config.num_class_embeds}, the last being the null class); "
+                                 f"expected one name per class")
+        self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
+        self.register_to_config(class_names=class_names)  # a setting: self.config.class_names
+        self.image_processor = VaeImageProcessor(vae_scale_factor=1, do_resize=False, do_normalize=True)
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of classes of a class-conditional prior (0: unconditional)."""
+        return (self.unet.config.num_class_embeds or 1) - 1
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image's latent."""
+        return tuple(self.vae.latent_shape)
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        r"""The class indices of class names, as ``class_labels`` takes them (a name is matched exactly, else
+        case-insensitively when that is unambiguous)."""
+        names = [label] if isinstance(label, str) else list(label)
+        return class_label_ids(names, self.config.class_names, self.num_classes, len(names)).tolist()
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] for scaled latents: ``vae.decode(latents / scaling_factor).sample``."""
+        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+
+    def _step_output(self, output: torch.Tensor, channels: int) -> torch.Tensor:
+        """The network output as the scheduler takes it: with variance channels for a DDPM scheduler that learns
+        them, the prediction channels only for any other sampler."""
+        if output.shape[1] == channels:
+            return output
+        config = self.scheduler.config
+        if isinstance(self.scheduler, DDPMScheduler) and config.variance_type in ("learned", "learned_range"):
+            return output
+        if getattr(config, "variance_type", None) in ("learned", "learned_range"):
+            raise ValueError(f"{type(self.scheduler).__name__} has variance_type={config.variance_type!r}, which it "
+                             f"cannot use with {channels}-channel latents; make it with "
+                             f"{type(self.scheduler).__name__}.from_config(pipe.scheduler.config, variance_type=None)")
+        return output[:, :channels]
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: ClassLabels = None,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> LatentDiffusionPipelineOutput | tuple:
+        r"""Generate images (of given classes, for a class-conditional prior).
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images when ``class_labels`` is one class or None.
+            class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*): one class index or name for every
+                image, or a list of them (one image each). None: the null class (unconditional samples).
+            guidance_scale (`float`, defaults to 1): ``s`` in ``eps_null + s * (eps_y - eps_null)``; 1 is the
+                conditional prior (one pass), 0 the unconditional one.
+            guidance_rescale (`float`, defaults to 0): Lin et al. (2023)'s rescale ``phi`` in [0, 1].
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image (image i
+                then depends on ``generator[i]`` alone).
+            num_inference_steps (`int`, defaults to 1000): sampling steps (fewer suit DDIM or DPM-Solver++).
+            latents (`torch.Tensor`, *optional*): the initial noise ``z_T``, shape ``(batch, *latent_shape)``
+                (e.g. ``out.latents`` of an earlier call); drawn with ``generator`` when not given.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (the denoised scaled
+                latents, not decoded).
+            return_dict (`bool`, defaults to True): return a [`LatentDiffusionPipelineOutput`] instead of a tuple.
+
+        Returns:
+            [`LatentDiffusionPipelineOutput`] or `tuple`: ``(images, latents)``.
+        """
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        check_guidance(guidance_scale, guidance_rescale)
+        device = self._execution_device
+        conditional = self.num_classes > 0
+        if latents is not None and class_labels is None and batch_size == 1:
+            batch_size = latents.shape[0]
+        class_ids = class_label_ids(class_labels, self.config.class_names, self.num_classes, batch_size,
+                                    device=device)
+        if guidance_scale == 0.0 or class_labels is None:  # the null-class prediction: one pass
+            class_ids, guidance_scale = torch.full_like(class_ids, self.num_classes), 1.0
+        batch = class_ids.shape[0]
+        _check_generators(generator, batch)
+        shape = (batch, *self.latent_shape)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (batch, *the VAE's latent shape), got "
+                             f"{tuple(latents.shape)}")
+        initial = latents.to(device=device, dtype=self.unet.dtype)
+        sample = initial * self.scheduler.init_noise_sigma
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        channels = shape[1]
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = self.scheduler.scale_model_input(sample, t)
+            if conditional:
+                output = guided_output(self.unet, model_input, t, class_ids, self.num_classes,
+                                       float(guidance_scale), float(guidance_rescale))
+            else:
+                output = self.unet(model_input, t).sample
+            sample = self.scheduler.step(self._step_output(output, channels), t, sample,
+                                         generator=generator).prev_sample
+
+        if output_type == "latent":
+            images = sample
+        else:
+            images = self.image_processor.postprocess(self.decode_latents(sample).float(), output_type=output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images, initial)
+        return LatentDiffusionPipelineOutput(images=images, latents=initial)
