@@ -124,12 +124,21 @@ def _sample_quality(args, pipeline, family, model, names: list[str], images) -> 
         inception_net = load_inception(args.inception_weights, pipeline.device)
         inception_reference = inception_reference_statistics(args.inception_weights, args.dataset, args.split,
                                                              net=inception_net, **split)
+    labels = None
+    if args.class_balanced:  # ancestral samples of p(x) = sum_y p(y) p(x | y), y uniform over the classes
+        num_classes = family.num_classes(model)
+        if not num_classes:
+            raise ValueError("--class-balanced samples each class of a class-conditional model in turn; this model "
+                             "was trained without class labels")
+        labels = [index % num_classes for index in range(args.num_samples)]
     net = load_feature_net("fmnist", pipeline.device)
     reference = reference_statistics(args.dataset, args.split, net=net, **split)
     figures = evaluate_samples(family, pipeline, reference, num_samples=args.num_samples, metrics=names,
                                batch_size=args.batch_size, seed=args.seed, net=net, inception_net=inception_net,
-                               inception_reference=inception_reference, **options)
-    figures["sampling"] = {"seed": args.seed, "batch_size": args.batch_size, **options}
+                               inception_reference=inception_reference, class_labels=labels, **options)
+    figures["sampling"] = {"seed": args.seed, "batch_size": args.batch_size, **options,
+                           "classes": "balanced (y = i mod K)" if labels else "null class (unconditional)"
+                           if family.num_classes(model) else "none (unconditional model)"}
     figures["reference"] = {"dataset": public_dataset_name(args.dataset), "split": args.split,
                             "from_cache": reference.from_cache}
     if inception_reference is not None:
@@ -319,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="classifier-free guidance scale of a class-conditional DDPM's samples")
     evaluate.add_argument("--guidance-rescale", type=float, default=None,
                           help="0..1: guidance rescale of a class-conditional DDPM's samples (Lin et al. 2023)")
+    evaluate.add_argument("--class-balanced", action="store_true",
+                          help="a class-conditional model: generate the fd/kid/pr images class by class in equal numbers "
+                               "(ancestral samples of p(x) with y uniform, as conditional models' FIDs are measured) "
+                               "instead of from the null class")
     evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
     evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (families that take them)")

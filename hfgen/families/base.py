@@ -54,6 +54,9 @@ class ModelFamily:
     model_arguments: tuple[str, ...] = ()
     #: the options ``sample_images`` (and ``hfgen sample``) accept; others are refused with a ValueError
     sampling_options: tuple[str, ...] = ("temperature",)
+    #: K of the bounds the loop evaluates every ``--eval_steps`` (1: the ELBO; the latent diffusion: stratified
+    #: timesteps, whose one-timestep estimate is too heavy-tailed to compare candidates with)
+    validation_importance_samples: int = 1
     #: the family's flags that name local folders (``training_config.json`` keeps their names, not this machine's
     #: paths: the file is published)
     folder_arguments: tuple[str, ...] = ()

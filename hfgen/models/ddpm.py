@@ -116,6 +116,7 @@ class DiffusionTables:
         clipped_posterior_variance = posterior_variance.clone()
         clipped_posterior_variance[0] = posterior_variance[1]
         self.learned_variance = cfg.variance_type == "learned_range"
+        self.fixed_large = cfg.variance_type.startswith("fixed_large")
         f32 = dict(dtype=torch.float32, device=device)
         self.num_timesteps = len(betas)
         self.prediction_type = cfg.prediction_type
@@ -250,7 +251,10 @@ def vlb_term_nats(tables: DiffusionTables, x0: torch.Tensor, x_t: torch.Tensor, 
     if decoder == "discretized":
         decoder_nll = discretized_gaussian_nll(x0, model_mean, model_logvar)
     elif decoder == "continuous":
-        decoder_nll = gaussian_nll(x0, model_mean, model_logvar)
+        # fixed_large's variance is beta_t at every step, the decoder's included (beta_0 = Var(x_0 | x_1) for N(0, I)
+        # data); the 8-bit decoder keeps Ho et al.'s posterior variance of t = 1, which a bin of width 2/255 needs
+        decoder_logvar = _at(tables.log_betas, t) if tables.fixed_large and variance_output is None else model_logvar
+        decoder_nll = gaussian_nll(x0, model_mean, decoder_logvar)
     else:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     return torch.where(t == 0, decoder_nll.flatten(1).sum(1), kl)

@@ -561,7 +561,8 @@ def _validate(run: TrainingRun) -> dict:
     """The ELBO on the validation images (and the family's diagnostics) with EMA weights, logged and printed."""
     cfg, accelerator, step = run.cfg, run.accelerator, run.state.step
     with run.ema_weights():
-        metrics = run.evaluate(run.eval_images, run.eval_source_shape, 1, run.eval_labels)
+        metrics = run.evaluate(run.eval_images, run.eval_source_shape, run.family.validation_importance_samples,
+                               run.eval_labels)
         diagnostics = (run.family.diagnostics(run.unwrapped, run.eval_images, run.eval_labels)
                        if accelerator.is_main_process else {})
     accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
