@@ -321,18 +321,8 @@ class DDPMFamily(ModelFamily):
                 given = ", ".join(f"{key}={value!r}" for key, value in guidance.items())
                 raise ValueError(f"{given} was given, but this DDPM was trained without class labels; "
                                  f"classifier-free guidance needs a model trained with --class_conditional")
-        name = kwargs.get("scheduler") or "ddpm"
-        if name not in SAMPLERS:
-            raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
         config = pipeline.scheduler.config
-        steps = kwargs.get("steps") or (config.num_train_timesteps if name == "ddpm" else 50)
-        if not 1 <= steps <= config.num_train_timesteps:
-            raise ValueError(f"steps must be in [1, {config.num_train_timesteps}], got {steps}")
-        scheduler_class, extra = SAMPLERS[name]
-        extra = {**extra, **{key: kwargs[key] for key in ("clip_sample", "timestep_spacing")
-                             if kwargs.get(key) is not None}}
-        if scheduler_class is DPMSolverMultistepScheduler and "clip_sample" in extra:
-            extra.update(_dpm_solver_clipping(extra.pop("clip_sample")))
+        name, steps, scheduler_class, extra = sampler_settings(config, kwargs)
         scheduler = scheduler_class.from_config(config, **extra)
         unet = pipeline.unet
         if config.variance_type == "learned_range" and name != "ddpm":
@@ -347,6 +337,25 @@ class DDPMFamily(ModelFamily):
             sampler, call = DDPMPipeline(unet=unet, scheduler=scheduler), {}
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return sampler(batch_size=num_images, generator=generator, num_inference_steps=steps, **call).images
+
+
+def sampler_settings(config, options: dict, clip_sample: bool | None = None):
+    """``(name, steps, scheduler_class, settings)`` of the sampling options ``scheduler``, ``steps``, ``clip_sample``
+    and ``timestep_spacing`` over a folder's scheduler ``config``: the ``SAMPLERS`` entry (default ``ddpm``), the
+    steps (default: T for ddpm, 50 for the others; checked against T) and the settings ``from_config`` takes.
+    ``clip_sample`` replaces the sampler's own default (the latent diffusion: its folder's, off)."""
+    name = options.get("scheduler") or "ddpm"
+    if name not in SAMPLERS:
+        raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
+    steps = options.get("steps") or (config.num_train_timesteps if name == "ddpm" else 50)
+    if not 1 <= steps <= config.num_train_timesteps:
+        raise ValueError(f"steps must be in [1, {config.num_train_timesteps}], got {steps}")
+    scheduler_class, settings = SAMPLERS[name]
+    settings = {**settings, **({} if clip_sample is None else {"clip_sample": clip_sample}),
+                **{key: options[key] for key in ("clip_sample", "timestep_spacing") if options.get(key) is not None}}
+    if scheduler_class is DPMSolverMultistepScheduler and "clip_sample" in settings:
+        settings.update(_dpm_solver_clipping(settings.pop("clip_sample")))
+    return name, steps, scheduler_class, settings
 
 
 class _PredictionOnly(torch.nn.Module):

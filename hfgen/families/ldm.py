@@ -36,7 +36,7 @@ from ..models.vae import VAEModel
 from ..pipelines import LatentDiffusionPipeline, VAEPipeline
 from ..pipelines.pipeline_ldm import check_latent_components
 from .base import Bounds, Preset
-from .ddpm import DDPMFamily, SAMPLERS, _dpm_solver_clipping
+from .ddpm import DDPMFamily, sampler_settings
 
 LDM_PRESETS = {
     "tiny": Preset(
@@ -265,19 +265,9 @@ class LatentDiffusionFamily(DDPMFamily):
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in guidance.items())} was given, but this latent "
                              f"diffusion prior was trained without class labels; classifier-free guidance needs a "
                              f"prior trained with --class_conditional")
-        name = kwargs.get("scheduler") or "ddpm"
-        if name not in SAMPLERS:
-            raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
         config = pipeline.scheduler.config
-        steps = kwargs.get("steps") or (config.num_train_timesteps if name == "ddpm" else 50)
-        if not 1 <= steps <= config.num_train_timesteps:
-            raise ValueError(f"steps must be in [1, {config.num_train_timesteps}], got {steps}")
-        scheduler_class, extra = SAMPLERS[name]
         # latents are not images: no clipping unless asked for (DPM-Solver++'s default clips x_0 to [-1, 1])
-        extra = {**extra, "clip_sample": bool(config.clip_sample)}
-        extra.update({key: kwargs[key] for key in ("clip_sample", "timestep_spacing") if kwargs.get(key) is not None})
-        if name == "dpm-solver++":
-            extra.update(_dpm_solver_clipping(extra.pop("clip_sample")))
+        name, steps, scheduler_class, extra = sampler_settings(config, kwargs, clip_sample=bool(config.clip_sample))
         variance = {} if name == "ddpm" else {"variance_type": None}
         scheduler = scheduler_class.from_config({**config, **variance}, **extra)
         sampler = LatentDiffusionPipeline(vae=pipeline.vae, unet=pipeline.unet, scheduler=scheduler,
