@@ -49,7 +49,7 @@ _SINGLE_BOUND = {"ddpm": "L_vlb bound", "ldm": "ELBO bound with the diffusion pr
 
 #: metrics.json keys that describe a likelihood evaluation (beside the bits_per_dim_* / nats_per_image_* figures)
 _BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "num_dims", "source_shape", "sample_shape",
-               "bound_over", "likelihood", "split", "split_size", "unconditional")
+               "bound_over", "likelihood", "split", "split_size", "unconditional", "bound_terms")
 
 #: top-level files of a pipeline folder that are published when present
 PUBLISHED_FILES = ("model_index.json", "README.md", "samples.png", "metrics.json", "training_config.json")
