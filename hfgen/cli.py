@@ -390,8 +390,6 @@ def train_usage() -> str:
     return "\n".join(lines)
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # everything after the family belongs to the training parser, --help included

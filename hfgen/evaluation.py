@@ -145,11 +145,16 @@ def evaluate_likelihood(
     return {**figures, **units, "likelihood": likelihood}
 
 
-def _term_figures(total: float, total_sq: float, count: int, num_dims: int) -> dict:
-    """Mean and standard error over images of one of a family's ``Bounds.terms``, in nats per image and bits/dim."""
+def _mean_and_stderr(total: float, total_sq: float, count: int) -> tuple[float, float]:
+    """Mean and standard error of the mean of ``count`` values from their sum and sum of squares."""
     mean = total / count
     variance = max(total_sq / count - mean * mean, 0.0) * count / max(count - 1, 1)
-    stderr = math.sqrt(variance / count)
+    return mean, math.sqrt(variance / count)
+
+
+def _term_figures(total: float, total_sq: float, count: int, num_dims: int) -> dict:
+    """Mean and standard error over images of one of a family's ``Bounds.terms``, in nats per image and bits/dim."""
+    mean, stderr = _mean_and_stderr(total, total_sq, count)
     to_bpd = 1.0 / (num_dims * math.log(2.0))
     return {"nats_per_image": mean, "nats_per_image_stderr": stderr, "bits_per_dim": mean * to_bpd,
             "bits_per_dim_stderr": stderr * to_bpd}
@@ -237,13 +242,8 @@ def summarize_bounds(sums: list[float], num_dims: int, importance_samples: int, 
         raise ValueError("no images were evaluated")
     to_bpd = 1.0 / (num_dims * math.log(2.0))
 
-    def mean_and_stderr(total, total_sq):
-        mean = total / count
-        var = max(total_sq / count - mean * mean, 0.0) * count / max(count - 1, 1)
-        return mean, math.sqrt(var / count)
-
-    elbo, elbo_se = mean_and_stderr(sum_elbo, sum_sq_elbo)
-    iw, iw_se = mean_and_stderr(sum_iw, sum_sq_iw)
+    elbo, elbo_se = _mean_and_stderr(sum_elbo, sum_sq_elbo, count)
+    iw, iw_se = _mean_and_stderr(sum_iw, sum_sq_iw, count)
     if not importance_weighted:
         return {"bits_per_dim_elbo": elbo * to_bpd, "nats_per_image_elbo": elbo,
                 "bits_per_dim_elbo_stderr": elbo_se * to_bpd, "num_samples": count,

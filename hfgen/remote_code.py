@@ -10,7 +10,8 @@ mechanism can load it where hfgen is not installed:
 
 A latent diffusion folder carries ``pipeline_ldm.py`` (joined with the guidance rules of
 ``pipeline_ddpm_conditional.py`` it imports, by ``bundle_modules``), ``vae/modeling_vae.py`` and diffusers'
-``unet/`` and ``scheduler/``. A class-conditional DDPM folder carries its pipeline file only (``pipeline_ddpm_conditional.py``; its
+``unet/`` and ``scheduler/``. A class-conditional DDPM folder carries its pipeline file only
+(``pipeline_ddpm_conditional.py``; its
 ``model_index.json`` names ``["pipeline_ddpm_conditional", "ClassConditionalDDPMPipeline"]``, diffusers'
 ``UNet2DModel`` and ``DDPMScheduler``, and the pipeline's ``class_names``); an unconditional DDPM folder is a stock
 ``DDPMPipeline`` folder and carries no code.

@@ -41,20 +41,26 @@ class LatentDiffusionPipelineOutput(ImagePipelineOutput):
     latents: torch.Tensor = None
 
 
-def check_latent_components(vae: ModelMixin, unet: UNet2DModel) -> None:
-    """Refuse a VAE that a diffusion prior cannot sit on (a vector latent, no ``scaling_factor``, class-conditional)
-    and a UNet whose input is not the VAE's latent, each with a message naming what was expected."""
+def check_first_stage(vae: ModelMixin) -> None:
+    """Refuse a VAE that a diffusion prior cannot sit on (a vector latent, no ``scaling_factor``, class-conditional),
+    each with a message naming what was expected."""
     config = vae.config
     if getattr(config, "latent_dim", None):
         raise ValueError(f"the VAE has a vector latent (latent_dim={config.latent_dim}); a latent diffusion needs a "
-                         f"spatial latent (latent_dim None), e.g. a VAE trained with --preset small-spatial")
+                         f"spatial latent (latent_dim None), e.g. a VAE trained with --preset small-spatial (or "
+                         f"--latent_dim 0)")
     if getattr(config, "scaling_factor", None) is None:
-        raise ValueError("the VAE's config has no scaling_factor; expected one measured on its training data (hfgen "
-                         "writes it at the end of VAE training: retrain, or set vae.register_to_config("
+        raise ValueError("the VAE has no scaling_factor in vae/config.json; expected one measured on its training "
+                         "data (hfgen writes it at the end of VAE training: retrain, or set vae.register_to_config("
                          "scaling_factor=vae.latent_scaling_factor(train_images)))")
     if getattr(config, "num_classes", 0):
         raise ValueError(f"the VAE is class-conditional (num_classes={config.num_classes}); a latent diffusion takes "
                          f"a VAE trained without labels, and the prior carries the classes")
+
+
+def check_latent_components(vae: ModelMixin, unet: UNet2DModel) -> None:
+    """``check_first_stage``, and refuse a UNet whose input is not the VAE's latent."""
+    check_first_stage(vae)
     latent_shape = tuple(vae.latent_shape)
     size = unet.config.sample_size
     unet_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))

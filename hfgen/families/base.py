@@ -153,14 +153,18 @@ class ModelFamily:
         Default: none."""
         return {}
 
+    def check_sampling_options(self, options: dict) -> None:
+        """Refuse sampling options the family's sampler does not take (``sampling_options``)."""
+        unknown = sorted(set(options) - set(self.sampling_options))
+        if unknown:
+            raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
+                             f"{list(self.sampling_options)}")
+
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator,
                       class_labels=None, **kwargs):
         """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``). ``class_labels``:
         as the pipelines take it (``hfgen.models.labels.class_label_ids``): None, one class, or one per image."""
-        unknown = sorted(set(kwargs) - set(self.sampling_options))
-        if unknown:
-            raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
-                             f"{list(self.sampling_options)}")
+        self.check_sampling_options(kwargs)
         if class_labels is not None:
             kwargs["class_labels"] = class_labels
         return pipeline(batch_size=num_images, generator=generator, **kwargs).images

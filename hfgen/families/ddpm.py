@@ -308,10 +308,7 @@ class DDPMFamily(ModelFamily):
         (``ClassConditionalDDPMPipeline``'s; None: the null class), ``guidance_scale`` (classifier-free guidance,
         diffusers' convention) and ``guidance_rescale`` (defaults: the pipeline's); an unconditional one refuses
         them."""
-        unknown = sorted(set(kwargs) - set(self.sampling_options))
-        if unknown:
-            raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
-                             f"{list(self.sampling_options)}")
+        self.check_sampling_options(kwargs)
         conditional = self.num_classes(pipeline.unet) > 0
         guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
         if not conditional:

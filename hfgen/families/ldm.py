@@ -29,13 +29,12 @@ import argparse
 import math
 
 import torch
-from diffusers import DDPMScheduler
 
 from ..models.ddpm import continuous_variational_bound, prior_nats
-from ..models.vae import VAEModel
+from ..models.vae import VAEModel, standard_normal_log_density
 from ..pipelines import LatentDiffusionPipeline, VAEPipeline
-from ..pipelines.pipeline_ldm import check_latent_components
-from .base import Bounds, Preset
+from ..pipelines.pipeline_ldm import check_first_stage, check_latent_components
+from .base import Bounds, ModelFamily, Preset
 from .ddpm import DDPMFamily, sampler_settings
 
 LDM_PRESETS = {
@@ -151,27 +150,15 @@ class LatentDiffusionFamily(DDPMFamily):
 
     def model_of(self, pipeline):
         self.set_vae(pipeline.vae)
-        self.scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
-        self._tables = {}
-        self.model_class_names = self.class_names(pipeline)
-        return pipeline.unet
-
-    def class_names(self, pipeline):
-        if not self.num_classes(pipeline.unet):
-            return None
-        names = getattr(pipeline.config, "class_names", None)
-        return list(names) if names else [str(index) for index in range(self.num_classes(pipeline.unet))]
+        return super().model_of(pipeline)
 
     def image_shape(self, model):
         """The VAE's images: the UNet's own shape is the latent's."""
-        vae = self._require_vae()
-        return int(vae.config.in_channels), int(vae.config.sample_size)
+        return ModelFamily.image_shape(self, self._require_vae())
 
     def scored_shape(self, model):
-        vae = self._require_vae()
-        size = vae.config.sample_size
-        height, width = getattr(vae.config, "source_size", None) or (size, size)
-        return (vae.config.in_channels, int(height), int(width))
+        """What the frozen VAE's likelihood scores: the data's own pixels (its ``source_size``)."""
+        return ModelFamily.scored_shape(self, self._require_vae())
 
     def likelihood_of(self, model):
         return {"name": f"{self._require_vae().config.likelihood} decoder of a VAE with a latent diffusion prior",
@@ -235,7 +222,7 @@ class LatentDiffusionFamily(DDPMFamily):
         log_q = -posterior.nll(z)
         latent_prior_nll = self.latent_prior_nats(model, z, float(vae.config.scaling_factor), importance_samples,
                                                   generator, class_labels)
-        standard_normal_nll = 0.5 * (z.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+        standard_normal_nll = -standard_normal_log_density(z)
         bound = reconstruction_nll + log_q + latent_prior_nll
         vae_elbo = reconstruction_nll + log_q + standard_normal_nll
         terms = {"vae_standard_normal_prior_elbo": vae_elbo, "prior_gain": vae_elbo - bound,
@@ -256,10 +243,7 @@ class LatentDiffusionFamily(DDPMFamily):
         """PIL images through a ``LatentDiffusionPipeline`` on the folder's networks with the sampler asked for
         (``scheduler``: ``ddpm``, ``ddim`` or ``dpm-solver++``; ``steps``; ``clip_sample``, ``timestep_spacing``;
         ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior). ``pipeline`` is left unchanged."""
-        unknown = sorted(set(kwargs) - set(self.sampling_options))
-        if unknown:
-            raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
-                             f"{list(self.sampling_options)}")
+        self.check_sampling_options(kwargs)
         guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
         if not self.num_classes(pipeline.unet) and guidance:
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in guidance.items())} was given, but this latent "
@@ -288,16 +272,8 @@ def load_vae(path_or_repo_id: str) -> VAEModel:
         raise ValueError(f"{path_or_repo_id} holds a {found} (model_index.json); --vae expects a VAEPipeline folder "
                          f"(hfgen train vae --preset small-spatial)")
     vae = VAEPipeline.from_pretrained(folder).vae
-    if vae.config.latent_dim:
-        raise ValueError(f"the VAE at {path_or_repo_id} has a vector latent (latent_dim={vae.config.latent_dim}); a "
-                         f"latent diffusion needs a spatial latent: train one with --preset small-spatial (or "
-                         f"--latent_dim 0)")
-    if vae.config.scaling_factor is None:
-        raise ValueError(f"the VAE at {path_or_repo_id} has no scaling_factor in vae/config.json; expected the one "
-                         f"hfgen measures at the end of VAE training (retrain it with this hfgen version)")
-    if vae.config.num_classes:
-        raise ValueError(f"the VAE at {path_or_repo_id} is class-conditional (num_classes={vae.config.num_classes}); "
-                         f"a latent diffusion takes a VAE trained without labels (--class_conditional goes to the "
-                         f"prior)")
+    try:
+        check_first_stage(vae)
+    except ValueError as error:
+        raise ValueError(f"{path_or_repo_id}: {error}") from None
     return vae
-

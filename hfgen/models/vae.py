@@ -69,7 +69,7 @@ class LikelihoodBoundsOutput(BaseOutput):
     nats_per_image_iw: torch.Tensor = None
 
 
-def _standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
+def standard_normal_log_density(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over all but the first dimension."""
     return (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
 
@@ -471,7 +471,7 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
             chunk_ids = None if ids is None else ids[start:stop].repeat(importance_samples)
             log_px_given_z = self.log_prob(self.decode_parameters(z, chunk_ids), target)
             prior = self._prior(chunk_ids)
-            log_pz = _standard_normal_log_density(z) if prior is None else -prior.nll(z)
+            log_pz = standard_normal_log_density(z) if prior is None else -prior.nll(z)
             log_w = log_px_given_z + log_pz + q.nll(z)
             log_weights[start:stop] = log_w.view(importance_samples, n).t()
         nll_elbo = -log_weights.mean(dim=1)
