@@ -63,6 +63,96 @@ class ResidualBlock(nn.Module):
         return self.skip(x) + self.squeeze_excitation(h)
 
 
+class BottleneckBlock(nn.Module):
+    """The bottleneck residual block of very deep VAEs (Child 2021, VDVAE), without normalisation as there:
+
+        SiLU -> 1x1 conv to a quarter of the width -> SiLU -> 3x3 -> SiLU -> 3x3 -> SiLU -> 1x1 back to full width
+
+    plus a (1x1 projected when widths differ) skip connection, as ``ResidualBlock``. The narrow middle makes the two
+    3x3 convolutions cheap: about a quarter of ``ResidualBlock``'s FLOPs at the same width. The middle width is
+    ``out_channels // 4``, but at least ``min(8, out_channels)``. The last 1x1 conv starts at zero, so a freshly
+    built block is the identity on its residual path (VDVAE scales that layer down instead; zero is the limit of its
+    scaling and what the other cells here do). With ``use_squeeze_excitation`` the branch is gated as in
+    ``ResidualBlock``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, use_squeeze_excitation: bool = False):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        hidden = max(out_channels // 4, min(8, out_channels))
+        self.reduce = nn.Conv2d(in_channels, hidden, 1)
+        self.conv1 = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1)
+        self.expand = nn.Conv2d(hidden, out_channels, 1)
+        nn.init.zeros_(self.expand.weight)
+        nn.init.zeros_(self.expand.bias)
+        self.squeeze_excitation = SqueezeExcitation(out_channels) if use_squeeze_excitation else nn.Identity()
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.reduce(self.act(x))
+        h = self.conv1(self.act(h))
+        h = self.conv2(self.act(h))
+        h = self.expand(self.act(h))
+        return self.skip(x) + self.squeeze_excitation(h)
+
+
+class InvertedResidualBlock(nn.Module):
+    """The generative cell of NVAE (Vahdat & Kautz 2020, NVAE), an inverted residual (MobileNetV2-style) block:
+
+        GroupNorm -> 1x1 conv expanding the width ``expansion`` times -> SiLU -> depthwise 5x5 conv (one filter per
+        channel) -> SiLU -> 1x1 conv back to ``out_channels`` -> (squeeze-excitation)
+
+    plus a (1x1 projected when widths differ) skip connection, as ``ResidualBlock``. The depthwise conv sees a
+    5x5 neighbourhood at a small cost, and most of the FLOPs are in the two 1x1 convs. NVAE normalises with batch
+    norm after every conv; one GroupNorm on the input keeps the block independent of the batch, as the rest of the
+    house. The last 1x1 conv starts at zero, so a freshly built block is the identity on its residual path.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, use_squeeze_excitation: bool = False,
+                 expansion: int = 3):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        hidden = expansion * in_channels
+        self.norm = nn.GroupNorm(num_groups_for(in_channels), in_channels, eps=1e-6)
+        self.expand = nn.Conv2d(in_channels, hidden, 1)
+        self.depthwise = nn.Conv2d(hidden, hidden, 5, padding=2, groups=hidden)
+        self.project = nn.Conv2d(hidden, out_channels, 1)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+        self.squeeze_excitation = SqueezeExcitation(out_channels) if use_squeeze_excitation else nn.Identity()
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.expand(self.norm(x))
+        h = self.depthwise(self.act(h))
+        h = self.project(self.act(h))
+        return self.skip(x) + self.squeeze_excitation(h)
+
+
+CELL_TYPES = ("resnet", "bottleneck", "inverted_residual")
+_CELLS = {"resnet": ResidualBlock, "bottleneck": BottleneckBlock, "inverted_residual": InvertedResidualBlock}
+
+
+def check_cell_type(cell_type: str) -> str:
+    """``cell_type`` if it names a residual cell of ``residual_cell``, else a ValueError naming it and the choices."""
+    if cell_type not in _CELLS:
+        raise ValueError(f"cell_type must be one of {CELL_TYPES}, got {cell_type!r}: 'resnet' (ResidualBlock, "
+                         f"the default), 'bottleneck' (BottleneckBlock, VDVAE) or 'inverted_residual' "
+                         f"(InvertedResidualBlock, NVAE)")
+    return cell_type
+
+
+def residual_cell(cell_type: str, in_channels: int, out_channels: int | None = None,
+                  use_squeeze_excitation: bool = False) -> nn.Module:
+    """A residual cell of the kind ``cell_type`` names (one of ``CELL_TYPES``): ``"resnet"`` is ``ResidualBlock``,
+    ``"bottleneck"`` ``BottleneckBlock`` and ``"inverted_residual"`` ``InvertedResidualBlock``. Every one keeps the
+    spatial size, projects its skip when the widths differ and is the identity on its residual path when built."""
+    return _CELLS[check_cell_type(cell_type)](in_channels, out_channels, use_squeeze_excitation)
+
+
 class Downsample(nn.Module):
     """Halve height and width with a strided 3x3 conv."""
 

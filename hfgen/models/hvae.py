@@ -36,7 +36,8 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
 
-from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
+from .blocks import (ClassFiLM, CheckpointedSequential, Downsample, Upsample, check_cell_type, num_groups_for,
+                     residual_cell)
 from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
 from .vae import (ClassLabelsMixin, LikelihoodBoundsOutput, check_class_config, check_class_ids,
                   check_generator_list, execution_device)
@@ -123,9 +124,10 @@ def _as_list(value, length: int, name: str) -> list[int]:
 class _LatentGroup(nn.Module):
     """One group of the top-down path: residual cells, the prior, the posterior and the projection of z back."""
 
-    def __init__(self, width, latent_channels, num_cells, use_se, embed_dim=0):
+    def __init__(self, width, latent_channels, num_cells, use_se, embed_dim=0, cell_type="resnet"):
         super().__init__()
-        self.cells = CheckpointedSequential([ResidualBlock(width, width, use_se) for _ in range(num_cells)])
+        self.cells = CheckpointedSequential(
+            [residual_cell(cell_type, width, width, use_se) for _ in range(num_cells)])
         self.prior = nn.Sequential(nn.SiLU(), nn.Conv2d(width, 2 * latent_channels, 3, padding=1))
         self.posterior = nn.Sequential(
             nn.Conv2d(2 * width, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 2 * latent_channels, 3, padding=1))
@@ -153,11 +155,11 @@ class _LatentGroup(nn.Module):
 
 
 class _BottomUp(nn.Module):
-    def __init__(self, in_channels, widths, blocks_per_scale, use_se, embed_dim=0):
+    def __init__(self, in_channels, widths, blocks_per_scale, use_se, embed_dim=0, cell_type="resnet"):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.stages = nn.ModuleList(
-            CheckpointedSequential([ResidualBlock(w, w, use_se) for _ in range(n)])
+            CheckpointedSequential([residual_cell(cell_type, w, w, use_se) for _ in range(n)])
             for w, n in zip(widths, blocks_per_scale))
         self.downsample = nn.ModuleList(Downsample(widths[i], widths[i + 1]) for i in range(len(widths) - 1))
         self.film = ClassFiLM(embed_dim, widths[0]) if embed_dim else None  # class-conditional models only
@@ -200,6 +202,11 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         num_classes (`int`, defaults to 0): K, the number of classes of a class-conditional model (0: a model
             trained without labels, with no class parameters at all).
         class_names (`list[str]`, *optional*): the K class names in class-index order.
+        cell_type (`str`, defaults to ``"resnet"``): the residual cell used everywhere (bottom-up, top-down and
+            output cells; ``blocks.residual_cell``): ``"resnet"`` (``ResidualBlock``: GroupNorm, SiLU, 3x3 conv,
+            twice), ``"bottleneck"`` (``BottleneckBlock``, VDVAE's: 1x1 to a quarter of the width, two 3x3, 1x1
+            back, no normalisation) or ``"inverted_residual"`` (``InvertedResidualBlock``, NVAE's generative cell:
+            1x1 expansion by 3, depthwise 5x5, 1x1 back). Configs saved before the option load as ``"resnet"``.
 
     Class conditioning (K > 0). Class indices run over ``0 .. K``, K being the *null class* (the model without a
     label; training drops labels to it). A learned embedding of ``block_out_channels[-1]`` numbers per class
@@ -233,6 +240,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         source_size: tuple[int, int] | None = None,
         num_classes: int = 0,
         class_names: list[str] | None = None,
+        cell_type: str = "resnet",
     ):
         super().__init__()
         widths = [int(w) for w in block_out_channels]
@@ -254,13 +262,14 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         if groups[-1] < 1:
             raise ValueError(f"the lowest scale needs at least one latent group, got groups_per_scale={groups}")
         check_class_config(num_classes, class_names)
+        check_cell_type(cell_type)
         self.pixel_likelihood = get_likelihood(likelihood, num_mixtures)
         self.source_region = SourceRegion(sample_size, source_size) if source_size is not None else None
         # class-conditional parts exist only when K > 0 and are created after the others in each module, so an
         # unconditional model has the same parameters, and initial values for a given seed, as before
         embed_dim = widths[-1] if num_classes else 0
 
-        self.bottom_up = _BottomUp(in_channels, widths, enc_blocks, use_squeeze_excitation, embed_dim)
+        self.bottom_up = _BottomUp(in_channels, widths, enc_blocks, use_squeeze_excitation, embed_dim, cell_type)
         top_size = sample_size // factor
         self.top_state = nn.Parameter(torch.zeros(1, widths[-1], top_size, top_size))
         # Top-down, lowest scale first: the groups of each scale, then an upsampling to the next scale.
@@ -269,14 +278,14 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         for scale in reversed(range(num_scales)):
             for _ in range(groups[scale]):
                 td_groups.append(_LatentGroup(widths[scale], latent_channels, decoder_blocks_per_group,
-                                              use_squeeze_excitation, embed_dim))
+                                              use_squeeze_excitation, embed_dim, cell_type))
                 self.group_scale.append(scale)
             if scale > 0:
                 upsample.append(Upsample(widths[scale], widths[scale - 1]))
         self.groups = nn.ModuleList(td_groups)
         self.upsample = nn.ModuleList(upsample)
         self.output_cells = CheckpointedSequential(
-            [ResidualBlock(widths[0], widths[0], use_squeeze_excitation) for _ in range(output_blocks)])
+            [residual_cell(cell_type, widths[0], widths[0], use_squeeze_excitation) for _ in range(output_blocks)])
         self.norm_out = nn.GroupNorm(num_groups_for(widths[0]), widths[0], eps=1e-6)
         self.conv_out = nn.Conv2d(widths[0], self.pixel_likelihood.num_params(in_channels), 3, padding=1)
         self.class_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
