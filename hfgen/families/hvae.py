@@ -20,6 +20,7 @@ import argparse
 
 import torch
 
+from ..models.blocks import CELL_TYPES
 from ..models.hvae import POSTERIORS, HierarchicalVAEModel
 from ..models.likelihoods import LIKELIHOODS
 from ..pipelines import HierarchicalVAEPipeline
@@ -98,7 +99,7 @@ class HVAEFamily(ModelFamily):
     presets = HVAE_PRESETS
     model_arguments = ("block_out_channels", "encoder_blocks_per_scale", "groups_per_scale", "decoder_blocks_per_group",
                        "output_blocks", "latent_channels", "posterior", "use_squeeze_excitation", "log_scale_bound",
-                       "likelihood", "num_mixtures")
+                       "likelihood", "num_mixtures", "cell_type")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("hierarchical VAE model (unset flags take the preset's value)")
@@ -114,6 +115,11 @@ class HVAEFamily(ModelFamily):
         group.add_argument("--posterior", choices=POSTERIORS, default=None,
                            help="residual (NVAE; the model default) or product (precision-weighted, Ladder VAE)")
         group.add_argument("--use_squeeze_excitation", action=argparse.BooleanOptionalAction, default=None)
+        group.add_argument("--cell_type", choices=CELL_TYPES, default=None,
+                           help="residual cell of every encoder, decoder and output stage: resnet (GroupNorm, SiLU, "
+                                "3x3 conv, twice; the model default), bottleneck (VDVAE: 1x1 to a quarter of the "
+                                "width, two 3x3, 1x1 back) or inverted_residual (NVAE: 1x1 expansion by 3, "
+                                "depthwise 5x5, 1x1 back)")
         group.add_argument("--log_scale_bound", type=float, default=None,
                            help="soft bound on every latent log-scale (0: none; model default 5)")
         group.add_argument("--likelihood", choices=LIKELIHOODS, default=None,
