@@ -13,13 +13,16 @@ the same network, batch size and device.
 Prints img/s for each and their ratio, FLOPs per image (fwd + bwd, torch.utils.flop_counter) and achieved
 TFLOP/s of the hfgen step; the last line is one JSON object. ``--dataset random`` trains on random uint8 images
 (``--channels``, default 3: CIFAR-shaped); throughput does not depend on the pixel values. ``--family vae|hvae``
-times hfgen's step alone (the baseline loop is DDPM's). ``measure()`` is what benchmarks/gpu_suite.py calls.
+times hfgen's step alone (the baseline loop is DDPM's). ``--train-args`` passes flags on to the family's training
+parser, e.g. model overrides. ``measure()`` is what benchmarks/gpu_suite.py and benchmarks/hvae_cells.py call.
 
     python benchmarks/train_throughput.py --preset small --batch-size 64 --steps 20 --device cpu
     python benchmarks/train_throughput.py --preset ddpm-cifar --batch-size 128 --steps 50 --device cuda --mixed-precision bf16
     python benchmarks/train_throughput.py --preset ddpm-cifar --dataset random --batch-size 512 --steps 30 \
         --device cuda --mixed-precision bf16 --torch-compile
     python benchmarks/train_throughput.py --family hvae --preset base --batch-size 128 --device cuda --mixed-precision bf16
+    python benchmarks/train_throughput.py --family hvae --preset small --batch-size 16 --steps 5 --device cpu \
+        --dataset random --channels 1 --train-args="--cell_type bottleneck"
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import io
 import json
 import random
 import resource
+import shlex
 import types
 import sys
 import time
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfgen.data import images_to_uint8, load_image_dataset  # noqa: E402
@@ -108,6 +112,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dataset", default="fashion_mnist", help="a --dataset of the training scripts, or random")
     parser.add_argument("--channels", type=int, default=None, help="image channels (random data: default 3)")
     parser.add_argument("--sample-size", type=int, default=32)
+    parser.add_argument("--train-args", default="",
+                        help='more flags for the family\'s training parser, one quoted string, e.g. '
+                             '--train-args="--cell_type bottleneck" (the preset\'s values otherwise)')
     return parser
 
 
@@ -235,9 +242,21 @@ def run_steps(step_fn, steps, device) -> float:
     return time.perf_counter() - started
 
 
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of a convolution's backward, grouped (depthwise) ones included: each multiply-add of the forward has
+    one in the input gradient and one in the weight gradient, so each requested gradient costs the forward's FLOPs.
+    (torch's own formula, up to at least 2.13, counts a grouped conv's weight gradient as if the conv were dense,
+    ``groups`` times too many: 96x for a depthwise conv over 96 channels.)"""
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def gflop_per_image(family, model, optimizer, accelerator, cfg, images) -> float:
-    """GFLOP of one forward + backward of the family's objective per image (eager model; matmuls, convolutions)."""
-    flop_counter = FlopCounterMode(display=False)
+    """GFLOP of one forward + backward of the family's objective per image (eager model; matmuls, convolutions,
+    grouped convolutions' backward counted as ``_conv_backward_flop`` says)."""
+    flop_counter = FlopCounterMode(display=False,
+                                   custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
     with flop_counter:
         with accelerator.autocast():
             loss, _ = family.loss(model, images, 0, torch.Generator(device=images.device).manual_seed(0), cfg)
@@ -254,7 +273,7 @@ def measure(args) -> dict:
     family = FAMILIES[args.family]()
     with_baseline = args.family == "ddpm" and not args.no_baseline
     cli = ["--output_dir", "unused", "--preset", args.preset, "--train_batch_size", str(args.batch_size),
-           "--dataset", args.dataset, "--sample_size", str(args.sample_size)]
+           "--dataset", args.dataset, "--sample_size", str(args.sample_size), *shlex.split(args.train_args)]
     cfg, model_config = resolve_config(build_parser(family).parse_args(cli), family)
     uint8 = load_uint8(args)
 
@@ -322,6 +341,7 @@ def measure(args) -> dict:
         "mixed_precision": args.mixed_precision, "torch_compile": args.torch_compile,
         "torch_compile_mode": args.torch_compile_mode if args.torch_compile else None,
         "num_parameters": num_parameters, "torch_threads": torch.get_num_threads(),
+        "train_args": args.train_args, "model_config": model_config,
     }
 
 
