@@ -112,3 +112,28 @@ def test_iw_bounds_of_a_carried_folder_resume_to_the_same_figures(tmp_path, run_
     resumed = second["folders"]["vae-tiny"]
     assert resumed["bits_per_dim_iw"] == figures["bits_per_dim_iw"]
     assert resumed["bits_per_dim_elbo"] == figures["bits_per_dim_elbo"]
+
+
+def test_grouped_conv_backward_flops_and_hvae_cells_script():
+    """train_throughput counts a grouped (depthwise) conv's backward as two forwards, as it does a dense conv's
+    (torch's formula counts its weight gradient as dense); hvae_cells.py gives one row per cell type."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import hvae_cells
+    import train_throughput
+
+    mapping = {torch.ops.aten.convolution_backward: train_throughput._conv_backward_flop}
+    for groups in (1, 4, 32):
+        conv = torch.nn.Conv2d(32, 32, 5, padding=2, groups=groups)
+        x = torch.randn(2, 32, 8, 8, requires_grad=True)
+        forward, both = FlopCounterMode(display=False), FlopCounterMode(display=False, custom_mapping=mapping)
+        with forward:
+            conv(x)
+        with both:
+            conv(x).sum().backward()
+        assert forward.get_total_flops() == 2 * 2 * 32 * (32 // groups) * 25 * 64
+        assert both.get_total_flops() == 3 * forward.get_total_flops()
+    rows = hvae_cells.main(["--preset", "tiny", "--steps", "1", "--warmup-steps", "0", "--batch-size", "4"])
+    assert [row["cell_type"] for row in rows] == ["resnet", "bottleneck", "inverted_residual"]
+    assert all(row["num_parameters"] > 0 and row["mflop_per_img"] > 0 and row["img_per_s"] > 0 for row in rows)
