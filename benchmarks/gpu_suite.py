@@ -150,7 +150,7 @@ def train_speed(args, family: str, compiled: bool) -> dict:
     settings = train_throughput.default_args(
         family=family, preset=preset, batch_size=batch, dataset="random", channels=channels,
         num_images=max(sizes["num_images"], 4 * batch), steps=sizes["compiled_steps" if compiled else "steps"],
-        warmup_steps=sizes["warmup_steps"], device=args.device, mixed_precision=_precision(args),
+        warmup_steps=sizes["warmup_steps"], rounds=1, device=args.device, mixed_precision=_precision(args),
         torch_compile=compiled, torch_compile_backend=sizes["compile_backend"])
     result = train_throughput.measure(settings)
     peak = peak_bf16_tflops(result["device_name"]) if result["mixed_precision"] == "bf16" else None

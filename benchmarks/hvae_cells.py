@@ -46,7 +46,7 @@ def measure(args) -> list[dict]:
     for cell_type in args.cell_types:
         settings = train_throughput.default_args(
             family="hvae", preset=args.preset, batch_size=batch_size, steps=args.steps,
-            warmup_steps=args.warmup_steps, device=args.device, dataset="random", channels=args.channels,
+            warmup_steps=args.warmup_steps, rounds=1, device=args.device, dataset="random", channels=args.channels,
             sample_size=args.sample_size, num_images=max(4 * batch_size, 64), no_baseline=True,
             train_args=f"--cell_type {cell_type}")
         with contextlib.redirect_stdout(io.StringIO()):  # measure's own lines; the table below says it all

@@ -94,11 +94,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         help="ddpm: hfgen's step against the baseline loop; vae, hvae: hfgen's step alone")
     parser.add_argument("--preset", default="small", help="a preset of --family")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per path (after --warmup-steps)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per path and round")
     parser.add_argument("--warmup-steps", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="interleave the two paths in this many rounds of steps/rounds steps each (for busy "
-                             "CPUs; CUDA peak memory is then that of both paths together)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds; each runs every path for --steps steps in turn (the ratio's spread is over "
+                             "rounds)")
+    parser.add_argument("--objective", choices=("both", "preset", "plain"), default="both",
+                        help="DDPM: time the preset's objective, the plain one of diffusers' example (epsilon MSE, "
+                             "fixed variances), or both (a preset that is already plain has one)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
     parser.add_argument("--num-images", type=int, default=4096, help="training images to load")
@@ -145,14 +148,78 @@ def load_uint8(args) -> torch.Tensor:
     return images_to_uint8(dataset, sample_size=args.sample_size, channels=args.channels, show_progress=False)
 
 
+def example_hybrid_vlb_term(scheduler, prediction, variance_output, clean, noisy, timesteps):
+    """The L_vlb term of each image at its timestep (nats), as a user extending the diffusers example to learned
+    variances writes it (Nichol & Dhariwal's formulas over the scheduler's ``betas``; the mean's gradient stopped):
+    the KL of the reverse step for t >= 1, a discretized Gaussian decoder (8-bit bins, CDFs clamped at 1e-12) at
+    t = 0, both computed for every image and one of them kept."""
+    betas = scheduler.betas.to(clean.device, torch.float64)
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    log_posterior_variance = torch.cat([posterior_variance[1:2], posterior_variance[1:]]).log()
+
+    def at(table):
+        return table[timesteps].float().view(-1, 1, 1, 1)
+
+    prediction = prediction.detach()
+    if scheduler.config.prediction_type == "v_prediction":
+        x0_hat = at(alphas_cumprod.sqrt()) * noisy - at((1.0 - alphas_cumprod).sqrt()) * prediction
+    else:
+        x0_hat = (noisy - at((1.0 - alphas_cumprod).sqrt()) * prediction) / at(alphas_cumprod.sqrt())
+    if scheduler.config.clip_sample:
+        x0_hat = x0_hat.clamp(-1.0, 1.0)
+    coef_x0 = at(betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod))
+    coef_xt = at((1.0 - alphas_cumprod_prev) * (1.0 - betas).sqrt() / (1.0 - alphas_cumprod))
+    model_mean = coef_x0 * x0_hat + coef_xt * noisy
+    frac = (variance_output + 1.0) / 2.0
+    model_log_variance = frac * at(betas.log()) + (1.0 - frac) * at(log_posterior_variance)
+    true_mean, true_log_variance = coef_x0 * clean + coef_xt * noisy, at(log_posterior_variance)
+    kl = 0.5 * (-1.0 + model_log_variance - true_log_variance + torch.exp(true_log_variance - model_log_variance)
+                + (true_mean - model_mean) ** 2 * torch.exp(-model_log_variance))
+    inv_std, centred = torch.exp(-0.5 * model_log_variance), clean - model_mean
+    cdf_plus = torch.special.ndtr(inv_std * (centred + 1.0 / 255.0))
+    cdf_minus = torch.special.ndtr(inv_std * (centred - 1.0 / 255.0))
+    log_mass = torch.where(clean < -0.999, cdf_plus.clamp(min=1e-12).log(),
+                           torch.where(clean > 0.999, (1.0 - cdf_minus).clamp(min=1e-12).log(),
+                                       (cdf_plus - cdf_minus).clamp(min=1e-12).log()))
+    return torch.where(timesteps == 0, -log_mass.flatten(1).sum(1), kl.flatten(1).sum(1))
+
+
+def example_loss(scheduler, model_output, clean, noise, noisy, timesteps, vlb_weight=0.001):
+    """The baseline's objective. The diffusers example's: the MSE of the prediction against its target (noise for
+    ``epsilon``, ``scheduler.get_velocity`` for ``v_prediction``); with ``learned_range`` variances (output
+    channels split in two) plus ``vlb_weight * T`` times the mean per-dimension L_vlb term
+    (``example_hybrid_vlb_term``), the hybrid objective that hfgen's ``learned_range`` trains."""
+    config = scheduler.config
+    learned_variance = config.variance_type == "learned_range"
+    prediction, variance_output = model_output.float().chunk(2, dim=1) if learned_variance else (
+        model_output.float(), None)
+    target = scheduler.get_velocity(clean, noise, timesteps) if config.prediction_type == "v_prediction" else noise
+    loss = F.mse_loss(prediction, target)
+    if learned_variance:
+        term_nats = example_hybrid_vlb_term(scheduler, prediction, variance_output, clean, noisy, timesteps)
+        loss = loss + vlb_weight * config.num_train_timesteps * (term_nats / clean[0].numel()).mean()
+    return loss
+
+
+def describe_objective(model_config: dict) -> str:
+    """What a model config trains, in words: prediction type and variances."""
+    variance = model_config.get("variance_type", "fixed_small")
+    hybrid = " + 0.001 T L_vlb term (hybrid)" if variance == "learned_range" else ""
+    return f"{model_config.get('prediction_type', 'epsilon')} MSE{hybrid}, {variance} variances"
+
+
 def build_baseline_step(family, cfg, model_config, uint8, accelerator, batch_size, num_workers):
-    """(a): the diffusers example's step (see the module docstring); returns (step function, release function)."""
+    """(a): the diffusers example's step (see the module docstring) with ``example_loss`` for the model config's
+    objective; returns (step function, release function)."""
     device = accelerator.device
     channels, sample_size = uint8.shape[1], uint8.shape[-1]
     torch.manual_seed(0)
     base_model = family.build_model(model_config, channels, sample_size)
     noise_scheduler = family.scheduler
     num_timesteps = noise_scheduler.config.num_train_timesteps
+    vlb_weight = 0.001 if getattr(cfg, "vlb_weight", None) is None else cfg.vlb_weight
     base_opt = torch.optim.AdamW(base_model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999),
                                  weight_decay=0.0, eps=1e-8)
     png_bytes = []
@@ -184,8 +251,8 @@ def build_baseline_step(family, cfg, model_config, uint8, accelerator, batch_siz
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         with accelerator.accumulate(base_model):
             with accelerator.autocast():
-                prediction = base_model(noisy, timesteps).sample
-            loss = F.mse_loss(prediction.float(), noise)
+                model_output = base_model(noisy, timesteps).sample
+            loss = example_loss(noise_scheduler, model_output, clean, noise, noisy, timesteps, vlb_weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(base_model.parameters(), 1.0)
@@ -265,83 +332,116 @@ def gflop_per_image(family, model, optimizer, accelerator, cfg, images) -> float
     return flop_counter.get_total_flops() / images.shape[0] / 1e9
 
 
+#: the objectives timed: the preset's own, and the plain one of diffusers' example (epsilon, fixed variances)
+PLAIN_OBJECTIVE = {"prediction_type": "epsilon", "variance_type": "fixed_small"}
+
+
+def objectives(family_name: str, model_config: dict, objective: str) -> list[tuple[str, list[str]]]:
+    """``(label, extra training-script flags)`` per objective to time: ``"preset"`` (the preset's own, i.e.
+    ``model_config``'s) and, for a DDPM whose objective is not already the plain one, ``"plain"``
+    (``PLAIN_OBJECTIVE``)."""
+    chosen = [("preset", [])]
+    is_plain = all(model_config.get(key, default) == default for key, default in PLAIN_OBJECTIVE.items())
+    if family_name == "ddpm" and not is_plain:
+        chosen.append(("plain", [flag for key, value in PLAIN_OBJECTIVE.items() for flag in (f"--{key}", value)]))
+    return [(label, flags) for label, flags in chosen if objective in ("both", label)]
+
+
+def _spread(values: list[float]) -> dict:
+    values = sorted(values)
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return {"median": round(values[len(values) // 2] if len(values) % 2 else
+                            (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2, 3),
+            "min": round(values[0], 3), "max": round(values[-1], 3), "std": round(std, 3)}
+
+
 def measure(args) -> dict:
-    """Time the baseline (DDPM only, unless ``args.no_baseline``) and hfgen's step; returns the JSON object."""
+    """Time hfgen's step and (DDPM, unless ``args.no_baseline``) the baseline loop on the same network, for the
+    preset's objective and the plain one, interleaved: ``args.rounds`` rounds, each running every path for
+    ``args.steps`` steps in turn, so that a busy machine's load changes fall on all paths alike. Returns the JSON
+    object: throughputs over all rounds, the ratio hfgen / baseline per objective and its spread over rounds."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=args.mixed_precision)
     device = accelerator.device
-    family = FAMILIES[args.family]()
     with_baseline = args.family == "ddpm" and not args.no_baseline
     cli = ["--output_dir", "unused", "--preset", args.preset, "--train_batch_size", str(args.batch_size),
            "--dataset", args.dataset, "--sample_size", str(args.sample_size), *shlex.split(args.train_args)]
-    cfg, model_config = resolve_config(build_parser(family).parse_args(cli), family)
     uint8 = load_uint8(args)
-
-    def report(label, seconds, steps):
-        img_per_s = steps * args.batch_size / seconds
-        print(f"{label}: {img_per_s:.1f} img/s ({seconds / steps * 1000:.1f} ms/step, batch {args.batch_size}, "
-              f"{steps} steps)", flush=True)
-        return img_per_s
-
-    # One round (the default) times the baseline, frees it, then builds and times hfgen, so that CUDA peak
-    # memory is per path. Interleaved rounds (--rounds > 1) share a busy machine's load changes out between the
-    # two paths; peak memory is then that of both together.
-    per_round = max(1, args.steps // args.rounds)
-    rounds = args.rounds if with_baseline else 1
-    baseline_seconds = peak_baseline = None
-    if with_baseline:
-        baseline_step, release_baseline = build_baseline_step(family, cfg, model_config, uint8, accelerator,
-                                                              args.batch_size, args.num_workers)
-        run_steps(baseline_step, args.warmup_steps, device)
-        if rounds == 1:
+    paths, described = {}, {}  # path name -> step function; objective -> words
+    hfgen_model = None
+    _, preset_model_config = resolve_config(build_parser(FAMILIES[args.family]()).parse_args(cli),
+                                            FAMILIES[args.family]())
+    for objective, flags in objectives(args.family, preset_model_config, args.objective):
+        family = FAMILIES[args.family]()
+        cfg, model_config = resolve_config(build_parser(family).parse_args(cli + flags), family)
+        described[objective] = describe_objective(model_config) if args.family == "ddpm" else args.family
+        if with_baseline:
+            paths[f"baseline/{objective}"], _ = build_baseline_step(family, cfg, model_config, uint8, accelerator,
+                                                                     args.batch_size, args.num_workers)
+        paths[f"hfgen/{objective}"], unwrapped, optimizer = build_hfgen_step(family, cfg, model_config, uint8,
+                                                                            accelerator, args)
+        if hfgen_model is None:
+            hfgen_model = (family, unwrapped, optimizer, cfg)
+    for step in paths.values():
+        run_steps(step, args.warmup_steps, device)
+    seconds = {name: [] for name in paths}
+    peak_memory = {name: 0.0 for name in paths}
+    for _ in range(args.rounds):
+        for name, step in paths.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            baseline_seconds = run_steps(baseline_step, per_round, device)
-            peak_baseline = _peak_memory_gb(device)
-            release_baseline()
-    hfgen_step, unwrapped, optimizer = build_hfgen_step(family, cfg, model_config, uint8, accelerator, args)
-    run_steps(hfgen_step, args.warmup_steps, device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    if rounds == 1:
-        hfgen_seconds = run_steps(hfgen_step, per_round, device)
-    else:
-        baseline_seconds = hfgen_seconds = 0.0
-        for _ in range(rounds):
-            baseline_seconds += run_steps(baseline_step, per_round, device)
-            hfgen_seconds += run_steps(hfgen_step, per_round, device)
-        peak_baseline = _peak_memory_gb(device)
-    peak_hfgen = _peak_memory_gb(device)
-    timed_steps = per_round * rounds
-    img_per_s_baseline = None
-    if with_baseline:
-        img_per_s_baseline = report("baseline (diffusers example step)", baseline_seconds, timed_steps)
-    img_per_s_hfgen = report("hfgen (hfgen.training.train_step)", hfgen_seconds, timed_steps)
+            seconds[name].append(run_steps(step, args.steps, device))
+            peak_memory[name] = max(peak_memory[name], _peak_memory_gb(device))
+    timed_steps = args.steps * args.rounds
+    img_per_s = {name: timed_steps * args.batch_size / sum(values) for name, values in seconds.items()}
+    for name, values in seconds.items():
+        objective = name.split("/")[1]
+        print(f"{name:<16} {img_per_s[name]:7.1f} img/s ({sum(values) / timed_steps * 1000:.1f} ms/step; "
+              f"{described[objective]}; batch {args.batch_size}, {args.rounds} rounds of {args.steps} steps)",
+              flush=True)
+    ratios = {}
+    for objective in described:
+        if with_baseline:
+            per_round = [b / h for b, h in zip(seconds[f"baseline/{objective}"], seconds[f"hfgen/{objective}"])]
+            ratios[objective] = (img_per_s[f"hfgen/{objective}"] / img_per_s[f"baseline/{objective}"],
+                                 _spread(per_round))
+            spread = ratios[objective][1]
+            print(f"ratio hfgen / baseline, {objective} objective: {ratios[objective][0]:.3f}x over all rounds; "
+                  f"per round median {spread['median']:.3f}, min {spread['min']:.3f}, max {spread['max']:.3f}, "
+                  f"std {spread['std']:.3f}")
 
+    family, unwrapped, optimizer, cfg = hfgen_model
     gflop = gflop_per_image(family, unwrapped, optimizer, accelerator, cfg, uint8[: args.batch_size].to(device))
-    tflop_per_s = gflop * img_per_s_hfgen / 1e3
-    ratio = img_per_s_hfgen / img_per_s_baseline if with_baseline else None
+    tflop_per_s = gflop * img_per_s["hfgen/preset"] / 1e3
     num_parameters = sum(p.numel() for p in unwrapped.parameters())
-    if with_baseline:
-        print(f"ratio hfgen / baseline: {ratio:.2f}x")
+    memory_kind = "CUDA allocated, all paths resident" if device.type == "cuda" else "process RSS"
     print(f"{gflop:.3f} GFLOP per image (fwd + bwd), {tflop_per_s:.3f} TFLOP/s achieved by hfgen's step; "
-          f"{num_parameters / 1e6:.2f}M parameters; peak memory {peak_hfgen:.2f} GB "
-          f"({'CUDA allocated' if device.type == 'cuda' else 'process RSS'})")
+          f"{num_parameters / 1e6:.2f}M parameters; peak memory {peak_memory['hfgen/preset']:.2f} GB ({memory_kind})")
 
     def rounded(value, digits):
         return None if value is None else round(value, digits)
 
+    preset_ratio, preset_spread = ratios.get("preset", (None, None))
+    plain_ratio, plain_spread = ratios.get("plain", (None, None))
     return {
-        "img_per_s_hfgen": round(img_per_s_hfgen, 2), "img_per_s_baseline": rounded(img_per_s_baseline, 2),
-        "ratio": rounded(ratio, 3), "gflop_per_img": round(gflop, 4), "tflop_per_s": round(tflop_per_s, 4),
-        "peak_memory_gb": round(peak_hfgen, 3), "peak_memory_gb_baseline": rounded(peak_baseline, 3),
+        "img_per_s_hfgen": round(img_per_s["hfgen/preset"], 2),
+        "img_per_s_baseline": rounded(img_per_s.get("baseline/preset"), 2),
+        "ratio": rounded(preset_ratio, 3), "ratio_spread": preset_spread,
+        "img_per_s_hfgen_plain": rounded(img_per_s.get("hfgen/plain"), 2),
+        "img_per_s_baseline_plain": rounded(img_per_s.get("baseline/plain"), 2),
+        "ratio_plain": rounded(plain_ratio, 3), "ratio_plain_spread": plain_spread,
+        "objective": described["preset"], "plain_objective": described.get("plain"),
+        "gflop_per_img": round(gflop, 4), "tflop_per_s": round(tflop_per_s, 4),
+        "peak_memory_gb": round(peak_memory["hfgen/preset"], 3),
+        "peak_memory_gb_baseline": rounded(peak_memory.get("baseline/preset"), 3),
         "family": args.family, "preset": args.preset, "batch_size": args.batch_size, "steps": timed_steps,
-        "rounds": rounds, "dataset": args.dataset, "channels": uint8.shape[1], "device": str(device.type),
+        "rounds": args.rounds, "dataset": args.dataset, "channels": uint8.shape[1], "device": str(device.type),
         "device_name": device_description(device),
         "mixed_precision": args.mixed_precision, "torch_compile": args.torch_compile,
         "torch_compile_mode": args.torch_compile_mode if args.torch_compile else None,
         "num_parameters": num_parameters, "torch_threads": torch.get_num_threads(),
-        "train_args": args.train_args, "model_config": model_config,
+        "train_args": args.train_args, "model_config": preset_model_config,
     }
 
 

@@ -137,3 +137,44 @@ def test_grouped_conv_backward_flops_and_hvae_cells_script():
     rows = hvae_cells.main(["--preset", "tiny", "--steps", "1", "--warmup-steps", "0", "--batch-size", "4"])
     assert [row["cell_type"] for row in rows] == ["resnet", "bottleneck", "inverted_residual"]
     assert all(row["num_parameters"] > 0 and row["mflop_per_img"] > 0 and row["img_per_s"] > 0 for row in rows)
+
+
+def test_throughput_baseline_trains_the_objective_hfgen_trains():
+    """The baseline loop's objective (train_throughput.example_loss, written as a user extending diffusers'
+    example would) equals hfgen's DDPM objective on the same network, draws and timesteps: v-prediction with
+    learned variances (the hybrid L_vlb term, t = 0's decoder included) and the plain epsilon one."""
+    import types
+
+    import torch
+
+    import train_throughput
+    from hfgen.families import DDPMFamily
+    from hfgen.models.ddpm import add_noise, vlb_term_nats
+
+    for prediction_type, variance_type in (("v_prediction", "learned_range"), ("epsilon", "fixed_small")):
+        family = DDPMFamily()
+        config = dict(block_out_channels=[8, 16], layers_per_block=1, attention_resolutions=[], norm_num_groups=4,
+                      dropout=0.0, num_train_timesteps=50, beta_schedule="squaredcos_cap_v2",
+                      prediction_type=prediction_type, variance_type=variance_type)
+        torch.manual_seed(0)
+        model = family.build_model(config, 1, 8)
+        x0 = torch.rand(6, 1, 8, 8) * 2 - 1
+        x0[:, :, 0] = -1.0  # exact edge bins, as Fashion-MNIST's many zeros
+        x0[:, :, 1] = 1.0
+        cfg = types.SimpleNamespace(snr_gamma=None, vlb_weight=None)
+        hfgen_loss, _, _ = family.diffusion_objective(model, x0, torch.Generator().manual_seed(3), cfg)
+        generator = torch.Generator().manual_seed(3)  # the same draws, in diffusion_objective's order
+        t = torch.randint(0, 50, (6,), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator)
+        noisy = add_noise(family.tables("cpu"), x0, noise, t)
+        output = model(noisy, t).sample
+        example = train_throughput.example_loss(family.scheduler, output, x0, noise, noisy, t)
+        torch.testing.assert_close(example, hfgen_loss, rtol=1e-4, atol=1e-6)
+        if variance_type == "learned_range":  # the term itself, with t = 0 (the decoder) among the timesteps
+            t0 = torch.tensor([0, 0, 1, 5, 20, 49])
+            noisy0 = add_noise(family.tables("cpu"), x0, noise, t0)
+            output0 = model(noisy0, t0).sample
+            prediction, variance = output0.chunk(2, dim=1)
+            expected = vlb_term_nats(family.tables("cpu"), x0, noisy0, t0, output0, stop_mean_gradient=True)
+            actual = train_throughput.example_hybrid_vlb_term(family.scheduler, prediction, variance, x0, noisy0, t0)
+            torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
