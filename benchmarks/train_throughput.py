@@ -8,7 +8,7 @@ the same network, batch size and device.
     scheduler's add_noise, MSE, backward, clip_grad_norm_, optimizer step, an LR-scheduler step
     (diffusers.optimization.get_scheduler), an EMA step (EMAModel defaults) and loss.item() for the logs.
 (b) hfgen: ``hfgen.training.train_step``, the very function ``train`` calls each step (whole split as a uint8
-    tensor on the device, channels_last, fused AdamW on CUDA, foreach EMA, one host sync per step).
+    tensor on the device, channels_last, fused AdamW, foreach EMA, one host sync per step).
 
 Prints img/s for each and their ratio, FLOPs per image (fwd + bwd, torch.utils.flop_counter) and achieved
 TFLOP/s of the hfgen step; the last line is one JSON object. ``--dataset random`` trains on random uint8 images
@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hfgen.data import images_to_uint8, load_image_dataset  # noqa: E402
 from hfgen.devices import device_description  # noqa: E402
 from hfgen.families import FAMILIES_BY_PIPELINE  # noqa: E402
-from hfgen.training import BatchSchedule, build_parser, resolve_config, train_step  # noqa: E402
+from hfgen.training import BatchSchedule, build_optimizer_and_ema, build_parser, resolve_config, train_step  # noqa: E402
 
 
 class PILTransformDataset(torch.utils.data.Dataset):
@@ -277,14 +277,11 @@ def build_hfgen_step(family, cfg, model_config, uint8, accelerator, args):
     torch.manual_seed(0)
     model = family.build_model(model_config, uint8.shape[1], uint8.shape[-1])
     model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay,
-                                  eps=cfg.adam_epsilon, fused=device.type == "cuda")
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True, model_cls=type(model),
-                   model_config=model.config)
+    optimizer, ema = build_optimizer_and_ema(model, cfg, device)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    ema.to(device)
+    if ema is not None:
+        ema.to(device)
     if args.torch_compile:
         model = torch.compile(model, mode=args.torch_compile_mode, backend=args.torch_compile_backend)
     train_images = uint8.to(device)

@@ -140,7 +140,8 @@ def test_save_load_round_trip_and_pipeline_folder(tmp_path):
     assert config["block_out_channels"] == [8, 8, 8] and config["posterior"] == "product"
     loaded = HierarchicalVAEModel.from_pretrained(tmp_path / "model")
     x = _images()
-    assert torch.equal(model(x, generator=_gen()).elbo, loaded(x, generator=_gen()).elbo)
+    # the same weights: the same ELBO up to float32 rounding (oneDNN may pick another kernel for reloaded weights)
+    torch.testing.assert_close(model(x, generator=_gen()).elbo, loaded(x, generator=_gen()).elbo, rtol=1e-5, atol=0)
 
     pipe = HierarchicalVAEPipeline(vae=model)
     pipe.save_pretrained(tmp_path / "pipe")
