@@ -117,6 +117,27 @@ def test_non_finite_loss_is_skipped_not_applied(tmp_path):
     assert metrics["bits_per_dim_elbo"] == metrics["bits_per_dim_elbo"]  # finite, not NaN
 
 
+def test_logged_training_figures_are_means_over_the_logging_window(tmp_path, monkeypatch):
+    """Every logging_steps steps the loop logs each training figure as the mean over the window's applied steps
+    (a skipped step's non-finite loss stays out of it), not the last step's value."""
+    from accelerate import Accelerator
+
+    losses, logged = {}, {}
+
+    def nan_at_step_6(model, step, loss):
+        losses[step] = float(loss.detach())
+        return loss * float("nan") if step == 6 else loss
+
+    def record(self, values, step=None, log_kwargs=None):
+        logged[step] = values
+
+    monkeypatch.setattr(Accelerator, "log", record)
+    train(_Wrapped(nan_at_step_6), _args(tmp_path / "run", "--max_train_steps", "8", "--logging_steps", "4"))
+    assert logged[4]["train/loss"] == pytest.approx(sum(losses[s] for s in range(4)) / 4, rel=1e-5)
+    assert logged[8]["train/loss"] == pytest.approx((losses[4] + losses[5] + losses[7]) / 3, rel=1e-5)
+    assert logged[8]["train/skipped_steps"] == 1
+
+
 def test_two_process_cpu_run(tmp_path, run_env):
     out = tmp_path / "ddp"
     # On a machine without a GPU, `--multi_gpu` starts N gloo processes on the CPU (hfgen asks Accelerate for

@@ -133,7 +133,8 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     opt.add_argument("--ema_decay", type=float, default=None)
 
     track = parser.add_argument_group("evaluation, samples, checkpoints and logs")
-    track.add_argument("--logging_steps", type=int, default=None)
+    track.add_argument("--logging_steps", type=int, default=None,
+                       help="log the training figures every N steps, each the mean over those N steps")
     track.add_argument("--eval_steps", type=int, default=None, help="--eval_split bits/dim (ELBO) every N steps (0: off)")
     track.add_argument("--eval_max_samples", type=int, default=None)
     track.add_argument("--eval_batch_size", type=int, default=256)

@@ -512,6 +512,10 @@ def run_training_steps(run: TrainingRun) -> dict:
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     run.model.train()
     last_validation: dict = {}
+    # the training figures (loss, bits_per_dim, ...) are logged as means over the logging window: the single-step
+    # figures of a diffusion (one timestep per image) scatter by a bit per dim from step to step
+    window_logs_sum: dict[str, torch.Tensor] = {}
+    window_steps = 0
     while state.step < cfg.max_train_steps:
         if budget_seconds is not None:
             elapsed = torch.tensor([state.train_seconds], device=device)
@@ -538,8 +542,15 @@ def run_training_steps(run: TrainingRun) -> dict:
         state.train_seconds += time.perf_counter() - step_started
         bar.update(1)
 
+        if applied:  # the logged figures are means over the window's applied steps (tensor sums: no host sync)
+            for key, value in logs_sum.items():
+                window_logs_sum[key] = window_logs_sum.get(key, 0.0) + value
+            window_steps += 1
         if state.step % cfg.logging_steps == 0 or state.step == cfg.max_train_steps:
-            logs = {f"train/{k}": float(v) for k, v in logs_sum.items()}
+            window_means = {key: value / window_steps for key, value in window_logs_sum.items()} if window_steps \
+                else logs_sum  # every step of the window skipped: this step's figures
+            logs = {f"train/{k}": float(v) for k, v in window_means.items()}
+            window_logs_sum, window_steps = {}, 0
             logs.update({"train/lr": lr, "train/grad_norm": float(grad_norm),
                          "train/skipped_steps": state.skipped_steps, "train/grad_norm_mean": state.grad_norm_mean,
                          "train/img_per_s": state.images_seen / max(state.train_seconds, 1e-9)})
