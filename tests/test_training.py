@@ -69,8 +69,10 @@ def test_training_lowers_the_bound(tmp_path):
     assert metrics_long["bits_per_dim_elbo"] < metrics_short["bits_per_dim_elbo"] - 0.5
 
 
-def test_resume_after_crash_is_exact(tmp_path):
-    common = ("--max_train_steps", "8", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3")
+@pytest.mark.parametrize("optimizer", ["adamw", "adamax"])
+def test_resume_after_crash_is_exact(tmp_path, optimizer):
+    common = ("--max_train_steps", "8", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3",
+              "--optimizer", optimizer)
     straight = tmp_path / "straight"
     train(VAEFamily(), _args(straight, *common))
     reset_accelerate_state()

@@ -12,6 +12,9 @@ from typing import Any
 
 from ..families.base import ModelFamily
 
+#: ``--optimizer`` choices (``hfgen.training.loop.build_optimizer_and_ema`` builds them)
+OPTIMIZERS = ("adamw", "adamax")
+
 #: defaults for settings that no preset sets
 COMMON_DEFAULTS: dict[str, Any] = dict(
     train_batch_size=64,
@@ -105,6 +108,9 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     opt.add_argument("--lr_scheduler", choices=("cosine", "linear", "constant"), default="cosine",
                      help="decay after warm-up, over max_train_steps or the --max_train_minutes budget")
     opt.add_argument("--lr_warmup_steps", type=int, default=None)
+    opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                     help="adamw (decoupled weight decay) or adamax (Adam with an infinity-norm second moment, as "
+                          "NVAE trains); both take the --adam_* settings")
     opt.add_argument("--adam_beta1", type=float, default=0.9)
     opt.add_argument("--adam_beta2", type=float, default=None, help=f"Adam's second-moment decay (default: the preset's, else {COMMON_DEFAULTS['adam_beta2']})")
     opt.add_argument("--adam_weight_decay", type=float, default=0.0)
