@@ -44,7 +44,7 @@ HVAE_PRESETS = {
     # nats and its convolutions a quarter of the FLOPs; the image is still decoded at full resolution), and batch 16
     # for more optimizer steps (validation ELBO 3.225 against 3.239 at batch 32, 3.314 at 64 and 3.354 for the old
     # preset), and Adam's beta2 at 0.99 (validation ELBO 3.168 against 3.190 with 0.999, back to back on the same
-    # machine, and lower at every 1,000 steps). On 2026-12-05 nine more candidates (VDVAE's bottleneck and NVAE's
+    # machine, and lower at every 1,000 steps). On 2026-12-05 eight more candidates (VDVAE's bottleneck and NVAE's
     # inverted-residual cells, more groups at 8x8 and 4x4, Adamax, batch 8, bf16, a 5-logistic mixture, 8-channel
     # groups) came within the seed spread of this preset or behind it. 16,000 steps are about 10 minutes on 2 cores
     # of an AVX-512 EPYC (16,648 in 10 minutes on 2026-12-05); the figures in docs come from --max_train_minutes 10.
