@@ -19,6 +19,19 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
 
+from ..models.likelihoods import PIXEL_PASSES
+
+
+def add_pixel_passes_arguments(group) -> None:
+    """``--pixel_passes`` and ``--pixel_pass_layers``, the same for every family whose p(x | z) is a pixel
+    likelihood."""
+    group.add_argument("--pixel_passes", type=int, choices=PIXEL_PASSES, default=None,
+                       help="decode p(x | z) in this many interleaved passes, each pixel given the pixels of the "
+                            "passes before it: 1 (the model default: independent given z), 2 (checkerboard) or 4 "
+                            "(the pixels of each 2x2 cell in turn)")
+    group.add_argument("--pixel_pass_layers", type=int, default=None,
+                       help="residual 3x3 convolutions the passes add before the output layer (default 0)")
+
 
 @dataclass
 class Preset:

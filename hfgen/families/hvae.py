@@ -24,7 +24,7 @@ from ..models.blocks import CELL_TYPES
 from ..models.hvae import POSTERIORS, HierarchicalVAEModel
 from ..models.likelihoods import LIKELIHOODS
 from ..pipelines import HierarchicalVAEPipeline
-from .base import Bounds, ModelFamily, Preset
+from .base import Bounds, ModelFamily, Preset, add_pixel_passes_arguments
 
 HVAE_PRESETS = {
     "tiny": Preset(
@@ -101,7 +101,7 @@ class HVAEFamily(ModelFamily):
     presets = HVAE_PRESETS
     model_arguments = ("block_out_channels", "encoder_blocks_per_scale", "groups_per_scale", "decoder_blocks_per_group",
                        "output_blocks", "latent_channels", "posterior", "use_squeeze_excitation", "log_scale_bound",
-                       "likelihood", "num_mixtures", "cell_type")
+                       "likelihood", "num_mixtures", "cell_type", "pixel_passes", "pixel_pass_layers")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("hierarchical VAE model (unset flags take the preset's value)")
@@ -128,6 +128,7 @@ class HVAEFamily(ModelFamily):
                            help="pixel likelihood (default: discretized_logistic)")
         group.add_argument("--num_mixtures", type=int, default=None,
                            help="logistic mixture components (discretized_logistic only; default 1)")
+        add_pixel_passes_arguments(group)
         objective = parser.add_argument_group("hierarchical VAE objective (unset flags take the preset's value)")
         objective.add_argument("--kl_warmup_steps", type=int, default=None,
                                help="linearly raise the KL weight from 0 to 1 over this many steps (0: off)")

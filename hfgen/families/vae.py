@@ -9,7 +9,7 @@ import torch
 from ..models.likelihoods import LIKELIHOODS
 from ..models.vae import VAEModel
 from ..pipelines import VAEPipeline
-from .base import Bounds, ModelFamily, Preset
+from .base import Bounds, ModelFamily, Preset, add_pixel_passes_arguments
 
 VAE_PRESETS = {
     "tiny": Preset(
@@ -61,7 +61,7 @@ class VAEFamily(ModelFamily):
     pipeline_class = VAEPipeline
     presets = VAE_PRESETS
     model_arguments = ("block_out_channels", "layers_per_block", "latent_channels", "latent_dim", "likelihood",
-                       "num_mixtures")
+                       "num_mixtures", "pixel_passes", "pixel_pass_layers")
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("VAE model (unset flags take the preset's value)")
@@ -75,6 +75,7 @@ class VAEFamily(ModelFamily):
                            help="pixel likelihood (default: discretized_logistic)")
         group.add_argument("--num_mixtures", type=int, default=None,
                            help="logistic mixture components (discretized_logistic only; default 1)")
+        add_pixel_passes_arguments(group)
         group.add_argument("--kl_warmup_steps", type=int, default=None,
                            help="linearly raise the KL weight from 0 to 1 over this many steps (0: off)")
 

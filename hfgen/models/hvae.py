@@ -10,7 +10,8 @@
                         "residual": N(mu_p + dmu, (sigma_p * exp(dlog_sigma))^2) (NVAE's residual normal)
                     h <- h + W z_i
                 and upsampling between scales; generation runs the same top-down path with z_i drawn from the prior.
-    p(x | z)    a pixel likelihood (``likelihoods.py``) on the full-resolution top-down state.
+    p(x | z)    a pixel likelihood (``likelihoods.py``) on the full-resolution top-down state, every pixel independent
+                given z, or (``pixel_passes`` 2 or 4) in interleaved passes, each given the pixels of the passes before.
 
 A class-conditional model (``num_classes`` K > 0) has a learned embedding of a class y in ``0 .. K`` (K: the null
 class, the model without a label) that modulates the top-down state before every group's cells (FiLM), so every
@@ -38,7 +39,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import (ClassFiLM, CheckpointedSequential, Downsample, Upsample, check_cell_type, num_groups_for,
                      residual_cell)
-from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
+from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, get_likelihood,
+                          nats_to_bits_per_dim, unit_interval_to_uint8)
 from .vae import (ClassLabelsMixin, LikelihoodBoundsOutput, check_class_config, check_class_ids,
                   check_generator_list, execution_device)
 
@@ -207,6 +209,9 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
             twice), ``"bottleneck"`` (``BottleneckBlock``, VDVAE's: 1x1 to a quarter of the width, two 3x3, 1x1
             back, no normalisation) or ``"inverted_residual"`` (``InvertedResidualBlock``, NVAE's generative cell:
             1x1 expansion by 3, depthwise 5x5, 1x1 back). Configs saved before the option load as ``"resnet"``.
+        pixel_passes (`int`, defaults to 1): p(x | z) in 1, 2 or 4 interleaved passes, as in ``VAEModel``; with
+            more than one, ``generate_parameters`` and ``reconstruct_parameters`` give the decoder's state, which
+            ``log_prob`` and ``decode_image`` take; pixel_pass_layers (`int`, defaults to 0): their extra layers.
 
     Class conditioning (K > 0). Class indices run over ``0 .. K``, K being the *null class* (the model without a
     label; training drops labels to it). A learned embedding of ``block_out_channels[-1]`` numbers per class
@@ -241,6 +246,8 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         num_classes: int = 0,
         class_names: list[str] | None = None,
         cell_type: str = "resnet",
+        pixel_passes: int = 1,
+        pixel_pass_layers: int = 0,
     ):
         super().__init__()
         widths = [int(w) for w in block_out_channels]
@@ -263,6 +270,7 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
             raise ValueError(f"the lowest scale needs at least one latent group, got groups_per_scale={groups}")
         check_class_config(num_classes, class_names)
         check_cell_type(cell_type)
+        check_pixel_passes(pixel_passes, pixel_pass_layers)
         self.pixel_likelihood = get_likelihood(likelihood, num_mixtures)
         self.source_region = SourceRegion(sample_size, source_size) if source_size is not None else None
         # class-conditional parts exist only when K > 0 and are created after the others in each module, so an
@@ -289,6 +297,9 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         self.norm_out = nn.GroupNorm(num_groups_for(widths[0]), widths[0], eps=1e-6)
         self.conv_out = nn.Conv2d(widths[0], self.pixel_likelihood.num_params(in_channels), 3, padding=1)
         self.class_embedding = nn.Embedding(num_classes + 1, embed_dim) if num_classes else None
+        self.interleaved_passes = (InterleavedPixelPasses(pixel_passes, in_channels, widths[0], sample_size,
+                                                          self.source_region, pixel_pass_layers)
+                                   if pixel_passes > 1 else None)
         self._power_iteration_vectors: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ shapes
@@ -303,7 +314,11 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         return SourceRegion.num_dims(self.source_region, self.config.in_channels, self.config.sample_size)
 
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored)."""
+        """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored). With
+        ``pixel_passes`` > 1, ``params`` is the decoder's state and each pass is scored given the ones before it."""
+        if self.interleaved_passes is not None:
+            params = self.interleaved_passes.parameters_given(params, self.pixel_likelihood.as_image(target),
+                                                              self.conv_out)
         return SourceRegion.log_prob(self.source_region, self.pixel_likelihood, params, target)
 
     def group_shapes(self) -> list[tuple[int, int, int]]:
@@ -401,8 +416,10 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         for rest in up:  # scales below the last group's
             h = rest(h)
         h = self.output_cells(h)
-        params = self.conv_out(nn.functional.silu(self.norm_out(h)))
-        return params, stats
+        state = self.norm_out(h)
+        if self.interleaved_passes is not None:  # p(x | z) needs the pixels of earlier passes: log_prob and
+            return state, stats                  # decode_image take it from here
+        return self.conv_out(nn.functional.silu(state)), stats
 
     # ------------------------------------------------------------------ objective
     def forward(
@@ -580,8 +597,12 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
 
     @apply_forward_hook
     def decode_image(self, params: torch.Tensor, sample_pixels: bool = False, generator=None) -> torch.Tensor:
-        """Images in [-1, 1]: the likelihood's mean, or one pixel sample if ``sample_pixels``."""
-        if sample_pixels:
+        """Images in [-1, 1]: the likelihood's mean, or one pixel sample if ``sample_pixels`` (``pixel_passes`` > 1:
+        pass by pass, each given the pixels decoded before it)."""
+        if self.interleaved_passes is not None:
+            image = self.interleaved_passes.decode(params, self.conv_out, self.pixel_likelihood,
+                                                   self.config.in_channels, sample_pixels, generator)
+        elif sample_pixels:
             image = self.pixel_likelihood.sample(params, self.config.in_channels, generator)
         else:
             image = self.pixel_likelihood.mean(params, self.config.in_channels)

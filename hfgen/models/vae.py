@@ -32,7 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
 from .labels import class_label_ids
-from .likelihoods import SourceRegion, get_likelihood, nats_to_bits_per_dim, unit_interval_to_uint8
+from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, get_likelihood,
+                          nats_to_bits_per_dim, unit_interval_to_uint8)
 
 
 @dataclass
@@ -180,7 +181,10 @@ class VAEDecoder(nn.Module):
         self.film_in = ClassFiLM(embed_dim, widths[0]) if embed_dim else None
         self.film_out = ClassFiLM(embed_dim, width) if embed_dim else None
 
-    def forward(self, z: torch.Tensor, class_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, class_embedding: torch.Tensor | None = None,
+                return_state: bool = False) -> torch.Tensor:
+        """The likelihood's parameters, or with ``return_state`` the full-resolution state before the output
+        nonlinearity and ``conv_out`` (what ``InterleavedPixelPasses`` decodes)."""
         if self.from_vector is not None:
             z = nn.functional.silu(self.from_vector(z.flatten(1))).view(-1, *self.feature_shape)
         h = self.conv_in(z)
@@ -189,7 +193,8 @@ class VAEDecoder(nn.Module):
         h = self.blocks(h)
         if self.film_out is not None:
             h = self.film_out(h, class_embedding)
-        return self.conv_out(nn.functional.silu(self.norm_out(h)))
+        state = self.norm_out(h)
+        return state if return_state else self.conv_out(nn.functional.silu(state))
 
 
 class ClassLabelsMixin:
@@ -236,6 +241,13 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
             ``z ~ q(z | x)`` over training images (``latent_scaling_factor``), so that a latent diffusion prior sees
             ``z * scaling_factor`` at about unit variance and decodes ``vae.decode(latents / scaling_factor)``.
             Measured and stored at the end of training; None in folders written before it existed.
+        pixel_passes (`int`, defaults to 1): 1, pixels independent given z; 2 or 4, p(x | z) decoded in that many
+            interleaved passes (checkerboard, or the pixels of each 2x2 cell in turn), each pixel's likelihood
+            given the pixels of the passes before it (``InterleavedPixelPasses``): an exact likelihood, sampled in
+            that many steps. ``decode_parameters`` then gives the decoder's state, which ``log_prob`` and ``decode``
+            take. Configs saved before the option load as 1.
+        pixel_pass_layers (`int`, defaults to 0): residual 3x3 convolutions the passes add between the decoder's
+            state (plus the context of the decoded pixels) and the output layer.
 
     Class conditioning (K > 0). Class indices run over ``0 .. K``: ``0 .. K-1`` are the data's classes and K is the
     *null class*, the model without a label (training drops labels to it, so the same weights also model p(x)).
@@ -270,6 +282,8 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         num_classes: int = 0,
         class_names: list[str] | None = None,
         scaling_factor: float | None = None,
+        pixel_passes: int = 1,
+        pixel_pass_layers: int = 0,
     ):
         super().__init__()
         if scaling_factor is not None and not (math.isfinite(scaling_factor) and scaling_factor > 0):
@@ -289,6 +303,7 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
             raise ValueError(
                 f"layers_per_block and latent_channels must be >= 1, got {layers_per_block} and {latent_channels}"
             )
+        check_pixel_passes(pixel_passes, pixel_pass_layers)
         self.pixel_likelihood = get_likelihood(likelihood, num_mixtures)
         self.source_region = SourceRegion(sample_size, source_size) if source_size is not None else None
         if latent_dim is not None and latent_dim < 1:
@@ -311,6 +326,9 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         else:
             self.class_embedding = None
             self.prior_mean = self.prior_log_scale = None
+        self.interleaved_passes = (InterleavedPixelPasses(pixel_passes, in_channels, int(block_out_channels[0]),
+                                                          sample_size, self.source_region, pixel_pass_layers)
+                                   if pixel_passes > 1 else None)
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -328,7 +346,11 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         return SourceRegion.num_dims(self.source_region, self.config.in_channels, self.config.sample_size)
 
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored)."""
+        """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored). With
+        ``pixel_passes`` > 1, ``params`` is the decoder's state and each pass is scored given the ones before it."""
+        if self.interleaved_passes is not None:
+            params = self.interleaved_passes.parameters_given(params, self.pixel_likelihood.as_image(target),
+                                                              self.decoder.conv_out)
         return SourceRegion.log_prob(self.source_region, self.pixel_likelihood, params, target)
 
     # ------------------------------------------------------------------ class labels
@@ -378,9 +400,11 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
 
     def decode_parameters(self, z: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """The pixel likelihood's parameters for latents ``z`` (and class indices ``class_labels``, ``(batch,)``;
-        None: the null class of a conditional model)."""
+        None: the null class of a conditional model); with ``pixel_passes`` > 1 the decoder's state, which
+        ``log_prob`` and ``decode`` turn into each pass's parameters given the pixels of the passes before it."""
         ids = self._class_ids(class_labels, z.shape[0], z.device)
-        return self.decoder(z.to(self.dtype), self._class_embedding(ids))
+        return self.decoder(z.to(self.dtype), self._class_embedding(ids),
+                            return_state=self.interleaved_passes is not None)
 
     @apply_forward_hook
     def decode(
@@ -395,7 +419,10 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         class of a conditional model): the likelihood's mean, or one pixel sample if ``sample_pixels``."""
         params = self.decode_parameters(z, class_labels)
         channels = self.config.in_channels
-        if sample_pixels:
+        if self.interleaved_passes is not None:  # pass by pass, each given the pixels decoded before it
+            image = self.interleaved_passes.decode(params, self.decoder.conv_out, self.pixel_likelihood, channels, sample_pixels,
+                                                   generator)
+        elif sample_pixels:
             image = self.pixel_likelihood.sample(params, channels, generator)
         else:
             image = self.pixel_likelihood.mean(params, channels)
