@@ -230,5 +230,7 @@ def test_pass_layers_start_as_the_identity_and_keep_the_order(name):
     assert len(deeper.interleaved_passes.layers) == 2
     x = _images()
     torch.testing.assert_close(plain(x, generator=_gen()).elbo, deeper(x, generator=_gen()).elbo, rtol=1e-6, atol=0)
-    with pytest.raises(ValueError, match="pixel_pass_layers must be >= 0, and 0 with pixel_passes=1, got 1"):
+    with pytest.raises(ValueError, match=r"pixel_pass_layers=1 belongs to .* set pixel_pass_layers=0"):
         cls(**config, pixel_pass_layers=1)
+    with pytest.raises(ValueError, match="pixel_pass_layers must be >= 0, got -1"):
+        cls(**config, pixel_passes=4, pixel_pass_layers=-1)

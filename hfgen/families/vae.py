@@ -21,9 +21,12 @@ VAE_PRESETS = {
             final_eval_max_samples=64, final_importance_samples=4, num_sample_images=16, ema_decay=0.9,
         ),
     ),
+    # p(x | z) in four interleaved passes with two residual pass layers (docs/baselines.md, 2026-12-06): validation
+    # ELBO 3.115 after 10 minutes of 2 vCPUs against 3.258 for independent pixels, at 420 img/s against 813.
     "small": Preset(
         description="a few minutes on two CPU cores (Fashion-MNIST 32x32)",
-        model=dict(block_out_channels=[16, 32, 64], layers_per_block=1, latent_channels=8, latent_dim=32),
+        model=dict(block_out_channels=[16, 32, 64], layers_per_block=1, latent_channels=8, latent_dim=32,
+                   pixel_passes=4, pixel_pass_layers=2),
         training=dict(
             train_batch_size=64, learning_rate=2e-3, max_train_steps=1200, lr_warmup_steps=100,
             kl_warmup_steps=300, eval_steps=400, sample_steps=400, checkpointing_steps=400, logging_steps=20,

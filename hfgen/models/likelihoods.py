@@ -337,9 +337,11 @@ def check_pixel_passes(passes: int, layers: int = 0) -> None:
     """Refuse a ``pixel_passes`` or ``pixel_pass_layers`` value a model cannot be built with."""
     if passes not in PIXEL_PASSES:
         raise ValueError(f"pixel_passes must be one of {PIXEL_PASSES}, got {passes}")
-    if layers < 0 or (layers and passes == 1):
-        raise ValueError(f"pixel_pass_layers must be >= 0, and 0 with pixel_passes=1, got {layers} with "
-                         f"pixel_passes={passes}")
+    if layers < 0:
+        raise ValueError(f"pixel_pass_layers must be >= 0, got {layers}")
+    if layers and passes == 1:
+        raise ValueError(f"pixel_pass_layers={layers} belongs to the passes of pixel_passes 2 or 4; with "
+                         f"pixel_passes=1 set pixel_pass_layers=0 (--pixel_pass_layers 0)")
 
 
 class InterleavedPixelPasses(nn.Module):
