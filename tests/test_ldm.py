@@ -116,10 +116,13 @@ def test_latent_scaling_factor_is_one_over_the_std_of_posterior_samples():
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
-def _pipeline(num_classes=3, variance_type="fixed_small", latent_channels=4, as_if_trained=True):
+def _pipeline(num_classes=3, variance_type="fixed_small", latent_channels=4, as_if_trained=True, pixel_passes=1):
     torch.manual_seed(0)
     vae = VAEModel(block_out_channels=[8, 16], latent_channels=latent_channels, source_size=[28, 28],
-                   scaling_factor=1.5).eval()
+                   scaling_factor=1.5, pixel_passes=pixel_passes, pixel_pass_layers=int(pixel_passes > 1)).eval()
+    if pixel_passes > 1:  # the pass convolutions start at zero (independent pixels); give them weights
+        for conv in (vae.interleaved_passes.context, *vae.interleaved_passes.layers):
+            torch.nn.init.normal_(conv.weight, std=0.1)
     family = LatentDiffusionFamily()
     family.set_vae(vae)
     config = dict(family.presets["tiny"].model, variance_type=variance_type)
@@ -244,6 +247,21 @@ def test_bounds_hold_the_vae_elbo_and_the_gain_paired_image_by_image(conditional
     # the VAE's own ELBO with the same one posterior sample is what VAEModel's bound computes
     vae_own = pipeline.vae.log_likelihood_bounds(images, importance_samples=1, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(terms["vae_standard_normal_prior_elbo"], vae_own.nats_per_image_elbo)
+
+
+def test_a_vae_that_decodes_in_pixel_passes_is_a_first_stage_with_its_exact_decoder_term():
+    """A first stage whose p(x | z) sees earlier passes' pixels: the bound's reconstruction term is the VAE's own
+    interleaved likelihood (its N(0, I) ELBO is what VAEModel computes), and samples decode pass by pass."""
+    family, pipeline = _pipeline(num_classes=0, pixel_passes=4)
+    images = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    images[:, :, :2] = 0
+    bounds = family.bounds(pipeline.unet, images, 2, torch.Generator().manual_seed(0))
+    vae_own = pipeline.vae.log_likelihood_bounds(images, importance_samples=1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(bounds.terms["vae_standard_normal_prior_elbo"], vae_own.nats_per_image_elbo)
+    latent = _draw(pipeline, batch_size=2, output_type="latent").images
+    decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample
+    np.testing.assert_allclose((decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(),
+                               _draw(pipeline, batch_size=2).images, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- two-stage run
