@@ -49,7 +49,8 @@ HVAE_PRESETS = {
     # groups) came within the seed spread of this preset or behind it. On 2026-12-06 p(x | z) in four interleaved
     # passes with six residual pass layers took the validation ELBO from 3.065 to 2.977 at the same 10 minutes
     # (0, 1 and 3 layers: 3.030, 3.008, 2.987), at 270 img/s against 434: 10,000 steps are about 10 minutes on 2
-    # cores of an AVX-512 EPYC (10,115 on 2026-12-06); the figures in docs come from --max_train_minutes 10.
+    # cores of an AVX-512 EPYC family 26 (10,115 on 2026-12-06; about 18 minutes on a family 25 one); the figures in
+    # docs come from --max_train_minutes 10.
     "small": Preset(
         description="about 10 minutes on two CPU cores (Fashion-MNIST 32x32)",
         model=dict(block_out_channels=[16, 32, 32, 64], encoder_blocks_per_scale=[0, 1, 1, 1],
