@@ -256,7 +256,8 @@ def test_a_vae_that_decodes_in_pixel_passes_is_a_first_stage_with_its_exact_deco
     images = torch.randint(0, 256, (4, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     images[:, :, :2] = 0
     bounds = family.bounds(pipeline.unet, images, 2, torch.Generator().manual_seed(0))
-    vae_own = pipeline.vae.log_likelihood_bounds(images, importance_samples=1, generator=torch.Generator().manual_seed(0))
+    vae_own = pipeline.vae.log_likelihood_bounds(images, importance_samples=1,
+                                                 generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(bounds.terms["vae_standard_normal_prior_elbo"], vae_own.nats_per_image_elbo)
     latent = _draw(pipeline, batch_size=2, output_type="latent").images
     decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample

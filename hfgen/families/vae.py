@@ -22,7 +22,8 @@ VAE_PRESETS = {
         ),
     ),
     # p(x | z) in four interleaved passes with two residual pass layers (docs/baselines.md, 2026-12-06): validation
-    # ELBO 3.115 after 10 minutes of 2 vCPUs against 3.271 for independent pixels the same night, at 422 img/s against 714.
+    # ELBO 3.115 after 10 minutes of 2 vCPUs against 3.271 for independent pixels the same night, at 422 img/s
+    # against 714.
     "small": Preset(
         description="a few minutes on two CPU cores (Fashion-MNIST 32x32)",
         model=dict(block_out_channels=[16, 32, 64], layers_per_block=1, latent_channels=8, latent_dim=32,

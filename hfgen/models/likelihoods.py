@@ -402,7 +402,7 @@ class InterleavedPixelPasses(nn.Module):
         forcing): ``state`` is the decoder's pre-activation feature map ``(B, width, H, W)``, ``image`` the target
         ``(B, C, H, W)`` in [-1, 1], ``output`` the layer from ``silu(features)`` to the parameters."""
         b = state.shape[0]
-        image = unit_interval_to_uint8(image).to(state.dtype) * (2.0 / 255.0) - 1.0  # the grid decode() sees
+        image = uint8_to_unit_interval(unit_interval_to_uint8(image)).to(state.dtype)  # the grid decode() sees
         context = self._context(image.unsqueeze(0), slice(None)).view(self.passes, b, *state.shape[1:])
         params = self._head((state.unsqueeze(0) + context).flatten(0, 1), output)
         params = params.view(self.passes, b, *params.shape[1:])
@@ -418,7 +418,7 @@ class InterleavedPixelPasses(nn.Module):
             params = self._head(state + self._context(image.unsqueeze(0), slice(k, k + 1)), output)
             drawn = (likelihood.sample(params, channels, generator) if sample_pixels
                      else likelihood.mean(params, channels))
-            values = unit_interval_to_uint8(drawn).to(state.dtype) * (2.0 / 255.0) - 1.0
+            values = uint8_to_unit_interval(unit_interval_to_uint8(drawn)).to(state.dtype)
             image = torch.where(self.decoded[k].bool(), values, image)
         return image
 

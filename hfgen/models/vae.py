@@ -420,8 +420,8 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         params = self.decode_parameters(z, class_labels)
         channels = self.config.in_channels
         if self.interleaved_passes is not None:  # pass by pass, each given the pixels decoded before it
-            image = self.interleaved_passes.decode(params, self.decoder.conv_out, self.pixel_likelihood, channels, sample_pixels,
-                                                   generator)
+            image = self.interleaved_passes.decode(params, self.decoder.conv_out, self.pixel_likelihood, channels,
+                                                   sample_pixels, generator)
         elif sample_pixels:
             image = self.pixel_likelihood.sample(params, channels, generator)
         else:
