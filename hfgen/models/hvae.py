@@ -39,8 +39,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import (ClassFiLM, CheckpointedSequential, Downsample, Upsample, check_cell_type, num_groups_for,
                      residual_cell)
-from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, get_likelihood,
-                          nats_to_bits_per_dim, unit_interval_to_uint8)
+from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, decode_pixels, get_likelihood,
+                          nats_to_bits_per_dim, score_pixels, unit_interval_to_uint8)
 from .vae import (ClassLabelsMixin, LikelihoodBoundsOutput, check_class_config, check_class_ids,
                   check_generator_list, execution_device)
 
@@ -316,10 +316,8 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored). With
         ``pixel_passes`` > 1, ``params`` is the decoder's state and each pass is scored given the ones before it."""
-        if self.interleaved_passes is not None:
-            params = self.interleaved_passes.parameters_given(params, self.pixel_likelihood.as_image(target),
-                                                              self.conv_out)
-        return SourceRegion.log_prob(self.source_region, self.pixel_likelihood, params, target)
+        return score_pixels(self.pixel_likelihood, self.interleaved_passes, self.source_region, params, target,
+                            self.conv_out)
 
     def group_shapes(self) -> list[tuple[int, int, int]]:
         """(channels, height, width) of each latent group, top first."""
@@ -599,14 +597,8 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
     def decode_image(self, params: torch.Tensor, sample_pixels: bool = False, generator=None) -> torch.Tensor:
         """Images in [-1, 1]: the likelihood's mean, or one pixel sample if ``sample_pixels`` (``pixel_passes`` > 1:
         pass by pass, each given the pixels decoded before it)."""
-        if self.interleaved_passes is not None:
-            image = self.interleaved_passes.decode(params, self.conv_out, self.pixel_likelihood,
-                                                   self.config.in_channels, sample_pixels, generator)
-        elif sample_pixels:
-            image = self.pixel_likelihood.sample(params, self.config.in_channels, generator)
-        else:
-            image = self.pixel_likelihood.mean(params, self.config.in_channels)
-        return image if self.source_region is None else self.source_region.with_zero_border(image)
+        return decode_pixels(self.pixel_likelihood, self.interleaved_passes, self.source_region, params,
+                             self.conv_out, self.config.in_channels, sample_pixels, generator)
 
     # ------------------------------------------------------------------ diagnostics and regularisation
     @torch.no_grad()

@@ -423,6 +423,32 @@ class InterleavedPixelPasses(nn.Module):
         return image
 
 
+def score_pixels(likelihood: PixelLikelihood, passes: InterleavedPixelPasses | None, region: SourceRegion | None,
+                 params: torch.Tensor, target: torch.Tensor, output: nn.Module) -> torch.Tensor:
+    """``log p(x | z)`` per image (nats) over the region's pixels (the padded border is not scored). ``params`` are
+    the likelihood's parameters, or with ``passes`` the decoder's state, which becomes each pass's parameters given
+    the passes before it (``output``: the layer from ``silu(state)`` to the parameters); ``target`` as
+    ``likelihood.prepare`` gives it."""
+    if passes is not None:
+        params = passes.parameters_given(params, likelihood.as_image(target), output)
+    return SourceRegion.log_prob(region, likelihood, params, target)
+
+
+def decode_pixels(likelihood: PixelLikelihood, passes: InterleavedPixelPasses | None, region: SourceRegion | None,
+                  params: torch.Tensor, output: nn.Module, channels: int, sample_pixels: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Images in [-1, 1] from the decoder's output (``params``, or with ``passes`` its state, as for
+    ``score_pixels``): the likelihood's mean, or one draw from ``generator`` if ``sample_pixels``; with ``passes``,
+    pass by pass, each given the pixels decoded before it. The region's border is set back to the padding value."""
+    if passes is not None:
+        image = passes.decode(params, output, likelihood, channels, sample_pixels, generator)
+    elif sample_pixels:
+        image = likelihood.sample(params, channels, generator)
+    else:
+        image = likelihood.mean(params, channels)
+    return image if region is None else region.with_zero_border(image)
+
+
 def get_likelihood(name: str, num_mixtures: int = 1) -> PixelLikelihood:
     """Build a likelihood by its config name (``bernoulli``, ``discretized_logistic`` or ``gaussian``)."""
     classes = {

@@ -32,8 +32,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock, Upsample, num_groups_for
 from .labels import class_label_ids
-from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, get_likelihood,
-                          nats_to_bits_per_dim, unit_interval_to_uint8)
+from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, decode_pixels, get_likelihood,
+                          nats_to_bits_per_dim, score_pixels, unit_interval_to_uint8)
 
 
 @dataclass
@@ -348,10 +348,8 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
     def log_prob(self, params: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``log p(x | z)`` per image (nats) over the data's own pixels (the padded border is not scored). With
         ``pixel_passes`` > 1, ``params`` is the decoder's state and each pass is scored given the ones before it."""
-        if self.interleaved_passes is not None:
-            params = self.interleaved_passes.parameters_given(params, self.pixel_likelihood.as_image(target),
-                                                              self.decoder.conv_out)
-        return SourceRegion.log_prob(self.source_region, self.pixel_likelihood, params, target)
+        return score_pixels(self.pixel_likelihood, self.interleaved_passes, self.source_region, params, target,
+                            self.decoder.conv_out)
 
     # ------------------------------------------------------------------ class labels
     def _class_ids(self, class_labels, batch_size: int, device) -> torch.Tensor | None:
@@ -417,17 +415,9 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
     ) -> DecoderOutput | tuple:
         """Images in [-1, 1] for latents ``z`` (and class indices ``class_labels``, ``(batch,)``; None: the null
         class of a conditional model): the likelihood's mean, or one pixel sample if ``sample_pixels``."""
-        params = self.decode_parameters(z, class_labels)
-        channels = self.config.in_channels
-        if self.interleaved_passes is not None:  # pass by pass, each given the pixels decoded before it
-            image = self.interleaved_passes.decode(params, self.decoder.conv_out, self.pixel_likelihood, channels,
-                                                   sample_pixels, generator)
-        elif sample_pixels:
-            image = self.pixel_likelihood.sample(params, channels, generator)
-        else:
-            image = self.pixel_likelihood.mean(params, channels)
-        if self.source_region is not None:
-            image = self.source_region.with_zero_border(image)
+        image = decode_pixels(self.pixel_likelihood, self.interleaved_passes, self.source_region,
+                              self.decode_parameters(z, class_labels), self.decoder.conv_out, self.config.in_channels,
+                              sample_pixels, generator)
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     # ------------------------------------------------------------------ objective
