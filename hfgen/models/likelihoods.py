@@ -191,8 +191,16 @@ class BernoulliLikelihood(PixelLikelihood):
         return (_uniform(probs.shape, probs, generator) < probs).float() * 2.0 - 1.0
 
 
+def _bin_of(dequantized: torch.Tensor) -> torch.Tensor:
+    """The 8-bit value whose bin ``[x, x + 1) * 2 / 256 - 1`` holds each value in [-1, 1] (clamped to 0..255)."""
+    return torch.floor((dequantized.float() + 1.0) * (_NUM_BINS / 2.0)).clamp(0, _NUM_BINS - 1)
+
+
 class GaussianLikelihood(PixelLikelihood):
-    """Per-pixel Gaussian with a learned mean and log-scale on uniformly dequantized data."""
+    """Per-pixel Gaussian with a learned mean and log-scale on uniformly dequantized data: pixel value ``x`` is the
+    bin ``[x, x + 1) * 2 / 256 - 1`` of the [-1, 1] scale. ``sample`` returns the bin of a Gaussian draw, so draws
+    follow the bin masses the bound is built on (the mass outside [-1, 1], which the bound leaves out, goes to the
+    end bins)."""
 
     name = "gaussian"
 
@@ -203,6 +211,11 @@ class GaussianLikelihood(PixelLikelihood):
         noise = _uniform(x_uint8.shape, x_uint8.float(), generator)
         dequantized = (x_uint8.float() + noise) * (2.0 / _NUM_BINS) - 1.0
         return PreparedBatch(model_input=dequantized, target=dequantized)
+
+    def as_image(self, target):
+        """The 8-bit image a dequantized ``target`` came from, as bin centres in [-1, 1]: the dequantization noise
+        never reaches what later pixel passes see."""
+        return uint8_to_unit_interval(_bin_of(target))
 
     def _split(self, params):
         mean, log_scale = params.float().chunk(2, dim=1)
@@ -223,7 +236,7 @@ class GaussianLikelihood(PixelLikelihood):
         mean, log_scale = self._split(params)
         gen_device = generator.device if generator is not None else mean.device
         eps = torch.randn(mean.shape, generator=generator, device=gen_device).to(mean.device)
-        return unit_interval_to_uint8(mean + eps * torch.exp(log_scale)).float() * (2.0 / 255.0) - 1.0
+        return uint8_to_unit_interval(_bin_of(mean + eps * torch.exp(log_scale)))
 
 
 class DiscretizedLogisticLikelihood(PixelLikelihood):
@@ -400,9 +413,12 @@ class InterleavedPixelPasses(nn.Module):
     def parameters_given(self, state: torch.Tensor, image: torch.Tensor, output: nn.Module) -> torch.Tensor:
         """The likelihood's parameters of every pixel given the pixels of the passes before its own (teacher
         forcing): ``state`` is the decoder's pre-activation feature map ``(B, width, H, W)``, ``image`` the target
-        ``(B, C, H, W)`` in [-1, 1], ``output`` the layer from ``silu(features)`` to the parameters."""
+        ``(B, C, H, W)`` in [-1, 1] (``likelihood.as_image`` of the target: the 8-bit image, never its
+        dequantization noise), ``output`` the layer from ``silu(features)`` to the parameters. What each pass sees is
+        what ``decode`` gives it: earlier passes' pixels on the 8-bit grid, the border at the padding value."""
         b = state.shape[0]
         image = uint8_to_unit_interval(unit_interval_to_uint8(image)).to(state.dtype)  # the grid decode() sees
+        image = torch.where(self.visible[0].bool(), -1.0, image)  # the known border: decode()'s padding value
         context = self._context(image.unsqueeze(0), slice(None)).view(self.passes, b, *state.shape[1:])
         params = self._head((state.unsqueeze(0) + context).flatten(0, 1), output)
         params = params.view(self.passes, b, *params.shape[1:])
