@@ -91,7 +91,8 @@ def _sampling_options(args: argparse.Namespace, family) -> dict:
     DDPM)."""
     given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps,
              "clip_sample": args.clip_sample, "timestep_spacing": args.timestep_spacing,
-             "guidance_scale": args.guidance_scale, "guidance_rescale": args.guidance_rescale}
+             "guidance_scale": args.guidance_scale, "guidance_rescale": args.guidance_rescale,
+             "greedy_passes": args.greedy_passes or None}
     options = {key: value for key, value in given.items() if value is not None}
     refused = [_flag(key) for key in options if key not in family.sampling_options]
     if refused:
@@ -259,6 +260,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+GREEDY_PASSES_HELP = ("a VAE whose p(x | z) is decoded in pixel passes: instead of draws from the model, the greedy "
+                      "chain (each pass the mean given the earlier passes' rounded means; neither E[x | z] nor a draw)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfgen", description="Sample from, evaluate and publish hfgen models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -269,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
     sample.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
+    sample.add_argument("--greedy-passes", action="store_true", help=GREEDY_PASSES_HELP)
     sample.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
                         help="sampler for the trained network (DDPM family; default: the folder's own)")
     sample.add_argument("--steps", type=int, default=None,
@@ -333,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "(ancestral samples of p(x) with y uniform, as conditional models' FIDs are measured) "
                                "instead of from the null class")
     evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
+    evaluate.add_argument("--greedy-passes", action="store_true",
+                          help=GREEDY_PASSES_HELP + "; its figures get keys of their own (fd_fmnist_greedy, ...)")
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")
     evaluate.add_argument("--steps", type=int, default=None, help="sampling steps (families that take them)")
     evaluate.add_argument("--clip-sample", action=argparse.BooleanOptionalAction, default=None,

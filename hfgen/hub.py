@@ -43,7 +43,13 @@ METRICS = (
     ("kid_fmnist", "KID in hfgen's Fashion-MNIST features", "sample quality"),
     ("precision", "precision (k-NN manifolds, k=3)", "sample quality"),
     ("recall", "recall (k-NN manifolds, k=3)", "sample quality"),
+    ("fd_fmnist_greedy", "Fréchet distance in hfgen's Fashion-MNIST features (not FID), of the greedy chain of pass "
+                         "means (not draws)", "sample quality"),
+    ("kid_fmnist_greedy", "KID in hfgen's Fashion-MNIST features, of the greedy chain of pass means (not draws)",
+     "sample quality"),
 )
+#: what the images of the plain sample-quality keys were (``metrics.json``'s ``sampled_images``), in a row's name
+_SAMPLED = {"draws": "draws from the model", "mean": "the mean of p(x | z) given drawn latents"}
 #: families with a single likelihood bound (their ``*_iw`` keys repeat the ``*_elbo`` figures)
 _SINGLE_BOUND = {"ddpm": "L_vlb bound", "ldm": "ELBO bound with the diffusion prior's L_vlb"}
 
@@ -84,6 +90,8 @@ def card_metrics(family_name: str, metrics: dict) -> list[dict]:
             name += f" (K={metrics['importance_samples']})"
         if key.startswith("bits_per_dim") and metrics.get("num_dims"):
             name += f", over {metrics['num_dims']} dims"
+        if kind == "sample quality" and metrics.get("sampled_images") in _SAMPLED:
+            name += f", of {_SAMPLED[metrics['sampled_images']]}"
         stderr = metrics.get(f"{key}_stderr", metrics.get(f"{key}_std"))
         rows.append({"key": key, "name": name, "kind": kind, "value": float(metrics[key]),
                      "stderr": None if stderr is None else float(stderr)})
@@ -140,6 +148,7 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
     folder has the ``samples.png`` grid the card shows."""
     training_config = dict(training_config or {})
     model_config = training_config.get("model_config", {})
+    metrics = _named_by_sampled_images(family, metrics, model_config)
     dataset = metrics.get("dataset", training_config.get("dataset", "unknown"))
     model_name = repo_id.rstrip("/").split("/")[-1] if repo_id != "OUTPUT_DIR" else f"hfgen-{family.name}"
     card_data = ModelCardData(
@@ -174,6 +183,7 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         model_config_json=json.dumps(model_config, indent=2, sort_keys=True),
         training_config_json=json.dumps(settings, indent=2),
         has_samples=has_samples,
+        grid_images=_grid_text(metrics["grid_images"]),
         pipeline_module=Path(pipeline_class_file(family)).stem if family.name != "ddpm" else "",
         model_module=component_file(family),
         temperature_example=", temperature=0.8" if "temperature" in family.sampling_options else "",
@@ -191,6 +201,35 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
             f"{', '.join(metrics['class_names'])}), no text." if metrics.get("class_names")
             else "it has no conditioning (no text, no labels)."),
     )
+
+
+def _named_by_sampled_images(family: ModelFamily, metrics: dict, model_config: dict) -> dict:
+    """``metrics`` with ``grid_images`` (what ``samples.png`` shows). A folder written before ``grid_images`` and
+    ``sampled_images`` were recorded sampled a pixel-pass decoder (``pixel_passes`` > 1) by its greedy chain: its
+    plain sample-quality figures then move to the ``_greedy`` keys, so that the card never files them as figures of
+    draws."""
+    from .families.base import GREEDY_SUFFIX
+
+    metrics = dict(metrics)
+    before = family.sample_kind(model_config, {})
+    if int(model_config.get("pixel_passes", 1)) > 1:
+        before = family.sample_kind(model_config, {"greedy_passes": True})
+    metrics.setdefault("grid_images", before)
+    if "sampled_images" not in metrics and before == "greedy":
+        for key in _PLAIN_SAMPLE_FIGURES:
+            if key in metrics:
+                metrics[key + GREEDY_SUFFIX] = metrics.pop(key)
+    return metrics
+
+
+def _grid_text(kind: str) -> str:
+    from .families.base import SAMPLED_IMAGES
+
+    return SAMPLED_IMAGES[kind]
+
+
+#: the sample-quality keys of a folder's images, plain (``_greedy`` added: those of a greedy chain)
+_PLAIN_SAMPLE_FIGURES = ("fd_fmnist", "kid_fmnist", "kid_fmnist_std", "precision", "recall")
 
 
 def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> str:

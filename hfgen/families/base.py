@@ -22,6 +22,18 @@ from diffusers import DiffusionPipeline, ModelMixin
 from ..models.likelihoods import PIXEL_PASSES
 
 
+#: what a family's ``sample_images`` gives (``ModelFamily.sample_kind``): the name ``metrics.json`` records under
+#: ``sampled_images`` (the images of the plain sample-quality keys) and ``grid_images`` (those of ``samples.png``)
+SAMPLED_IMAGES = {
+    "draws": "draws from the model",
+    "mean": "the mean of p(x | z) for z drawn from the prior",
+    "greedy": "the greedy chain of the pixel passes (each pass the mean of p(x_k | x_<k, z) given the earlier passes' "
+              "rounded means: neither E[x | z] nor a draw)",
+}
+#: the suffix of the sample-quality keys of greedy-chain images (``fd_fmnist_greedy``): the plain keys hold draws
+GREEDY_SUFFIX = "_greedy"
+
+
 def add_pixel_passes_arguments(group) -> None:
     """``--pixel_passes`` and ``--pixel_pass_layers``, the same for every family whose p(x | z) is a pixel
     likelihood."""
@@ -173,6 +185,11 @@ class ModelFamily:
             raise ValueError(f"the {self.name} family does not take the sampling option(s) {unknown}; it takes "
                              f"{list(self.sampling_options)}")
 
+    def sample_kind(self, model_config: dict, options: dict) -> str:
+        """What ``sample_images`` gives for a model of ``model_config`` with sampling ``options``: a key of
+        ``SAMPLED_IMAGES``. Default: ``"draws"``."""
+        return "draws"
+
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator,
                       class_labels=None, **kwargs):
         """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``). ``class_labels``:
@@ -181,3 +198,28 @@ class ModelFamily:
         if class_labels is not None:
             kwargs["class_labels"] = class_labels
         return pipeline(batch_size=num_images, generator=generator, **kwargs).images
+
+
+class PixelPassSampling:
+    """Sampling of the VAE families (mixed in before ``ModelFamily``): a model whose p(x | z) is decoded in pixel
+    passes (``pixel_passes`` 2 or 4) gives draws from the model, each pass drawn given the passes before it; the
+    option ``greedy_passes`` gives the greedy chain of pass means instead, whose sample-quality keys are named
+    apart (``GREEDY_SUFFIX``). With ``pixel_passes`` 1 the images are the mean of p(x | z)."""
+
+    sampling_options = ("temperature", "greedy_passes")
+
+    def sample_kind(self, model_config: dict, options: dict) -> str:
+        if int(model_config.get("pixel_passes", 1)) == 1:
+            if options.get("greedy_passes"):
+                raise ValueError("greedy_passes decodes the pixel passes of a model with pixel_passes 2 or 4; this "
+                                 "model has pixel_passes=1, whose images are already the mean of p(x | z)")
+            return "mean"
+        return "greedy" if options.get("greedy_passes") else "draws"
+
+    def sample_images(self, pipeline, num_images, generator, class_labels=None, **kwargs):
+        self.check_sampling_options(kwargs)
+        greedy = bool(kwargs.pop("greedy_passes", False))
+        kind = self.sample_kind(dict(self.model_of(pipeline).config), {"greedy_passes": greedy})
+        if class_labels is not None:
+            kwargs["class_labels"] = class_labels
+        return pipeline(batch_size=num_images, generator=generator, sample_pixels=kind == "draws", **kwargs).images

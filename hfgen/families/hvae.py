@@ -24,7 +24,7 @@ from ..models.blocks import CELL_TYPES
 from ..models.hvae import POSTERIORS, HierarchicalVAEModel
 from ..models.likelihoods import LIKELIHOODS
 from ..pipelines import HierarchicalVAEPipeline
-from .base import Bounds, ModelFamily, Preset, add_pixel_passes_arguments
+from .base import Bounds, ModelFamily, PixelPassSampling, Preset, add_pixel_passes_arguments
 
 HVAE_PRESETS = {
     "tiny": Preset(
@@ -98,7 +98,7 @@ def kl_objective(kl_per_group: torch.Tensor, kl_weight: float, balancing: bool, 
     return kl_weight * kl_term.sum()
 
 
-class HVAEFamily(ModelFamily):
+class HVAEFamily(PixelPassSampling, ModelFamily):
     name = "hvae"
     summary = "hierarchical VAE: latent groups at several scales, per-group KL"
     pipeline_class = HierarchicalVAEPipeline
@@ -194,6 +194,3 @@ class HVAEFamily(ModelFamily):
 
     def model_of(self, pipeline):
         return pipeline.vae
-
-    def sample_images(self, pipeline, num_images, generator, **kwargs):
-        return pipeline(batch_size=num_images, generator=generator, **kwargs).images

@@ -152,6 +152,12 @@ class LatentDiffusionFamily(DDPMFamily):
         self.set_vae(pipeline.vae)
         return super().model_of(pipeline)
 
+    def sample_kind(self, model_config, options):
+        """Latents drawn by the diffusion prior, decoded by the VAE's mean of p(x | z) (the pipeline's
+        ``decode_latents``; a VAE with pixel passes: its greedy chain)."""
+        passes = int(self.vae.config.pixel_passes) if self.vae is not None else 1
+        return "greedy" if passes > 1 else "mean"
+
     def image_shape(self, model):
         """The VAE's images: the UNet's own shape is the latent's."""
         return ModelFamily.image_shape(self, self._require_vae())

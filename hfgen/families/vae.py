@@ -9,7 +9,7 @@ import torch
 from ..models.likelihoods import LIKELIHOODS
 from ..models.vae import VAEModel
 from ..pipelines import VAEPipeline
-from .base import Bounds, ModelFamily, Preset, add_pixel_passes_arguments
+from .base import Bounds, ModelFamily, PixelPassSampling, Preset, add_pixel_passes_arguments
 
 VAE_PRESETS = {
     "tiny": Preset(
@@ -59,7 +59,7 @@ VAE_PRESETS = {
 }
 
 
-class VAEFamily(ModelFamily):
+class VAEFamily(PixelPassSampling, ModelFamily):
     name = "vae"
     summary = "Gaussian VAE (ELBO; --preset small-spatial is the first stage of a latent diffusion)"
     pipeline_class = VAEPipeline

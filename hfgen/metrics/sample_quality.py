@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import torch
+from ..families.base import GREEDY_SUFFIX
 from ..progress import progress_bar
 
 from .feature_net import FeatureNet, extract_features, load_feature_net
@@ -16,6 +17,8 @@ from .precision_recall import precision_recall
 from .reference import ReferenceStatistics
 
 SAMPLE_QUALITY_METRICS = ("fd", "kid", "pr")
+#: the figures of generated images that ``evaluate_samples`` names after what it generated
+_SAMPLE_FIGURES = ("fd_fmnist", "kid_fmnist", "kid_fmnist_std", "precision", "recall", "fid_inception")
 
 
 def pil_to_uint8(images) -> torch.Tensor:
@@ -98,7 +101,11 @@ def evaluate_samples(family, pipeline, reference: ReferenceStatistics, *, num_sa
     """Generate ``num_samples`` images and score them; also reports ``num_generated`` and ``sample_img_per_s``.
 
     With ``inception_net`` (``hfgen.metrics.load_inception``) and its ``inception_reference``
-    (``inception_reference_statistics``), the same images also give ``fid_inception``."""
+    (``inception_reference_statistics``), the same images also give ``fid_inception``. The figures are named after
+    what was generated (``ModelFamily.sample_kind``): under their plain keys with ``sampled_images`` saying what the
+    images were (``draws``; a VAE without pixel passes: ``mean``), or, for the greedy chain of a pass decoder
+    (``greedy_passes=True``), under keys of their own (``fd_fmnist_greedy``, ...)."""
+    kind = family.sample_kind(dict(family.model_of(pipeline).config), options)
     net = net if net is not None else load_feature_net(reference.key.get("feature_net", "fmnist"))
     started = time.perf_counter()
     images = generate_uint8(family, pipeline, num_samples, batch_size=batch_size, seed=seed,
@@ -114,6 +121,10 @@ def evaluate_samples(family, pipeline, reference: ReferenceStatistics, *, num_sa
         out["fid_inception"] = frechet_distance(*feature_statistics(inception_features), inception_reference.mean,
                                                 inception_reference.cov)
         out["fid_inception_num_reference"] = inception_reference.num_images
+    if kind == "greedy":
+        out = {key + GREEDY_SUFFIX if key in _SAMPLE_FIGURES else key: value for key, value in out.items()}
+    else:
+        out["sampled_images"] = kind
     out.update(num_generated=int(images.shape[0]), sample_seconds=seconds,
                sample_img_per_s=images.shape[0] / max(seconds, 1e-9), num_reference=int(reference.features.shape[0]))
     return out

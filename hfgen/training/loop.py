@@ -645,9 +645,11 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
             "grad_norm_mean": state.grad_norm_mean,
             **fitted,
         })
+        # what the grid and the plain sample-quality keys show (draws, or a VAE's mean of p(x | z)): the card says it
+        metrics["grid_images"] = family.sample_kind(dict(run.unwrapped.config), {})
         if cfg.fd_steps:
             metrics.update({"fd_fmnist": run.sample_fd(), "fd_num_samples": cfg.fd_num_samples,
-                            "fd_split": cfg.eval_split})
+                            "fd_split": cfg.eval_split, "sampled_images": metrics["grid_images"]})
         # the family's own end-of-training figures (e.g. KL and active units per latent group), EMA weights
         metrics.update(family.diagnostics(run.unwrapped, final_images, final.labels))
         write_json_atomically(output_dir / "metrics.json", metrics)
