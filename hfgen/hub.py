@@ -214,8 +214,9 @@ def _named_by_sampled_images(family: ModelFamily, metrics: dict, model_config: d
     before = family.sample_kind(model_config, {})
     if int(model_config.get("pixel_passes", 1)) > 1:
         before = family.sample_kind(model_config, {"greedy_passes": True})
+    recorded = "grid_images" in metrics or "sampled_images" in metrics
     metrics.setdefault("grid_images", before)
-    if "sampled_images" not in metrics and before == "greedy":
+    if not recorded and before == "greedy":
         for key in _PLAIN_SAMPLE_FIGURES:
             if key in metrics:
                 metrics[key + GREEDY_SUFFIX] = metrics.pop(key)
