@@ -137,9 +137,11 @@ class LatentDiffusionFamily(DDPMFamily):
         unet = super().build_model(config, latent_channels, latent_size)
         check_latent_components(vae, unet)
         # The output convolution starts at zero. With v-prediction a zero output is the exact denoiser of N(0, I)
-        # data (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] = 0), so a new prior is the VAE's
-        # own N(0, I) prior and training learns the latents' departure from it: LSGM's mixed score, with a stock
-        # UNet2DModel (guided diffusion zero-initialises this layer too).
+        # data (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] = 0), so a new prior is N(0, I)
+        # over the scaled latents s z, which is N(0, s^-2 I) over z: the VAE's own N(0, I) prior only when the
+        # scaling factor s is 1 (at s = 0.8 its "gain" over the VAE's prior starts at 0.058 nats per latent
+        # dimension of moment matching). Training learns the latents' departure from it: LSGM's mixed score, with a
+        # stock UNet2DModel (guided diffusion zero-initialises this layer too).
         torch.nn.init.zeros_(unet.conv_out.weight)
         torch.nn.init.zeros_(unet.conv_out.bias)
         return unet
