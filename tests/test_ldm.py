@@ -321,12 +321,16 @@ def test_two_stage_run_writes_a_latent_diffusion_folder(ldm_folder):
     published = (ldm_folder / "pipeline_ldm.py").read_text()
     assert "from ." not in published and "def guided_output" in published  # joined into one file
     metrics = json.loads((ldm_folder / "metrics.json").read_text())
-    assert metrics["family"] == "ldm" and metrics["num_dims"] == 784 and metrics["vlb_timesteps"] == 8
+    assert metrics["family"] == "ldm" and metrics["num_dims"] == 784 and metrics["vlb_timesteps"] == 16  # default
+    assert "16 stratified timesteps per image" in metrics["estimator"]
     assert metrics["bound_over"] == "source image" and "bits_per_dim_iw" not in metrics
-    for figures in (metrics, metrics["unconditional"]):
-        terms = figures["bound_terms"]
+    # a class-conditional prior: -log p(x) (null class) under the plain keys, -log p(x | y) under *_given_label
+    assert metrics["likelihood"]["given"] == "nothing (null class)" and "unconditional" not in metrics
+    for suffix in ("", "_given_label"):
+        terms = metrics[f"bound_terms{suffix}"]
         assert terms["prior_gain"]["nats_per_image"] == pytest.approx(
-            terms["vae_standard_normal_prior_elbo"]["nats_per_image"] - figures["nats_per_image_elbo"], rel=1e-6)
+            terms["vae_standard_normal_prior_elbo"]["nats_per_image"] - metrics[f"nats_per_image_elbo{suffix}"],
+            rel=1e-6)
     config = json.loads((ldm_folder / "training_config.json").read_text())
     assert config["vae"] == "vae"  # the folder's name, not this machine's path
     card = (ldm_folder / "README.md").read_text()
@@ -346,7 +350,8 @@ def test_the_folder_reloads_samples_and_evaluates(ldm_folder, capsys):
                        "4"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["num_samples"] == 16 and result["vlb_timesteps"] == 4 and result["family"] == "ldm"
-    assert set(result["unconditional"]["bound_terms"]) == set(family.BOUND_TERMS)
+    assert set(result["bound_terms"]) == set(result["bound_terms_given_label"]) == set(family.BOUND_TERMS)
+    assert result["likelihood"]["given"] == "nothing (null class)"
     assert hfgen_main(["evaluate", str(ldm_folder), "--split", "test", "--max-samples", "100", "--metrics", "fd",
                        "--num-samples", "20", "--class-balanced", "--scheduler", "ddim", "--steps", "2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
