@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddpm") / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [PYTHON, "training/train_ddpm.py", "--output_dir", str(out), *TINY_ARGS, *LEARNED, "--max_train_steps",
-           "40", "--checkpointing_steps", "20"]
+           "40", "--checkpointing_steps", "20", "--eval_steps", "40"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -70,6 +70,9 @@ def test_script_end_to_end_writes_a_stock_ddpm_folder(trained):
     assert not [key for key in metrics if key.endswith("_iw")]  # no IW bound for a DDPM
     assert metrics["vlb_timesteps"] == 16 and "importance_samples" not in metrics  # the family's default K
     assert "16 stratified timesteps per image" in metrics["estimator"]
+    # the validation during training too: 16 timesteps, said so
+    assert metrics["validation_vlb_timesteps"] == 16 and metrics["validation_split"] == "validation[:32]"
+    assert np.isfinite(metrics["validation_bits_per_dim_elbo"])
     # the padded 32x32 image's bound, over Fashion-MNIST's own 784 dimensions, said so
     assert metrics["num_dims"] == 784 and metrics["bound_over"] == "padded image"
     assert metrics["source_shape"] == [1, 28, 28] and metrics["sample_shape"] == [1, 32, 32]

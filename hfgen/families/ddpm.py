@@ -312,7 +312,7 @@ class DDPMFamily(ModelFamily):
         if importance_samples >= T - 1:
             return f"L_vlb with every one of its T = {T} terms summed"
         return (f"L_vlb with L_T and L_0 exact and its {T - 1} reverse-step KL terms from {importance_samples} "
-                f"stratified timesteps per image (unbiased; --vlb-timesteps {T - 1} sums every term)")
+                f"stratified timesteps per image (unbiased; {T - 1} or more sum every term)")
 
     # ------------------------------------------------------------------ sampling
     def sample_images(self, pipeline, num_images, generator, class_labels=None, **kwargs):

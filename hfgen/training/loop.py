@@ -596,9 +596,10 @@ def _validate(run: TrainingRun) -> dict:
     accelerator.log({f"eval/{name}": metrics["bits_per_dim_elbo"],
                      "eval/train_seconds": run.state.train_seconds,
                      **_flatten_for_logs("diagnostics", diagnostics)}, step=step)
+    k_words = "timesteps" if k_name == "vlb_timesteps" else "importance samples"
     accelerator.print(f"step {step}: {cfg.eval_split} bits/dim ({'given the labels, ' if GIVEN_LABEL in name else ''}"
-                      f"{metrics['num_samples']} images, {metrics['num_dims']} dims; {metrics['estimator']}) "
-                      f"{metrics['bits_per_dim_elbo']:.4f}")
+                      f"{metrics['num_samples']} images, {metrics['num_dims']} dims, {metrics[k_name]} {k_words} per "
+                      f"image) {metrics['bits_per_dim_elbo']:.4f}")
     return {f"validation_{name}": metrics["bits_per_dim_elbo"], f"validation_{k_name}": metrics[k_name],
             "validation_split": f"{cfg.eval_split}[:{metrics['num_samples']}]", "validation_step": step}
 
