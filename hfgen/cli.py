@@ -185,7 +185,7 @@ def _class_quality(args, pipeline, family, images, labels, names, split_size: in
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import images_and_source_shape, load_image_dataset, public_dataset_name
-    from .evaluation import bound_figures, evaluate_likelihood, split_label
+    from .evaluation import evaluate_likelihood, given_label_figures, split_label
 
     requested = _parse_metrics(args.metrics)
     if args.write_metrics and not Path(args.model).is_dir():
@@ -211,14 +211,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         labels, names = _split_labels(args, family, pipeline, dataset) if conditional else (None, None)
     if "bpd" in requested:
         model.eval().to(memory_format=torch.channels_last)
-        samples = args.vlb_timesteps if args.vlb_timesteps else args.importance_samples
-        metrics = evaluate_likelihood(family, model, images, importance_samples=samples,
-                                      batch_size=args.batch_size, seed=args.seed, progress_file=args.progress_file,
-                                      source_shape=source_shape, class_labels=labels)
-        if conditional:  # and the same model without labels (its null class): a bound on -log p(x)
-            metrics["unconditional"] = bound_figures(evaluate_likelihood(
+        # the family's default K unless one was asked for: 16 timesteps for the diffusions, whose one-timestep
+        # estimate mostly lands below L_vlb (hfgen.families.ddpm)
+        samples = args.vlb_timesteps or args.importance_samples or family.default_importance_samples
+        print(f"hfgen evaluate: {family.bound_estimator(model, samples)}", file=sys.stderr)
+        # the plain keys bound -log p(x): a class-conditional model's null class (the model without a label);
+        # given the labels, bounds on -log p(x | y) under names that say so (bits_per_dim_elbo_given_label)
+        metrics = evaluate_likelihood(
+            family, model, images, importance_samples=samples, batch_size=args.batch_size, seed=args.seed,
+            source_shape=source_shape,
+            progress_file=_null_class_progress_file(args.progress_file) if conditional else args.progress_file)
+        if conditional:
+            metrics.update(given_label_figures(evaluate_likelihood(
                 family, model, images, importance_samples=samples, batch_size=args.batch_size, seed=args.seed,
-                source_shape=source_shape, progress_file=_null_class_progress_file(args.progress_file)))
+                progress_file=args.progress_file, source_shape=source_shape, class_labels=labels)))
         metrics.update({"split": split_label(args.split, metrics["num_samples"], len(dataset)),
                         "split_size": len(dataset)})
     quality = [name for name in requested if name not in ("bpd", "classes")]
@@ -299,10 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-samples", type=int, default=0,
                           help="evaluate the first N images (0: all); also the reference images of fd, kid and pr")
-    evaluate.add_argument("--importance-samples", type=int, default=1,
-                          help="K of the importance-weighted bound (1: the ELBO only); DDPM: L_vlb timesteps")
-    evaluate.add_argument("--vlb-timesteps", type=int, default=0,
-                          help="DDPM: stratified timesteps per image of L_vlb (T - 1 or more: every term summed)")
+    evaluate.add_argument("--importance-samples", type=int, default=None,
+                          help="K of the importance-weighted bound (default 1: the ELBO only); DDPM and latent "
+                               "diffusion: L_vlb timesteps")
+    evaluate.add_argument("--vlb-timesteps", type=int, default=None,
+                          help="DDPM and latent diffusion: stratified timesteps per image of L_vlb (default 16; "
+                               "T - 1 or more: every term summed)")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--progress-file", default=None,
                           help="save the likelihood sums after every batch to this JSON file and resume from it "
@@ -406,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="train", func=cmd_train, family=family, training_flags=argv[2:])
     else:
         args = build_parser().parse_args(argv)
-    for key in ("num_images", "importance_samples", "batch_size", "num_samples", "samples_per_class"):
-        if getattr(args, key, 1) < 1:
+    for key in ("num_images", "importance_samples", "vlb_timesteps", "batch_size", "num_samples",
+                "samples_per_class"):
+        if getattr(args, key, None) is not None and getattr(args, key) < 1:
             print(f"hfgen: error: --{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}", file=sys.stderr)
             return 2
     try:

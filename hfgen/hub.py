@@ -48,8 +48,9 @@ METRICS = (
 _SINGLE_BOUND = {"ddpm": "L_vlb bound", "ldm": "ELBO bound with the diffusion prior's L_vlb"}
 
 #: metrics.json keys that describe a likelihood evaluation (beside the bits_per_dim_* / nats_per_image_* figures)
-_BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "num_dims", "source_shape", "sample_shape",
-               "bound_over", "likelihood", "split", "split_size", "unconditional", "bound_terms")
+_BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "estimator", "num_dims", "source_shape",
+               "sample_shape", "bound_over", "likelihood", "split", "split_size", "unconditional", "bound_terms",
+               "bound_terms_given_label")
 
 #: top-level files of a pipeline folder that are published when present
 PUBLISHED_FILES = ("model_index.json", "README.md", "samples.png", "metrics.json", "training_config.json")
@@ -72,6 +73,7 @@ def hub_dataset_id(dataset: str) -> str | None:
 def card_metrics(family_name: str, metrics: dict) -> list[dict]:
     """The evaluation results of ``metrics.json`` a card reports: ``key``, ``name``, ``value`` and ``stderr``
     (or None). A family with one bound (DDPM's L_vlb) reports it once, under its ``*_elbo`` keys."""
+    metrics = conditional_metrics_layout(metrics)
     rows = []
     for key, name, kind in METRICS:
         if key not in metrics or metrics[key] is None:
@@ -87,20 +89,40 @@ def card_metrics(family_name: str, metrics: dict) -> list[dict]:
         stderr = metrics.get(f"{key}_stderr", metrics.get(f"{key}_std"))
         rows.append({"key": key, "name": name, "kind": kind, "value": float(metrics[key]),
                      "stderr": None if stderr is None else float(stderr)})
-    if (metrics.get("likelihood") or {}).get("given") == "class label":
-        # a class-conditional model: its bounds are of log p(x | y); the null class's, of log p(x), follow
-        unconditional = metrics.get("unconditional") or {}
-        for row in list(rows):
-            if row["kind"] != "likelihood":
-                continue
-            row["name"] += ", of log p(x | y)"
-            key = row["key"]
-            if key in unconditional:
-                stderr = unconditional.get(f"{key}_stderr")
-                rows.append({"key": f"{key}_null_class", "kind": "likelihood",
-                             "name": row["name"].replace("of log p(x | y)", "of log p(x) (null class)"),
-                             "value": float(unconditional[key]), "stderr": None if stderr is None else float(stderr)})
-    return rows
+    if not any(f"{row['key']}_given_label" in metrics for row in rows):
+        return rows
+    # a class-conditional model: the plain keys bound log p(x) through its null class; each is followed by the
+    # bound given the label, of log p(x | y), under a name that says so
+    with_labels = []
+    for row in rows:
+        with_labels.append(row)
+        if row["kind"] != "likelihood":
+            continue
+        key, name = f"{row['key']}_given_label", row["name"]
+        row["name"] += ", of log p(x) (null class)"
+        if key in metrics:
+            stderr = metrics.get(f"{key}_stderr")
+            with_labels.append({"key": key, "kind": "likelihood", "name": name + ", of log p(x | y) given the label",
+                                "value": float(metrics[key]), "stderr": None if stderr is None else float(stderr)})
+    return with_labels
+
+
+def conditional_metrics_layout(metrics: dict) -> dict:
+    """``metrics`` with a class-conditional model's bounds where hfgen files them now: the plain keys bound
+    ``-log p(x)`` (the null class) and ``*_given_label`` keys bound ``-log p(x | y)``. Folders written before then
+    kept the bounds given the label under the plain keys and the null class's under ``unconditional``; they are
+    read the new way (a copy; other metrics are returned as they are)."""
+    unconditional = metrics.get("unconditional")
+    if not unconditional or (metrics.get("likelihood") or {}).get("given") != "class label":
+        return metrics
+    given = {key: value for key, value in metrics.items()
+             if key.startswith(("bits_per_dim_", "nats_per_image_")) or key == "bound_terms"}
+    current = {key: value for key, value in metrics.items() if key not in given and key != "unconditional"}
+    for key, value in given.items():
+        stem, stderr = (key[: -len("_stderr")], "_stderr") if key.endswith("_stderr") else (key, "")
+        current[f"{stem}_given_label{stderr}"] = value
+    current.update(unconditional)  # the null class's bounds and likelihood ("given": "nothing (null class)")
+    return current
 
 
 def _eval_results(family_name: str, metrics: dict, dataset: str) -> list[EvalResult]:
@@ -138,6 +160,7 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
     (sample grid, how to load, metrics table, training configuration, compute, limits) from the family's template.
     ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``); ``has_samples``: the
     folder has the ``samples.png`` grid the card shows."""
+    metrics = conditional_metrics_layout(metrics)
     training_config = dict(training_config or {})
     model_config = training_config.get("model_config", {})
     dataset = metrics.get("dataset", training_config.get("dataset", "unknown"))
@@ -206,9 +229,13 @@ def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> st
              f'images = pipe(class_labels=["{names[0]}"] * 8{guidance}, '
              f"generator=torch.Generator().manual_seed(0)).images", "```", "",
              f"or `hfgen sample {repo_id} --class {names[0]}` (every class, one row each, without `--class`)."]
-    conditional, unconditional = metrics.get("bits_per_dim_elbo"), (metrics.get("unconditional") or {})
-    if conditional is not None and unconditional.get("bits_per_dim_elbo") is not None:
-        gap = unconditional["bits_per_dim_elbo"] - conditional
+    lines += ["", "The likelihood figures without a suffix bound -log p(x), through the null class (the model "
+              "without a label): the figures to compare with unconditional models. Those `_given_label` bound "
+              "-log p(x | y). (The mixture over classes, -log sum_y p(y) p(x | y), is not used: it needs a bound per "
+              "class and image, and the log-mean-exp of stochastic bounds is not a bound.)"]
+    conditional, unconditional = metrics.get("bits_per_dim_elbo_given_label"), metrics.get("bits_per_dim_elbo")
+    if conditional is not None and unconditional is not None:
+        gap = unconditional - conditional
         lines += ["", f"The label lowers the ELBO bound by {gap:.4f} bits/dim ({gap * metrics.get('num_dims', 0):.1f} "
                   f"bits per image). The exact log-likelihoods can differ by at most log2({len(names)}) = "
                   f"{math.log2(len(names)):.2f} bits per image (log p(x | y) - log p(x) = log p(y | x) - log p(y)), so "

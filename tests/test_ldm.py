@@ -147,7 +147,8 @@ def _draw(pipeline, seed=0, **kwargs):
 
 def test_a_new_v_prediction_prior_is_the_standard_normal_prior():
     """The output convolution starts at zero, and a zero v-prediction is the exact denoiser of N(0, I) data: before
-    any training the diffusion prior is (up to the estimate's noise) the VAE's own N(0, I) prior."""
+    any training the diffusion prior is (up to the estimate's noise) N(0, I) over the scaled latents s z, i.e.
+    N(0, s^-2 I) over z: the VAE's own N(0, I) prior at s = 1 only."""
     family, pipeline = _pipeline(num_classes=0, as_if_trained=False)
     family.scheduler = build_scheduler(dict(num_train_timesteps=100, prediction_type="v_prediction",
                                             variance_type="fixed_large", clip_sample=False))
@@ -157,6 +158,18 @@ def test_a_new_v_prediction_prior_is_the_standard_normal_prior():
     nats = family.latent_prior_nats(pipeline.unet, z, 1.0, 99, torch.Generator().manual_seed(1))
     excess = (nats - 0.5 * (z.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)) / z[0].numel()
     assert abs(excess.mean().item()) < 4 * excess.std().item() / math.sqrt(len(excess)) + 1e-3
+    # at s = 0.8 the new prior is N(0, s^-2 I) over z (-log density 0.5 (s z)^2 + 0.5 log 2 pi - log s per
+    # dimension), not N(0, I): on latents of spread 1 / s it is better than N(0, I) by 0.5 / s^2 - 0.5 + log s
+    s = 0.8
+    wide = z / s
+    nats = family.latent_prior_nats(pipeline.unet, wide, s, 99, torch.Generator().manual_seed(1))
+    dims = z[0].numel()
+    scaled_normal = 0.5 * ((s * wide).pow(2) + math.log(2 * math.pi)).flatten(1).sum(1) - dims * math.log(s)
+    excess = (nats - scaled_normal) / dims
+    assert abs(excess.mean().item()) < 4 * excess.std().item() / math.sqrt(len(excess)) + 1e-3
+    standard_normal = 0.5 * (wide.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+    gain = (standard_normal - nats).mean().item() / dims
+    assert gain == pytest.approx(0.5 / s**2 - 0.5 + math.log(s), abs=0.01)  # 0.058 nats per dimension
 
 
 def test_unet_sits_on_the_vae_latent(conditional):
@@ -308,12 +321,16 @@ def test_two_stage_run_writes_a_latent_diffusion_folder(ldm_folder):
     published = (ldm_folder / "pipeline_ldm.py").read_text()
     assert "from ." not in published and "def guided_output" in published  # joined into one file
     metrics = json.loads((ldm_folder / "metrics.json").read_text())
-    assert metrics["family"] == "ldm" and metrics["num_dims"] == 784 and metrics["vlb_timesteps"] == 8
+    assert metrics["family"] == "ldm" and metrics["num_dims"] == 784 and metrics["vlb_timesteps"] == 16  # default
+    assert "16 stratified timesteps per image" in metrics["estimator"]
     assert metrics["bound_over"] == "source image" and "bits_per_dim_iw" not in metrics
-    for figures in (metrics, metrics["unconditional"]):
-        terms = figures["bound_terms"]
+    # a class-conditional prior: -log p(x) (null class) under the plain keys, -log p(x | y) under *_given_label
+    assert metrics["likelihood"]["given"] == "nothing (null class)" and "unconditional" not in metrics
+    for suffix in ("", "_given_label"):
+        terms = metrics[f"bound_terms{suffix}"]
         assert terms["prior_gain"]["nats_per_image"] == pytest.approx(
-            terms["vae_standard_normal_prior_elbo"]["nats_per_image"] - figures["nats_per_image_elbo"], rel=1e-6)
+            terms["vae_standard_normal_prior_elbo"]["nats_per_image"] - metrics[f"nats_per_image_elbo{suffix}"],
+            rel=1e-6)
     config = json.loads((ldm_folder / "training_config.json").read_text())
     assert config["vae"] == "vae"  # the folder's name, not this machine's path
     card = (ldm_folder / "README.md").read_text()
@@ -333,7 +350,8 @@ def test_the_folder_reloads_samples_and_evaluates(ldm_folder, capsys):
                        "4"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["num_samples"] == 16 and result["vlb_timesteps"] == 4 and result["family"] == "ldm"
-    assert set(result["unconditional"]["bound_terms"]) == set(family.BOUND_TERMS)
+    assert set(result["bound_terms"]) == set(result["bound_terms_given_label"]) == set(family.BOUND_TERMS)
+    assert result["likelihood"]["given"] == "nothing (null class)"
     assert hfgen_main(["evaluate", str(ldm_folder), "--split", "test", "--max-samples", "100", "--metrics", "fd",
                        "--num-samples", "20", "--class-balanced", "--scheduler", "ddim", "--steps", "2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -67,9 +67,12 @@ class ModelFamily:
     model_arguments: tuple[str, ...] = ()
     #: the options ``sample_images`` (and ``hfgen sample``) accept; others are refused with a ValueError
     sampling_options: tuple[str, ...] = ("temperature",)
-    #: K of the bounds the loop evaluates every ``--eval_steps`` (1: the ELBO; the latent diffusion: stratified
-    #: timesteps, whose one-timestep estimate is too heavy-tailed to compare candidates with)
+    #: K of the bounds the loop evaluates every ``--eval_steps`` (1: the ELBO; the diffusion families: stratified
+    #: timesteps, whose one-timestep estimate is too heavy-tailed to report, see ``DDPMFamily``)
     validation_importance_samples: int = 1
+    #: K of ``hfgen evaluate`` without ``--importance-samples`` / ``--vlb-timesteps``, and of the final evaluation of
+    #: training when neither ``--final_importance_samples`` nor the preset sets it (1: the ELBO)
+    default_importance_samples: int = 1
     #: the family's flags that name local folders (``training_config.json`` keeps their names, not this machine's
     #: paths: the file is published)
     folder_arguments: tuple[str, ...] = ()
@@ -100,6 +103,14 @@ class ModelFamily:
         """Bounds on ``-log p(x | y)`` for the given class indices, or on ``-log p(x)`` (``None``: the null class of a
         conditional model)."""
         raise NotImplementedError
+
+    def bound_estimator(self, model: ModelMixin, importance_samples: int) -> str:
+        """How ``bounds`` estimates its bound with K = ``importance_samples``, in words (``estimator`` in
+        ``metrics.json`` and ``hfgen evaluate``'s output)."""
+        if importance_samples == 1:
+            return "the ELBO of one posterior sample per image"
+        return (f"{importance_samples} posterior samples per image (the ELBO their mean, the importance-weighted bound "
+                f"K={importance_samples})")
 
     def bound_terms(self, model: ModelMixin) -> list[str]:
         """The names of the ``Bounds.terms`` that ``bounds`` gives for ``model``, in the order the evaluator keeps

@@ -46,14 +46,14 @@ LDM_PRESETS = {
         training=dict(
             train_batch_size=16, learning_rate=2e-3, max_train_steps=20, lr_warmup_steps=2, eval_steps=0,
             sample_steps=0, checkpointing_steps=0, logging_steps=5, eval_max_samples=32, final_eval_max_samples=32,
-            final_importance_samples=8, num_sample_images=4, ema_decay=0.9,
+            num_sample_images=4, ema_decay=0.9,
         ),
     ),
     "small": Preset(
-        # v-prediction with beta_t variances: with the zero-initialised output a new prior is exactly N(0, I), and
-        # fixed_large is the true reverse variance of N(0, I) data; on validation after 6 minutes over the same VAE,
-        # bound 3.279 against 3.555 for epsilon with fixed_small, whose untrained small-t terms cost more than the
-        # N(0, I) prior (docs/ldm.md)
+        # v-prediction with beta_t variances: with the zero-initialised output a new prior is exactly N(0, I) over
+        # the scaled latents s z, and fixed_large is the true reverse variance of N(0, I) data; on validation after
+        # 6 minutes over the same VAE, bound 3.279 against 3.555 for epsilon with fixed_small, whose untrained small-t
+        # terms cost more than the N(0, I) prior (docs/ldm.md)
         description="minutes on two CPU cores over a small-spatial VAE's 4x8x8 latents (T = 1000)",
         model=dict(block_out_channels=[64, 128, 128], layers_per_block=1, attention_resolutions=[4],
                    norm_num_groups=16, dropout=0.0, num_train_timesteps=1000, beta_schedule="linear",
@@ -80,9 +80,9 @@ class LatentDiffusionFamily(DDPMFamily):
     scores_source_pixels = False
     has_importance_weighted_bound = False
     importance_samples_in_batch = False
-    # one stratified timestep per image puts the small-t KL terms, where L_vlb's mass is, into a few images: the mean
-    # over a validation subset then mostly falls below the bound (3.27 against 3.55 with 16 timesteps, same model)
-    validation_importance_samples = 16
+    # 16 stratified timesteps for validation and by default, as the DDPM (one timestep per image puts the small-t KL
+    # terms, where L_vlb's mass is, into a few images: the mean over a validation subset then mostly falls below
+    # the bound, 3.27 against 3.55 with 16 timesteps on the same model)
 
     def __init__(self):
         super().__init__()
@@ -137,9 +137,11 @@ class LatentDiffusionFamily(DDPMFamily):
         unet = super().build_model(config, latent_channels, latent_size)
         check_latent_components(vae, unet)
         # The output convolution starts at zero. With v-prediction a zero output is the exact denoiser of N(0, I)
-        # data (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] = 0), so a new prior is the VAE's
-        # own N(0, I) prior and training learns the latents' departure from it: LSGM's mixed score, with a stock
-        # UNet2DModel (guided diffusion zero-initialises this layer too).
+        # data (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] = 0), so a new prior is N(0, I)
+        # over the scaled latents s z, which is N(0, s^-2 I) over z: the VAE's own N(0, I) prior only when the
+        # scaling factor s is 1 (at s = 0.8 its "gain" over the VAE's prior starts at 0.058 nats per latent
+        # dimension of moment matching). Training learns the latents' departure from it: LSGM's mixed score, with a
+        # stock UNet2DModel (guided diffusion zero-initialises this layer too).
         torch.nn.init.zeros_(unet.conv_out.weight)
         torch.nn.init.zeros_(unet.conv_out.bias)
         return unet
@@ -228,6 +230,9 @@ class LatentDiffusionFamily(DDPMFamily):
         terms = {"vae_standard_normal_prior_elbo": vae_elbo, "prior_gain": vae_elbo - bound,
                  "reconstruction": reconstruction_nll, "latent_prior": latent_prior_nll, "posterior_log_density": log_q}
         return Bounds(bound, bound, terms=terms)
+
+    def bound_estimator(self, model, importance_samples):
+        return f"one posterior sample z per image; the prior's {super().bound_estimator(model, importance_samples)}"
 
     def latent_prior_nats(self, model, z: torch.Tensor, scaling_factor: float, timesteps: int,
                           generator: torch.Generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:

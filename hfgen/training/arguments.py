@@ -149,7 +149,8 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     track.add_argument("--final_eval_max_samples", type=int, default=None,
                        help="--final_eval_split images for the final metrics.json, the first N (0: the whole split)")
     track.add_argument("--final_importance_samples", type=int, default=None,
-                       help="importance samples K of the final importance-weighted bound (DDPM: L_vlb timesteps)")
+                       help="importance samples K of the final importance-weighted bound (DDPM and latent "
+                            "diffusion: stratified L_vlb timesteps per image, default 16)")
     track.add_argument("--fd_steps", type=int, default=None,
                        help="fd_fmnist of --fd_num_samples generated images every N steps, and at the end into "
                             "metrics.json (0: off; Fashion-MNIST-like data only: 1 channel, sample_size 32)")
@@ -180,7 +181,8 @@ def resolve_config(args: argparse.Namespace, family: ModelFamily) -> tuple[argpa
                          "--class_conditional (or leave them unset)")
     preset = family.presets[args.preset]
     resolved = argparse.Namespace(**vars(args))
-    for key, value in {**COMMON_DEFAULTS, **preset.training}.items():
+    defaults = {**COMMON_DEFAULTS, "final_importance_samples": family.default_importance_samples, **preset.training}
+    for key, value in defaults.items():
         if getattr(resolved, key, None) is None:
             setattr(resolved, key, value)
     model_config = dict(preset.model)

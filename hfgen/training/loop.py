@@ -29,7 +29,7 @@ from ..progress import progress_bar
 
 from ..data import DataError, class_labels, images_and_source_shape, load_image_dataset, public_dataset_name
 from ..devices import device_description
-from ..evaluation import bound_figures, evaluate_likelihood, split_label
+from ..evaluation import GIVEN_LABEL, evaluate_likelihood, given_label_figures, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
 from .arguments import resolve_config
@@ -590,12 +590,17 @@ def _validate(run: TrainingRun) -> dict:
                                run.eval_labels)
         diagnostics = (run.family.diagnostics(run.unwrapped, run.eval_images, run.eval_labels)
                        if accelerator.is_main_process else {})
-    accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+    # a class-conditional model is validated given the labels: a bound on -log p(x | y), named so
+    name = "bits_per_dim_elbo" + (GIVEN_LABEL if run.eval_labels is not None else "")
+    k_name = "vlb_timesteps" if "vlb_timesteps" in metrics else "importance_samples"
+    accelerator.log({f"eval/{name}": metrics["bits_per_dim_elbo"],
                      "eval/train_seconds": run.state.train_seconds,
                      **_flatten_for_logs("diagnostics", diagnostics)}, step=step)
-    accelerator.print(f"step {step}: {cfg.eval_split} bits/dim (ELBO, {metrics['num_samples']} images, "
-                      f"{metrics['num_dims']} dims) {metrics['bits_per_dim_elbo']:.4f}")
-    return {"validation_bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+    k_words = "timesteps" if k_name == "vlb_timesteps" else "importance samples"
+    accelerator.print(f"step {step}: {cfg.eval_split} bits/dim ({'given the labels, ' if GIVEN_LABEL in name else ''}"
+                      f"{metrics['num_samples']} images, {metrics['num_dims']} dims, {metrics[k_name]} {k_words} per "
+                      f"image) {metrics['bits_per_dim_elbo']:.4f}")
+    return {f"validation_{name}": metrics["bits_per_dim_elbo"], f"validation_{k_name}": metrics[k_name],
             "validation_split": f"{cfg.eval_split}[:{metrics['num_samples']}]", "validation_step": step}
 
 
@@ -612,12 +617,14 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
                                          torch.Generator(device=run.device).manual_seed(cfg.seed))
     final = _load_split(cfg, cfg.final_eval_split, run.channels, cfg.final_eval_max_samples or None, accelerator)
     final_images, final_split_size = final.images, final.split_size
-    # a class-conditional model: bounds on -log p(x | y) given the true labels, and on -log p(x) (its null class)
-    metrics = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples, final.labels)
+    # bounds on -log p(x) under the plain keys (a class-conditional model: its null class), and for a
+    # class-conditional model bounds on -log p(x | y) given the true labels, named so (bits_per_dim_elbo_given_label)
     if cfg.class_conditional:
         _check_same_classes(final.class_names, cfg.class_names, cfg.final_eval_split, cfg.train_split)
-        unconditional = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples)
-        metrics["unconditional"] = bound_figures(unconditional)
+    metrics = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples)
+    if cfg.class_conditional:
+        metrics.update(given_label_figures(
+            run.evaluate(final_images, final.source_shape, cfg.final_importance_samples, final.labels)))
         metrics["class_names"] = cfg.class_names
     if accelerator.is_main_process:
         _save_pipeline_folder(family.make_pipeline(run.unwrapped), output_dir)
@@ -656,8 +663,9 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
         write_model_card(output_dir, family, metrics, run.training_config(),
                          repo_id=cfg.hub_model_id if getattr(cfg, "push_to_hub", False) else None)
         accelerator.print(json.dumps({k: metrics[k] for k in (
-            "bits_per_dim_elbo", "bits_per_dim_iw", "split", "num_samples", "num_dims", "importance_samples",
-            "vlb_timesteps", "train_steps", "skipped_steps", "train_seconds", "train_img_per_s") if k in metrics}))
+            "bits_per_dim_elbo", "bits_per_dim_iw", "bits_per_dim_elbo_given_label", "split", "num_samples",
+            "num_dims", "importance_samples", "vlb_timesteps", "estimator", "train_steps", "skipped_steps",
+            "train_seconds", "train_img_per_s") if k in metrics}))
         if getattr(cfg, "push_to_hub", False):
             from ..hub import publish
 
