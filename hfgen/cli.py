@@ -43,12 +43,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
     options = _sampling_options(args, family)
     rows_of_classes = _grid_classes(args.classes, family, pipeline)
     if rows_of_classes is None:
-        images = family.sample_images(pipeline, args.num_images, generator, **options)
+        images = family.sample_images(pipeline, args.num_images, generator, crop_to_source=args.crop_to_source,
+                                      **options)
         cols = args.cols or int(math.ceil(math.sqrt(len(images))))
     else:  # one row per class
         cols = args.cols or max(1, args.num_images // len(rows_of_classes))
         labels = [label for label in rows_of_classes for _ in range(cols)]
-        images = family.sample_images(pipeline, len(labels), generator, class_labels=labels, **options)
+        images = family.sample_images(pipeline, len(labels), generator, class_labels=labels,
+                                      crop_to_source=args.crop_to_source, **options)
         options["classes"] = rows_of_classes
     rows = int(math.ceil(len(images) / cols))
     blank = images[0].copy().point(lambda _: 0)
@@ -283,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="clip every x_0 prediction to [-1, 1] (DDPM family; default: the sampler's)")
     sample.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
                         help="where the sampler's steps fall among the T timesteps (DDPM family)")
+    sample.add_argument("--crop-to-source", action=argparse.BooleanOptionalAction, default=True,
+                        help="images at the data's own size, as training saw them before padding (28x28 for "
+                             "Fashion-MNIST; the default), or with --no-crop-to-source the padded square the model "
+                             "generates (32x32)")
     sample.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
                         help="a class-conditional model: a row of this class (a name, e.g. sneaker, or an index); "
                              "repeat for more rows (default: one row per class)")

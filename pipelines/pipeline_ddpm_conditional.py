@@ -41,6 +41,24 @@ DEFAULT_GUIDANCE_RESCALE = 0.0
 
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor | None
 
+#: the key of a UNet's config where hfgen records ``[height, width]`` of the data's own images, which training
+#: zero-padded to the UNet's ``sample_size`` (Fashion-MNIST: ``[28, 28]`` in 32x32). ``UNet2DModel`` has no such
+#: argument; diffusers keeps a key with a leading underscore through saving and loading, without its "not expected
+#: and will be ignored" warning, so a stock ``DDPMPipeline`` folder carries it too.
+SOURCE_SIZE_KEY = "_source_size"
+
+
+def crop_to_source_size(images: torch.Tensor, source_size: Sequence[int] | None) -> torch.Tensor:
+    """``(..., sample_size, sample_size)`` images -> the data's own ``source_size`` ``[height, width]`` from where
+    training's zero padding put it (even padding, an odd remainder at the bottom / right: the rule of
+    ``hfgen.models.likelihoods.SourceRegion``, written again here because this file is published alone). None:
+    the images unchanged."""
+    if source_size is None:
+        return images
+    height, width = (int(value) for value in source_size)
+    top, left = (images.shape[-2] - height) // 2, (images.shape[-1] - width) // 2
+    return images[..., top : top + height, left : left + width]
+
 
 # The label resolution below is a copy of hfgen.models.labels (same rules, same messages): this file is published
 # alone in a model folder and may import only torch and diffusers. Change both together.
@@ -253,6 +271,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         num_inference_steps: int = 1000,
         output_type: str = "pil",
         return_dict: bool = True,
+        crop_to_source: bool = True,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images of given classes.
 
@@ -275,6 +294,10 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
                 ``num_train_timesteps``; fewer suit DDIM or DPM-Solver++).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+            crop_to_source (`bool`, defaults to True): return the images at the data's own size (the UNet config's
+                ``_source_size``: 28x28 for Fashion-MNIST), as the data set has them; False: the padded
+                ``sample_size`` square the UNet generates (32x32). A UNet without ``_source_size`` (trained on
+                unpadded data, or before hfgen recorded it) gives its ``sample_size`` either way.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the images (``images``), or the tuple ``(images,)``.
@@ -304,6 +327,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
             model_output = self._predict(model_input, t, class_ids, float(guidance_scale), float(guidance_rescale))
             image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
 
+        if crop_to_source:
+            image = crop_to_source_size(image, self.unet.config.get(SOURCE_SIZE_KEY))
         image = self.image_processor.postprocess(image.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -163,6 +163,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        crop_to_source: bool = True,
     ) -> LatentDiffusionPipelineOutput | tuple:
         r"""Generate images (of given classes, for a class-conditional prior).
 
@@ -181,6 +182,10 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (the denoised scaled
                 latents, not decoded).
             return_dict (`bool`, defaults to True): return a [`LatentDiffusionPipelineOutput`] instead of a tuple.
+            crop_to_source (`bool`, defaults to True): decoded images at the data's own size (the VAE config's
+                ``source_size``: 28x28 for Fashion-MNIST), as the data set has them; False: the padded
+                ``sample_size`` square the VAE decodes (32x32). A VAE without ``source_size`` gives its
+                ``sample_size`` either way.
 
         Returns:
             [`LatentDiffusionPipelineOutput`] or `tuple`: ``(images, latents)``.
@@ -222,7 +227,11 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = sample
         else:
-            images = self.image_processor.postprocess(self.decode_latents(sample).float(), output_type=output_type)
+            images = self.decode_latents(sample).float()
+            region = self.vae.source_region  # where the data's own images lie in the square (None: all of it)
+            if crop_to_source and region is not None:
+                images = region.crop(images)
+            images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, initial)

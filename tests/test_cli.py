@@ -74,8 +74,13 @@ def test_sample_writes_a_grid_deterministically(trained, tmp_path, capsys):
         assert main(["sample", str(trained), "--num-images", "6", "--seed", "3", "--out", str(tmp_path / name),
                      "--temperature", "0.7"]) == 0
     a, b = (np.asarray(PIL.Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
-    assert a.shape == (64, 96, 3)  # 2 rows x 3 columns of 32x32
+    assert a.shape == (56, 84, 3)  # 2 rows x 3 columns of the data's own 28x28
     assert np.array_equal(a, b)
+    # the padded squares the model generates, on request: the same images inside a 2-pixel zero border
+    assert main(["sample", str(trained), "--num-images", "6", "--seed", "3", "--out", str(tmp_path / "c.png"),
+                 "--temperature", "0.7", "--no-crop-to-source"]) == 0
+    c = np.asarray(PIL.Image.open(tmp_path / "c.png"))
+    assert c.shape == (64, 96, 3) and np.array_equal(c[2:30, 2:30], a[:28, :28]) and c[:2].max() == 0
 
 
 def test_errors_name_the_problem(trained, tmp_path, capsys):

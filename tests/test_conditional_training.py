@@ -69,8 +69,8 @@ def test_a_conditional_vae_run_bounds_log_p_x_given_y_and_log_p_x(conditional_va
     assert "conditioned on the class label only (10 classes" in card
     config = json.loads((out / "vae" / "config.json").read_text())
     assert config["num_classes"] == 10 and config["class_names"] == list(FASHION_MNIST_CLASS_NAMES)
-    # the training grid has one row per class: 16 images (the tiny preset) // 10 classes = 1 column
-    assert PIL.Image.open(out / "samples.png").size == (32, 10 * 32)
+    # the training grid has one row per class: 16 images (the tiny preset) // 10 classes = 1 column of 28x28 images
+    assert PIL.Image.open(out / "samples.png").size == (28, 10 * 28)
 
 
 @requires_fashion_mnist
@@ -80,7 +80,7 @@ def test_the_trained_pipeline_takes_class_names_and_indices(conditional_vae):
     by_name = pipeline(class_labels=["Sneaker", "Bag"], generator=torch.Generator().manual_seed(3),
                        output_type="np").images
     by_index = pipeline(class_labels=[7, 8], generator=torch.Generator().manual_seed(3), output_type="np").images
-    assert by_name.shape == (2, 32, 32, 1) and (by_name == by_index).all()
+    assert by_name.shape == (2, 28, 28, 1) and (by_name == by_index).all()
     with pytest.raises(ValueError, match="'sneakers' is not one of this model's classes; expected one of"):
         pipeline(class_labels="sneakers")
     unconditional = pipeline(batch_size=2, generator=torch.Generator().manual_seed(3), output_type="np").images

@@ -188,9 +188,10 @@ def test_latents_in_and_out_reproduce_images_and_decode_like_diffusers(condition
         first = _draw(pipeline, class_labels=["bag", 0])
         again = pipeline(latents=first.latents, class_labels=["bag", 0], num_inference_steps=4, output_type="np")
         np.testing.assert_allclose(again.images, first.images, atol=1e-6)
-        assert first.latents.shape == (2, 4, 16, 16) and first.images.shape == (2, 32, 32, 1)
+        # images at the data's own 28x28 (the VAE's source_size inside its 32x32 square)
+        assert first.latents.shape == (2, 4, 16, 16) and first.images.shape == (2, 28, 28, 1)
         latent = _draw(pipeline, class_labels=["bag", 0], output_type="latent").images
-        decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample
+        decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample[:, :, 2:30, 2:30]
         np.testing.assert_allclose((decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), first.images,
                                    atol=1e-6)
         by_index = _draw(pipeline, class_labels=[2, 0]).images
@@ -222,12 +223,12 @@ def test_swapped_samplers_and_learned_variances():
     for name in ("ddpm", "ddim", "dpm-solver++"):
         images = family.sample_images(pipeline, 2, torch.Generator().manual_seed(0), class_labels="bag",
                                       scheduler=name, steps=3, guidance_scale=2.0)
-        assert len(images) == 2 and images[0].size == (32, 32)
+        assert len(images) == 2 and images[0].size == (28, 28)  # the VAE's source_size
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
     with pytest.raises(ValueError, match="variance_type=None"):
         pipeline(num_inference_steps=2)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, variance_type=None)
-    assert pipeline(num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 1)
+    assert pipeline(num_inference_steps=2, output_type="np").images.shape == (1, 28, 28, 1)
 
 
 def test_components_that_do_not_fit_are_refused_by_name():
@@ -275,7 +276,7 @@ def test_a_vae_that_decodes_in_pixel_passes_is_a_first_stage_with_its_exact_deco
     latent = _draw(pipeline, batch_size=2, output_type="latent").images
     decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample
     np.testing.assert_allclose((decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(),
-                               _draw(pipeline, batch_size=2).images, atol=1e-6)
+                               _draw(pipeline, batch_size=2, crop_to_source=False).images, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- two-stage run
@@ -345,7 +346,7 @@ def test_the_folder_reloads_samples_and_evaluates(ldm_folder, capsys):
     pipeline.set_progress_bar_config(disable=True)
     images = family.sample_images(pipeline, 2, torch.Generator().manual_seed(0), class_labels="Sneaker",
                                   scheduler="dpm-solver++", steps=4, guidance_scale=2.0)
-    assert [image.size for image in images] == [(32, 32)] * 2
+    assert [image.size for image in images] == [(28, 28)] * 2  # Fashion-MNIST's own size
     assert hfgen_main(["evaluate", str(ldm_folder), "--split", "test", "--max-samples", "16", "--vlb-timesteps",
                        "4"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -435,7 +436,7 @@ def test_plain_diffusers_loads_the_folder_with_trust_remote_code_and_samples_two
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     name, vae_name, unet_module, shape, latent_shape = json.loads(result.stdout.strip().splitlines()[-1])
     assert (name, vae_name) == ("LatentDiffusionPipeline", "VAEModel") and unet_module.startswith("diffusers.")
-    assert shape == [2, 32, 32, 1] and latent_shape == [2, 4, 16, 16]
+    assert shape == [2, 28, 28, 1] and latent_shape == [2, 4, 16, 16]  # the published file crops as hfgen does
     pipeline, _ = load_pipeline(str(ldm_folder))
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)

@@ -85,6 +85,9 @@ class ModelFamily:
         that unset flags take the preset's value."""
 
     def build_model(self, model_config: dict[str, Any], channels: int, sample_size: int) -> ModelMixin:
+        """The model to train. When the data layer zero-padded smaller images to ``sample_size`` the loop puts their
+        own ``[height, width]`` in ``model_config["source_size"]``: the model keeps it in its config, its bound may
+        score only those pixels (the VAE families), and its pipeline takes and returns images of that size."""
         raise NotImplementedError
 
     def loss(
@@ -128,9 +131,6 @@ class ModelFamily:
 
     #: whether ``bounds`` gives an importance-weighted bound beside the ELBO (DDPM: no; its K is timesteps)
     has_importance_weighted_bound: bool = True
-    #: whether the model scores only the data's own pixels when the data layer zero-padded them (``source_size``
-    #: in the model config, set by the training loop), so that its bound is one on the unpadded image
-    scores_source_pixels: bool = True
 
     def image_shape(self, model: ModelMixin) -> tuple[int, int]:
         """(channels, sample_size) of the images the model generates and is evaluated on."""
@@ -185,10 +185,12 @@ class ModelFamily:
                              f"{list(self.sampling_options)}")
 
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator,
-                      class_labels=None, **kwargs):
+                      class_labels=None, crop_to_source: bool = True, **kwargs):
         """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``). ``class_labels``:
-        as the pipelines take it (``hfgen.models.labels.class_label_ids``): None, one class, or one per image."""
+        as the pipelines take it (``hfgen.models.labels.class_label_ids``): None, one class, or one per image.
+        ``crop_to_source``: the images at the data's own size (the model's ``source_size``), as the pipelines give
+        them by default; False: the padded square the model generates."""
         self.check_sampling_options(kwargs)
         if class_labels is not None:
             kwargs["class_labels"] = class_labels
-        return pipeline(batch_size=num_images, generator=generator, **kwargs).images
+        return pipeline(batch_size=num_images, generator=generator, crop_to_source=crop_to_source, **kwargs).images

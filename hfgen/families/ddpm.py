@@ -39,8 +39,9 @@ from ..models.ddpm import (
     build_unet, prior_nats, split_output, training_target, variational_bound, vlb_term_nats,
 )
 from ..models.labels import class_label_ids
-from ..models.likelihoods import uint8_to_unit_interval
+from ..models.likelihoods import SourceRegion, uint8_to_unit_interval
 from ..pipelines import ClassConditionalDDPMPipeline
+from ..pipelines.pipeline_ddpm_conditional import SOURCE_SIZE_KEY
 from .base import Bounds, ModelFamily, Preset
 
 
@@ -136,9 +137,9 @@ class DDPMFamily(ModelFamily):
     default_importance_samples = 16
     # one bound, L_vlb, whose K is a number of timesteps; and the network scores the whole padded square (the
     # border cannot be marginalised out of a diffusion), so its bits/dim are of the padded image over the
-    # data's own dimensions: still an upper bound, since p(image) >= p(image, border = 0)
+    # data's own dimensions: still an upper bound, since p(image) >= p(image, border = 0). The data's own size is
+    # kept for sampling only (SOURCE_SIZE_KEY in the UNet config), where scored_shape does not read it.
     has_importance_weighted_bound = False
-    scores_source_pixels = False
 
     def __init__(self):
         # The scheduler belongs to the pipeline folder, not to the network: the family keeps the one of the
@@ -173,8 +174,10 @@ class DDPMFamily(ModelFamily):
     def build_model(self, model_config, channels, sample_size):
         """A ``UNet2DModel`` (and the family's ``DDPMScheduler``) from a flat config. ``num_classes`` K > 0 makes it
         class-conditional (K + 1 class embeddings); ``class_names`` (K names, default ``"0" .. "K-1"``) are kept for
-        ``make_pipeline``."""
-        network = {k: v for k, v in model_config.items() if k not in (*SCHEDULER_KEYS, "num_classes", "class_names")}
+        ``make_pipeline``. ``source_size`` goes into the UNet config as ``_source_size`` (``SOURCE_SIZE_KEY``), for
+        samples at the data's own size; the bound still scores the whole square."""
+        network = {k: v for k, v in model_config.items()
+                   if k not in (*SCHEDULER_KEYS, "num_classes", "class_names", "source_size")}
         num_classes = int(model_config.get("num_classes") or 0)
         names = model_config.get("class_names")
         if num_classes < 0:
@@ -186,9 +189,13 @@ class DDPMFamily(ModelFamily):
         self._tables = {}
         self.model_class_names = ([str(name) for name in names] if names else
                                   [str(index) for index in range(num_classes)]) if num_classes else None
-        return build_unet(network, channels, sample_size,
+        unet = build_unet(network, channels, sample_size,
                           learned_variance=self.scheduler.config.variance_type == "learned_range",
                           num_classes=num_classes)
+        if model_config.get("source_size") is not None:
+            SourceRegion(sample_size, model_config["source_size"])  # refuses a size that does not fit the square
+            unet.register_to_config(**{SOURCE_SIZE_KEY: [int(v) for v in model_config["source_size"]]})
+        return unet
 
     def make_pipeline(self, model):
         """A stock ``DDPMPipeline``, or a ``ClassConditionalDDPMPipeline`` (with the class names) for a
@@ -316,14 +323,15 @@ class DDPMFamily(ModelFamily):
                 f"stratified timesteps per image (unbiased; {T - 1} or more sum every term)")
 
     # ------------------------------------------------------------------ sampling
-    def sample_images(self, pipeline, num_images, generator, class_labels=None, **kwargs):
+    def sample_images(self, pipeline, num_images, generator, class_labels=None, crop_to_source=True, **kwargs):
         """PIL images. Options: ``scheduler`` (``ddpm``, ``ddim`` or ``dpm-solver++``; default: the folder's
         DDPM scheduler), ``steps`` (default: T for ddpm, 50 for the others), and ``clip_sample`` /
         ``timestep_spacing`` to override the sampler's settings (defaults: ``SAMPLERS``). The trained network is
         reused; ``pipeline`` itself is left unchanged. A class-conditional pipeline also takes ``class_labels``
         (``ClassConditionalDDPMPipeline``'s; None: the null class), ``guidance_scale`` (classifier-free guidance,
         diffusers' convention) and ``guidance_rescale`` (defaults: the pipeline's); an unconditional one refuses
-        them."""
+        them. ``crop_to_source``: the images at the data's own size (``_source_size`` in the UNet config, which
+        diffusers' own ``DDPMPipeline`` does not read: the family crops its samples), False: the padded square."""
         self.check_sampling_options(kwargs)
         conditional = self.num_classes(pipeline.unet) > 0
         guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
@@ -345,11 +353,17 @@ class DDPMFamily(ModelFamily):
         if conditional:
             sampler = ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler,
                                                    class_names=self.class_names(pipeline))
-            call = {"class_labels": class_labels, **guidance}
+            call = {"class_labels": class_labels, "crop_to_source": crop_to_source, **guidance}
         else:
             sampler, call = DDPMPipeline(unet=unet, scheduler=scheduler), {}
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
-        return sampler(batch_size=num_images, generator=generator, num_inference_steps=steps, **call).images
+        images = sampler(batch_size=num_images, generator=generator, num_inference_steps=steps, **call).images
+        source_size = pipeline.unet.config.get(SOURCE_SIZE_KEY)
+        if conditional or not crop_to_source or source_size is None:
+            return images
+        region = SourceRegion(pipeline.unet.config.sample_size, source_size)  # where the data layer put the images
+        return [image.crop((region.left, region.top, region.left + region.width, region.top + region.height))
+                for image in images]
 
 
 def sampler_settings(config, options: dict, clip_sample: bool | None = None):

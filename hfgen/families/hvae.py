@@ -195,5 +195,5 @@ class HVAEFamily(ModelFamily):
     def model_of(self, pipeline):
         return pipeline.vae
 
-    def sample_images(self, pipeline, num_images, generator, **kwargs):
-        return pipeline(batch_size=num_images, generator=generator, **kwargs).images
+    def sample_images(self, pipeline, num_images, generator, crop_to_source=True, **kwargs):
+        return pipeline(batch_size=num_images, generator=generator, crop_to_source=crop_to_source, **kwargs).images

@@ -75,9 +75,8 @@ class LatentDiffusionFamily(DDPMFamily):
     presets = LDM_PRESETS
     model_arguments = DDPMFamily.model_arguments + ("clip_sample",)
     folder_arguments = ("vae",)
-    # the bound scores what the frozen VAE scores (its own source_size, see scored_shape); the loop adds nothing to
-    # the UNet's config
-    scores_source_pixels = False
+    # the bound scores what the frozen VAE scores (its own source_size, see scored_shape), and the pipeline crops
+    # samples to that size: build_model keeps the loop's source_size out of the latent UNet's config
     has_importance_weighted_bound = False
     importance_samples_in_batch = False
     # 16 stratified timesteps for validation and by default, as the DDPM (one timestep per image puts the small-t KL
@@ -131,7 +130,8 @@ class LatentDiffusionFamily(DDPMFamily):
             raise ValueError(f"the data are {channels}x{sample_size}x{sample_size} images but the VAE was trained on "
                              f"{vae.config.in_channels}x{vae.config.sample_size}x{vae.config.sample_size}; expected "
                              f"the VAE's own")
-        config = dict(model_config)
+        # the images' source_size is the VAE's (its pipeline crops to it), not the latent UNet's
+        config = {key: value for key, value in model_config.items() if key != "source_size"}
         config.setdefault("clip_sample", False)
         latent_channels, latent_size, _ = vae.latent_shape
         unet = super().build_model(config, latent_channels, latent_size)
@@ -244,10 +244,11 @@ class LatentDiffusionFamily(DDPMFamily):
         return estimate.nats_per_image - z[0].numel() * math.log(scaling_factor)
 
     # ------------------------------------------------------------------ sampling
-    def sample_images(self, pipeline, num_images, generator, class_labels=None, **kwargs):
+    def sample_images(self, pipeline, num_images, generator, class_labels=None, crop_to_source=True, **kwargs):
         """PIL images through a ``LatentDiffusionPipeline`` on the folder's networks with the sampler asked for
         (``scheduler``: ``ddpm``, ``ddim`` or ``dpm-solver++``; ``steps``; ``clip_sample``, ``timestep_spacing``;
-        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior). ``pipeline`` is left unchanged."""
+        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior). ``pipeline`` is left unchanged.
+        ``crop_to_source``: the images at the data's own size (the VAE's ``source_size``), False: the padded square."""
         self.check_sampling_options(kwargs)
         guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
         if not self.num_classes(pipeline.unet) and guidance:
@@ -263,7 +264,7 @@ class LatentDiffusionFamily(DDPMFamily):
                                           class_names=pipeline.config.class_names)
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return sampler(batch_size=num_images, class_labels=class_labels, generator=generator,
-                       num_inference_steps=steps, **guidance).images
+                       num_inference_steps=steps, crop_to_source=crop_to_source, **guidance).images
 
 
 def load_vae(path_or_repo_id: str) -> VAEModel:

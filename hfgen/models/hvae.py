@@ -327,12 +327,11 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         return [(self.config.latent_channels, size // 2**s, size // 2**s) for s in self.group_scale]
 
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
-        """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded)."""
-        expected = (self.config.in_channels, self.config.sample_size, self.config.sample_size)
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"(channels, height, width from the model config), got {tuple(sample.shape)}")
+        """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded) at the
+        model's ``sample_size`` (with ``source_size``, images at the data's own size are zero-padded as the data
+        layer pads them)."""
+        sample = SourceRegion.to_sample_size(self.source_region, sample, self.config.in_channels,
+                                             self.config.sample_size)
         return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
 
     # ------------------------------------------------------------------ class labels

@@ -374,15 +374,13 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         return DiagonalGaussianDistribution(torch.cat([mean, 2 * log_scale], dim=1))
 
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
-        """Check an image batch's shape and return it as 8-bit data.
+        """Check an image batch's shape and return it as 8-bit data at the model's ``sample_size``.
 
-        ``sample`` is either ``uint8`` in {0..255} or float in [-1, 1] (rounded to the 8-bit grid)."""
-        expected = (self.config.in_channels, self.config.sample_size, self.config.sample_size)
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"(channels, height, width from the model config), got {tuple(sample.shape)}"
-            )
+        ``sample`` is either ``uint8`` in {0..255} or float in [-1, 1] (rounded to the 8-bit grid), shaped
+        ``(batch, in_channels, sample_size, sample_size)`` or, with ``source_size``, at the data's own size (then
+        zero-padded as the data layer pads it)."""
+        sample = SourceRegion.to_sample_size(self.source_region, sample, self.config.in_channels,
+                                             self.config.sample_size)
         return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
 
     # ------------------------------------------------------------------ encode / decode

@@ -330,7 +330,8 @@ class TrainingRun:
 
     def _load_data(self, model_config: dict) -> dict:
         """The training and validation splits as uint8 tensors (whole splits in memory); returns the model config
-        with ``source_size`` for a family that scores only the data's own pixels of padded images."""
+        with ``source_size`` when the data layer zero-padded the images (what the family does with it: see
+        ``ModelFamily.build_model``)."""
         cfg, accelerator = self.cfg, self.accelerator
         train = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples, accelerator)
         self.train_images, self.train_labels, source_shape = train.images, train.labels, train.source_shape
@@ -351,10 +352,11 @@ class TrainingRun:
         self.batches = BatchSchedule(self.train_images.shape[0], cfg.train_batch_size, cfg.seed,
                                      accelerator.process_index, accelerator.num_processes)
         # bits/dim count the data's own pixels; a VAE family then scores only those (the padded border is a fixed
-        # function of the image), so that its bound is one on the unpadded image
+        # function of the image), so that its bound is one on the unpadded image, and every family's pipeline
+        # returns samples at that size
         cfg.source_shape = source_shape.as_list()
-        if (self.family.scores_source_pixels and source_shape.is_padded(cfg.sample_size)
-                and not source_shape.mixed_sizes and "source_size" not in model_config):
+        if (source_shape.is_padded(cfg.sample_size) and not source_shape.mixed_sizes
+                and "source_size" not in model_config):
             model_config = {**model_config, "source_size": [source_shape.height, source_shape.width]}
         return model_config
 
@@ -455,7 +457,8 @@ class TrainingRun:
 
         images = generate_uint8(self.family, self.family.make_pipeline(self.unwrapped), self.cfg.fd_num_samples,
                                 batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed, show_progress=False,
-                                channels=self.channels, class_labels=self._balanced_labels(self.cfg.fd_num_samples))
+                                channels=self.channels, sample_size=self.cfg.sample_size,
+                                class_labels=self._balanced_labels(self.cfg.fd_num_samples))
         features = extract_features(self.fd_net, images, show_progress=False)
         return sample_quality(features, self.fd_reference, ("fd",))["fd_fmnist"]
 
