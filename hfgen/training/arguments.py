@@ -65,7 +65,11 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     preset_help = "; ".join(f"{k}: {p.description}" for k, p in family.presets.items())
     parser.add_argument("--preset", choices=sorted(family.presets), default="small", help=preset_help)
     parser.add_argument("--output_dir", required=True,
-                        help="where the pipeline folder, metrics.json, samples, logs and checkpoints go")
+                        help="where the pipeline folder, metrics.json, samples, logs and checkpoints go: a new or "
+                             "empty folder, or the folder of a run of the same family and model config to resume "
+                             "(--resume_from_checkpoint)")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="clear a non-empty --output_dir (another or a finished run) before training into it")
     parser.add_argument("--seed", type=int, default=0)
 
     data = parser.add_argument_group("data")
