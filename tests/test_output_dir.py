@@ -99,3 +99,21 @@ def test_class_conditional_on_unlabelled_splits_stops_with_the_message_and_leave
         _train(VAEFamily(), out, "--dataset", str(data), "--class_conditional", "--train_batch_size", "4")
     assert "\n" not in str(error.value)
     assert not out.exists()  # the folder the failed run created is gone
+
+
+def test_settings_that_would_surprise_are_refused_before_the_folder_is_made(tmp_path):
+    import importlib.util
+
+    import torch
+
+    out = tmp_path / "run"
+    if importlib.util.find_spec("wandb") is None:  # Accelerate alone would drop the tracker and log nothing
+        with pytest.raises(ValueError, match=r"^--report_to wandb: wandb is not installed, so nothing would be "
+                                             r"logged; expected `pip install wandb` first"):
+            _train(VAEFamily(), out, "--report_to", "wandb")
+    with pytest.raises(ValueError, match=r"^--report_to 'tensorbord': expected one tracker of .*tensorboard"):
+        _train(VAEFamily(), out, "--report_to", "tensorbord")
+    if not torch.cuda.is_available():  # float16 autocast on a CPU: many times slower, and nothing said
+        with pytest.raises(ValueError, match=r"^--mixed_precision fp16 on a CPU: .*expected --mixed_precision no"):
+            _train(VAEFamily(), out, "--mixed_precision", "fp16")
+    assert not out.exists()

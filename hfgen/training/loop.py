@@ -32,7 +32,7 @@ from ..devices import device_description
 from ..evaluation import bound_figures, evaluate_likelihood, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
-from .arguments import resolve_config
+from .arguments import check_mixed_precision, resolve_config
 from .checkpoints import load_checkpoint, resolve_resume_path, save_checkpoint
 from .output_dir import check_output_dir, clear_output_dir, remove_failed_run
 
@@ -328,6 +328,7 @@ class TrainingRun:
                                                 logging_dir=str(run.output_dir / "logs")),
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        check_mixed_precision(accelerator.mixed_precision, accelerator.device.type)  # before anything is written
         if accelerator.is_main_process:
             if cfg.overwrite_output_dir:
                 clear_output_dir(run.output_dir)
