@@ -84,6 +84,10 @@ def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
     # an empty folder is fine, and so is a new one
     (out / "todo.txt").unlink()
     assert _train(VAEFamily(), out)["train_steps"] == 2
+    # a finished run without checkpoints has nothing to resume: "latest" would train it again over its own files
+    with pytest.raises(ValueError, match=r"holds a finished vae run \(0 checkpoint\(s\)\): no checkpoint to resume "
+                                         r"from .*expected --overwrite_output_dir"):
+        _train(VAEFamily(), out, "--resume_from_checkpoint", "latest")
 
 
 def test_class_conditional_on_unlabelled_splits_stops_with_the_message_and_leaves_no_folder(tmp_path):

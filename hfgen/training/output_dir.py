@@ -86,6 +86,11 @@ def check_output_dir(cfg, family_name: str, model_config: dict) -> None:
     if mismatch:
         raise ValueError(f"--output_dir {cfg.output_dir} holds {held} that this run cannot resume: {mismatch}; "
                          f"expected the same family and model settings, or --overwrite_output_dir to replace it")
+    if finished and cfg.resume_from_checkpoint == "latest" and not list_checkpoints(output_dir):
+        # "latest" of a run stopped before its first checkpoint starts afresh; a finished run would be overwritten
+        raise ValueError(f"--output_dir {cfg.output_dir} holds {held}: no checkpoint to resume from (it was trained "
+                         f"without --checkpointing_steps); expected --overwrite_output_dir to train it again, or "
+                         f"another --output_dir")
 
 
 def clear_output_dir(output_dir: str | os.PathLike) -> None:
