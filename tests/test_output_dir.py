@@ -74,13 +74,18 @@ def test_a_folder_holding_a_run_is_refused_unless_resumed_with_the_same_config_o
     assert json.loads((out / "training_config.json").read_text())["family"] == "ddpm"
 
 
-def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path):
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(tmp_path, monkeypatch):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "todo.txt").write_text("keep me")
     with pytest.raises(ValueError, match=r"--output_dir .*notes is not empty \(todo.txt\) and holds no training run"):
         _train(VAEFamily(), out)
     assert [p.name for p in out.iterdir()] == ["todo.txt"] and (out / "todo.txt").read_text() == "keep me"
+    # --overwrite_output_dir never clears the folder the command runs in (or one above it)
+    monkeypatch.chdir(out)
+    with pytest.raises(ValueError, match=r"^--overwrite_output_dir would clear .*notes, the current folder"):
+        _train(VAEFamily(), ".", "--overwrite_output_dir")
+    assert (out / "todo.txt").read_text() == "keep me"
     # an empty folder is fine, and so is a new one
     (out / "todo.txt").unlink()
     assert _train(VAEFamily(), out)["train_steps"] == 2

@@ -63,6 +63,10 @@ def check_output_dir(cfg, family_name: str, model_config: dict) -> None:
                          f"resume)")
     entries = sorted(entry.name for entry in output_dir.iterdir()) if output_dir.is_dir() else []
     if getattr(cfg, "overwrite_output_dir", False):
+        resolved, cwd = output_dir.resolve(), Path.cwd().resolve()
+        if entries and (resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve()):
+            raise ValueError(f"--overwrite_output_dir would clear {resolved}, the current folder, one above it or "
+                             f"the home folder; expected a run's own folder, e.g. runs/NAME")
         if _resumes_inside(output_dir, cfg.resume_from_checkpoint):
             raise ValueError(f"--overwrite_output_dir would delete the checkpoint that --resume_from_checkpoint "
                              f"{cfg.resume_from_checkpoint} resumes from; expected one of the two")
