@@ -89,7 +89,7 @@ def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike) -> None:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         if not lines or not lines[0].startswith("Error(s) in loading state_dict"):
             raise
-        first = next((line for line in lines[1:] if line.startswith(("size mismatch", "Missing key", "Unexpected key"))),
-                     lines[0])
+        kinds = ("size mismatch", "Missing key", "Unexpected key")
+        first = next((line for line in lines[1:] if line.startswith(kinds)), lines[0])
         raise ValueError(f"checkpoint {path} holds another model than these settings build ({first[:300]}); expected "
                          f"a checkpoint of the same family and model config") from None
