@@ -23,18 +23,50 @@ import math
 import sys
 from pathlib import Path
 
-import torch
+# torch, diffusers and the rest of hfgen are imported by the commands that need them, so that the parser (and
+# `hfgen --help`) starts in a fraction of a second
 
 
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(name: str | None):
+    """The ``--device`` to compute on (default: cuda if available, else cpu), refused in one line when this
+    machine has no such device."""
+    import torch
+
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device name; expected cpu, cuda or cuda:N (or mps, xpu)") from None
+    if device.type == "cpu":
+        return device
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise ValueError(f"--device {name}: this machine has no {device.type} device that torch {torch.__version__} "
+                         f"can use; expected cpu (or leave --device out: cuda when there is one, else cpu)")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if (device.index or 0) >= count:
+        raise ValueError(f"--device {name}: this machine has {count} {device.type} device(s); expected "
+                         f"{device.type}:0 to {device.type}:{count - 1}")
+    return device
+
+
+def _image_file(text: str) -> Path:
+    """``--out``: a file name whose extension names an image format PIL writes (checked before any sampling)."""
+    from PIL import Image
+
+    path = Path(text)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--out {text!r}: {'no' if not path.suffix else 'an unknown'} image file extension; "
+                         f"expected a file name ending in .png (or .jpg, .webp, ...)")
+    return path
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
     from diffusers.utils import make_image_grid
 
+    out = _image_file(args.out)
     device = _device(args.device)
     from .families import load_pipeline
 
@@ -55,7 +87,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     rows = int(math.ceil(len(images) / cols))
     blank = images[0].copy().point(lambda _: 0)
     grid = make_image_grid(images + [blank] * (rows * cols - len(images)), rows=rows, cols=cols)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     print(json.dumps({"out": str(out), "num_images": len(images), "seed": args.seed, **options}))
@@ -186,18 +217,31 @@ def _class_quality(args, pipeline, family, images, labels, names, split_size: in
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from .data import images_and_source_shape, load_image_dataset, public_dataset_name
     from .evaluation import evaluate_likelihood, given_label_figures, split_label
 
     requested = _parse_metrics(args.metrics)
+    if "kid" in requested:
+        from .metrics.kid import KID_MIN_SAMPLES, KID_SUBSET_SIZE
+
+        if args.num_samples < KID_MIN_SAMPLES:
+            raise ValueError(f"--num-samples {args.num_samples} with --metrics kid: kid_fmnist averages subsets of "
+                             f"{KID_SUBSET_SIZE} generated images, and its std needs subsets that differ; expected "
+                             f"--num-samples {KID_MIN_SAMPLES} or more (default 10000), or --metrics fd,pr")
     if args.write_metrics and not Path(args.model).is_dir():
         raise ValueError(f"--write-metrics writes into a local pipeline folder, and {args.model!r} is not one; "
                          f"evaluate a downloaded folder to record its figures")
     device = _device(args.device)
-    from .families import load_pipeline
+    from .families import DDPMFamily, load_pipeline
 
     pipeline, family = load_pipeline(args.model, device)
     model = family.model_of(pipeline)
+    if args.vlb_timesteps and not isinstance(family, DDPMFamily):
+        raise ValueError(f"--vlb-timesteps {args.vlb_timesteps}: the {family.name} family has no L_vlb timesteps; "
+                         f"expected --importance-samples K for its importance-weighted bound (--vlb-timesteps is "
+                         f"for the diffusion families, ddpm and ldm)")
     metrics, images = {}, None
     conditional = bool(family.num_classes(model))
     if "classes" in requested and not conditional:
@@ -263,8 +307,30 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except HfHubHTTPError as error:
         raise ValueError(f"the Hub refused to publish to {args.repo_id!r}: {str(error).splitlines()[0]}; expected a "
                          f"token with write access to it (HF_TOKEN or `hf auth login`)") from None
+    except _connection_errors() as error:
+        raise ValueError(f"could not reach the Hub to publish to {args.repo_id!r} ({type(error).__name__}: "
+                         f"{(str(error).splitlines() or [''])[0]}); expected a network connection to the Hub (and "
+                         f"HF_HUB_OFFLINE unset); no commit was made") from None
     print(json.dumps({**summary, "commit_url": getattr(commit, "commit_url", None)}, indent=2))
     return 0
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions huggingface_hub lets through when the Hub cannot be reached: its offline mode, and the
+    transport errors (connection, timeout) of the HTTP client it uses (httpx2, httpx or requests, by version)."""
+    import importlib
+
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    errors: list[type[BaseException]] = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
+                          ("requests.exceptions", ("ConnectionError", "Timeout"))):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += [getattr(found, name) for name in names if hasattr(found, name)]
+    return tuple(errors)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -448,12 +448,13 @@ def publish(folder: str | Path, repo_id: str, *, private: bool = False, revision
     unless given. Returns the ``CommitInfo`` of the upload."""
     folder = Path(folder)
     files = publish_files(folder, include_logs=include_logs)  # refuse a bad folder before touching the Hub
-    if refresh_card and refresh_model_card(folder, repo_id) and "README.md" not in files:
-        files = sorted(files + ["README.md"])
     repo = create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
     repo_id = getattr(repo, "repo_id", None) or repo_id  # the full id when a bare name was given
     if revision and revision != "main":
         create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model", token=token)
+    # the card is re-rendered once the Hub has answered: an offline or refused publish leaves the folder as it was
+    if refresh_card and refresh_model_card(folder, repo_id) and "README.md" not in files:
+        files = sorted(files + ["README.md"])
     message = commit_message or f"Upload {pipeline_class_name(read_model_index(folder))} from hfgen"
     return upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files, commit_message=message,
                          revision=revision, repo_type="model", token=token)

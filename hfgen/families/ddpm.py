@@ -153,14 +153,18 @@ class DDPMFamily(ModelFamily):
         group = parser.add_argument_group("DDPM model and objective (unset flags take the preset's value)")
         group.add_argument("--block_out_channels", type=int, nargs="+", default=None,
                            help="UNet widths per resolution, full resolution first")
-        group.add_argument("--layers_per_block", type=int, default=None)
+        group.add_argument("--layers_per_block", type=int, default=None, help="UNet residual blocks per resolution")
         group.add_argument("--attention_resolutions", type=int, nargs="*", default=None,
                            help="feature-map sizes (pixels) whose level has self-attention")
-        group.add_argument("--dropout", type=float, default=None)
-        group.add_argument("--norm_num_groups", type=int, default=None)
-        group.add_argument("--num_train_timesteps", type=int, default=None, help="T")
-        group.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default=None)
-        group.add_argument("--prediction_type", choices=PREDICTION_TYPES, default=None)
+        group.add_argument("--dropout", type=float, default=None, help="dropout rate in the UNet's residual blocks")
+        group.add_argument("--norm_num_groups", type=int, default=None,
+                           help="GroupNorm groups in the UNet (must divide every width)")
+        group.add_argument("--num_train_timesteps", type=int, default=None, help="T, the diffusion's timesteps")
+        group.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default=None,
+                           help="the noise schedule: linear (Ho et al. 2020) or squaredcos_cap_v2 (cosine, Nichol & "
+                                "Dhariwal 2021)")
+        group.add_argument("--prediction_type", choices=PREDICTION_TYPES, default=None,
+                           help="what the UNet predicts: the noise (epsilon), v (v_prediction) or x_0 (sample)")
         group.add_argument("--variance_type", choices=VARIANCE_TYPES, default=None,
                            help="the reverse process's variance (sampler and L_vlb): fixed_small, fixed_large, or "
                                 "learned_range (Nichol & Dhariwal 2021; trained with the hybrid objective)")

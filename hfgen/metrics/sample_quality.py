@@ -13,7 +13,7 @@ from ..progress import progress_bar
 
 from .feature_net import FeatureNet, extract_features, load_feature_net
 from .frechet import feature_statistics, frechet_distance
-from .kid import kernel_distance
+from .kid import KID_SUBSET_SIZE, kernel_distance
 from .precision_recall import precision_recall
 from .reference import ReferenceStatistics
 
@@ -79,7 +79,7 @@ def sample_quality(
     metrics=SAMPLE_QUALITY_METRICS,
     *,
     kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
+    kid_subset_size: int = KID_SUBSET_SIZE,
     seed: int = 0,
 ) -> dict:
     """``fd_fmnist``, ``kid_fmnist``/``kid_fmnist_std``, ``precision``/``recall`` of generated features against

@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
@@ -41,6 +40,7 @@ from .blocks import (ClassFiLM, CheckpointedSequential, Downsample, Upsample, ch
                      residual_cell)
 from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, get_likelihood,
                           nats_to_bits_per_dim, unit_interval_to_uint8)
+from .modeling_utils import CheckedModelMixin
 from .vae import (ClassLabelsMixin, LikelihoodBoundsOutput, check_class_config, check_class_ids,
                   check_generator_list, execution_device)
 
@@ -180,7 +180,7 @@ class _BottomUp(nn.Module):
         return activations
 
 
-class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
+class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
     r"""A hierarchical VAE for images: groups of Gaussian latents over several scales, a shared top-down path for
     inference and generation, and a choice of pixel likelihood.
 

@@ -25,7 +25,6 @@ from torch import nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
@@ -34,6 +33,7 @@ from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock
 from .labels import class_label_ids
 from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, get_likelihood,
                           nats_to_bits_per_dim, unit_interval_to_uint8)
+from .modeling_utils import CheckedModelMixin
 
 
 @dataclass
@@ -212,7 +212,7 @@ class ClassLabelsMixin:
                                device=execution_device(self))
 
 
-class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
+class VAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
     r"""A Gaussian-latent VAE for images, with a choice of pixel likelihood.
 
     Parameters:

@@ -32,8 +32,9 @@ from ..devices import device_description
 from ..evaluation import GIVEN_LABEL, evaluate_likelihood, given_label_figures, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
-from .arguments import resolve_config
-from .checkpoints import resolve_resume_path, save_checkpoint
+from .arguments import check_mixed_precision, resolve_config
+from .checkpoints import load_checkpoint, resolve_resume_path, save_checkpoint
+from .output_dir import check_output_dir, clear_output_dir, remove_failed_run
 
 logger = logging.getLogger("hfgen.training")
 
@@ -292,10 +293,17 @@ def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, 
 
 
 def train(family: ModelFamily, args: argparse.Namespace) -> dict:
-    """Train ``family`` as ``args`` says (see ``build_parser``); returns the final metrics (main process)."""
-    run = TrainingRun.setup(family, args)
-    last_validation = run_training_steps(run)
-    return write_final_folder(run, last_validation)
+    """Train ``family`` as ``args`` says (see ``build_parser``); returns the final metrics (main process). A run
+    that fails before writing a checkpoint removes the output folder it created."""
+    created = not Path(args.output_dir).exists()
+    try:
+        run = TrainingRun.setup(family, args)
+        last_validation = run_training_steps(run)
+        return write_final_folder(run, last_validation)
+    except BaseException:
+        if created and int(os.environ.get("RANK", "0")) == 0:
+            remove_failed_run(args.output_dir)
+        raise
 
 
 class TrainingRun:
@@ -308,6 +316,7 @@ class TrainingRun:
         run = cls()
         run.family = family
         cfg, model_config = resolve_config(args, family)
+        check_output_dir(cfg, family.name, model_config)  # before anything is loaded or written
         family.configure(cfg)
         run.cfg, run.output_dir = cfg, Path(cfg.output_dir)
         accelerator = run.accelerator = Accelerator(
@@ -319,8 +328,12 @@ class TrainingRun:
                                                 logging_dir=str(run.output_dir / "logs")),
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        check_mixed_precision(accelerator.mixed_precision, accelerator.device.type)  # before anything is written
         if accelerator.is_main_process:
+            if cfg.overwrite_output_dir:
+                clear_output_dir(run.output_dir)
             run.output_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
         set_seed(cfg.seed)  # model initialisation; per-step noise uses its own generators
         run.model_config = run._load_data(model_config)
         run._build_model()
@@ -387,7 +400,7 @@ class TrainingRun:
         resume_path = resolve_resume_path(self.output_dir, cfg.resume_from_checkpoint)
         if resume_path is not None:
             accelerator.print(f"resuming from {resume_path}")
-            accelerator.load_state(str(resume_path))
+            load_checkpoint(accelerator, resume_path)
             if self.ema is not None:
                 self.ema.to(self.device)  # the EMA weights come back from the checkpoint on the CPU
         elif cfg.resume_from_checkpoint:
