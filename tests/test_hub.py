@@ -29,6 +29,7 @@ from huggingface_hub import ModelCard
 from hfgen import HierarchicalVAEPipeline, VAEPipeline
 from hfgen.cli import main
 from hfgen.families import load_pipeline
+from hfgen.families import FAMILIES as ALL_FAMILIES
 from hfgen.families import DDPMFamily, HVAEFamily, VAEFamily, family_for_pipeline_class
 from hfgen.hub import card_metrics, publish_files, render_model_card
 from hfgen.remote_code import bundle_modules
@@ -279,20 +280,29 @@ def test_training_creates_the_repo_first_and_uploads_the_final_folder(pushed):
 
 def _check_card(card: ModelCard, metrics: dict, family_name: str) -> None:
     data = yaml.safe_load(card.content.split("---")[1])  # the YAML header as the Hub parses it
-    assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "unconditional-image-generation"
+    conditional = bool(metrics.get("class_names"))
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
+    assert data["library_name"] == "diffusers" and data.get("pipeline_tag") == (None if conditional else task)
     assert data["license"] == "apache-2.0"
-    assert set(data["tags"]) == {"hfgen", family_name, "unconditional-image-generation"}
+    assert set(data["tags"]) == {"hfgen", family_name, task}
     if metrics["dataset"] == "fashion_mnist":
         assert data["datasets"] == ["zalando-datasets/fashion_mnist"]
     (entry,) = data["model-index"]
-    (result,) = entry["results"]
-    assert result["task"]["type"] == "unconditional-image-generation"
-    assert result["dataset"]["split"] == metrics["split"] and result["dataset"]["name"] == metrics["dataset"]
+    results = {result["task"]["type"]: result for result in entry["results"]}
+    # a conditional model's null-class bounds are of unconditional generation
+    assert set(results) == ({task, "unconditional-image-generation"} if conditional else {task})
+    result = results[task]
+    # the split by the name `hfgen evaluate --split` takes; how many of its images: num_samples
+    split, _, count = metrics["split"].partition("[:")
+    assert result["dataset"]["split"] == split and result["dataset"]["name"] == metrics["dataset"]
+    assert all(m["args"]["num_samples"] == metrics["num_samples"] for m in result["metrics"] if "elbo" in m["type"])
+    if count:
+        assert int(count.rstrip("]")) == metrics["num_samples"]
     reported = {m["type"]: m["value"] for m in result["metrics"]}
     metric_keys = {"bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "nats_per_image_iw",
                    "fd_fmnist", "kid_fmnist", "precision", "recall"}
     expected = {k: v for k, v in metrics.items() if k in metric_keys}
-    if family_name == "ddpm":  # one bound: the *_iw keys repeat it
+    if family_name in ("ddpm", "ldm"):  # one bound: the *_iw keys repeat it
         expected = {k: v for k, v in expected.items() if not k.endswith("_iw")}
     assert reported == pytest.approx(expected) and len(reported) >= 2
     body = card.text
@@ -313,15 +323,15 @@ def test_trained_card_renders_and_its_model_index_matches_metrics_json(pushed):
     assert "samples.png" in publish_files(out)
 
 
-@pytest.mark.parametrize("name", ["vae-small-cpu", "hvae-small-cpu", "ddpm-small-cpu"])
+@pytest.mark.parametrize("name", ["vae-small-cpu", "hvae-small-cpu", "ddpm-small-cpu", "ldm-small-cpu"])
 def test_committed_example_cards_are_current(name):
     folder = EXAMPLE_CARDS / name
     metrics = json.loads((folder / "metrics.json").read_text())
     training_config = json.loads((folder / "training_config.json").read_text())
-    family = FAMILIES[metrics["family"]]()
+    family = ALL_FAMILIES[metrics["family"]]()
     card = render_model_card(family, metrics, training_config, f"hfgen-examples/{name}")
     assert str(card).strip() == (folder / "README.md").read_text().strip(), (
-        f"docs/model_cards/{name}/README.md is stale: python scripts/render_model_cards.py /path/to/{name}")
+        f"docs/model_cards/{name}/README.md is stale: python scripts/render_model_cards.py docs/model_cards/{name}")
     _check_card(ModelCard.load(folder / "README.md"), metrics, family.name)
     assert (folder / "samples.png").is_file()
 
