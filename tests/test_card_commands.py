@@ -20,6 +20,7 @@ from hfgen.families import FAMILIES
 from conftest import ROOT, TINY_RUNS, requires_fashion_mnist
 
 pytestmark = requires_fashion_mnist
+ROOT_CARDS = ROOT / "docs" / "model_cards"
 
 #: (in the card, as run here): sizes only
 SMALLER = (("batch_size=16", "batch_size=2"), ("] * 8", "] * 2"), ("batch_size=8", "batch_size=2"),
