@@ -268,8 +268,8 @@ def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> st
              f"unconditional p(x). Sample a class by name or index:", "", "```python",
              f'images = pipe(class_labels=["{names[0]}"] * 8{guidance}, '
              f"generator=torch.Generator().manual_seed(0)).images", "```", "",
-             f"or `hfgen sample {repo_id} --class {shlex.quote(names[0])} --out {_file_name(names[0])}.png` (every "
-             f"class, one row each, without `--class`)."]
+             f"or `hfgen sample {repo_id} --class {shlex.quote(names[0])} --num-images 8 --out "
+             f"{_file_name(names[0])}.png` (every class, one row each, without `--class`)."]
     conditional, unconditional = metrics.get("bits_per_dim_elbo"), (metrics.get("unconditional") or {})
     if conditional is not None and unconditional.get("bits_per_dim_elbo") is not None:
         gap = unconditional["bits_per_dim_elbo"] - conditional

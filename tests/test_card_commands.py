@@ -24,7 +24,7 @@ ROOT_CARDS = ROOT / "docs" / "model_cards"
 
 #: (in the card, as run here): sizes only
 SMALLER = (("batch_size=16", "batch_size=2"), ("] * 8", "] * 2"), ("batch_size=8", "batch_size=2"),
-           ("--num-images 64", "--num-images 4"), ("num_inference_steps=50", "num_inference_steps=4"),
+           ("--num-images 64", "--num-images 4"), ("--num-images 8", "--num-images 2"), ("num_inference_steps=50", "num_inference_steps=4"),
            ("num_inference_steps=20", "num_inference_steps=4"), ("--steps 20", "--steps 4"))
 
 

@@ -16,6 +16,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 
 from hfgen.cli import main
 from hfgen.families import FAMILIES
@@ -32,6 +33,14 @@ FOLDERS = {"runs/vae": ("vae", False), "runs/hvae": ("hvae", False), "runs/ddpm"
 SMALLER = (("batch_size=16", "batch_size=4"), ("batch_size=8", "batch_size=4"), ("importance_samples=64",
            "importance_samples=4"), ("num_steps=8", "num_steps=3"), ("--steps 20", "--steps 4"))
 EXPENSIVE = re.compile(r"--metrics \S*(fd|kid|pr|classes)|--inception-weights")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _blocks(language: str) -> list[str]:
