@@ -214,6 +214,15 @@ def split_label(split: str, num_images: int, split_size: int) -> str:
     return split if num_images >= split_size else f"{split}[:{num_images}]"
 
 
+def parse_split_label(label: str) -> tuple[str, int | None]:
+    """The split name and image count of a ``split_label``: ``("test", None)`` for all of it, ``("test", 1000)`` for
+    ``test[:1000]`` (what ``hfgen evaluate --split test --max-samples 1000`` measures)."""
+    name, bracket, rest = label.partition("[:")
+    if bracket and rest.endswith("]") and rest[:-1].isdigit():
+        return name, int(rest[:-1])
+    return label, None
+
+
 def _tensor_sha256(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 

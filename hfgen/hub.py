@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
+import re
+import shlex
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,6 +102,7 @@ def card_metrics(family_name: str, metrics: dict) -> list[dict]:
             continue
         key, name = f"{row['key']}_given_label", row["name"]
         row["name"] += ", of log p(x) (null class)"
+        row["unconditional"] = True  # the unconditional model it also is (the card's task)
         if key in metrics:
             stderr = metrics.get(f"{key}_stderr")
             with_labels.append({"key": key, "kind": "likelihood", "name": name + ", of log p(x | y) given the label",
@@ -125,8 +128,28 @@ def conditional_metrics_layout(metrics: dict) -> dict:
     return current
 
 
+def _split(metrics: dict) -> tuple[str, int | None]:
+    """The split a figure was measured on and, for its first N images only, N (``test[:32]``: ``("test", 32)``)."""
+    from .evaluation import parse_split_label  # not at the top: hfgen.evaluation imports the families
+
+    return parse_split_label(metrics.get("split", "test"))
+
+
+def _split_text(metrics: dict) -> str:
+    split, count = _split(metrics)
+    return f"the first {count} images of the `{split}` split" if count else f"the `{split}` split"
+
+
+def _tasks(metrics: dict, row: dict) -> tuple[str, str]:
+    """The Hub task of a card row: a class-conditional model's figures are of class-conditional generation, but for
+    those of its null class (the unconditional model it also is)."""
+    if metrics.get("class_names") and not row.get("unconditional"):
+        return "class-conditional-image-generation", "Class-conditional image generation"
+    return "unconditional-image-generation", "Unconditional image generation"
+
+
 def _eval_results(family_name: str, metrics: dict, dataset: str) -> list[EvalResult]:
-    split = metrics.get("split", "test")
+    split, _ = _split(metrics)  # how many images: num_samples in each metric's args
     results = []
     for row in card_metrics(family_name, metrics):
         likelihood = metrics.get("likelihood") or {}
@@ -138,8 +161,9 @@ def _eval_results(family_name: str, metrics: dict, dataset: str) -> list[EvalRes
             args = {"num_generated": metrics.get("num_generated", metrics.get("fd_num_samples"))}
         if row["stderr"] is not None:
             args["stderr"] = row["stderr"]
+        task_type, task_name = _tasks(metrics, row)
         results.append(EvalResult(
-            task_type="unconditional-image-generation", task_name="Unconditional image generation",
+            task_type=task_type, task_name=task_name,
             dataset_type=hub_dataset_id(dataset) or dataset, dataset_name=dataset, dataset_split=split,
             metric_type=row["key"], metric_name=row["name"], metric_value=row["value"],
             metric_args={k: v for k, v in args.items() if v is not None}))
@@ -155,23 +179,30 @@ def _compute(metrics: dict) -> dict:
 
 
 def render_model_card(family: ModelFamily, metrics: dict, training_config: dict | None = None,
-                      repo_id: str = "OUTPUT_DIR", has_samples: bool = True) -> ModelCard:
+                      repo_id: str | None = None, has_samples: bool = True, model_name: str | None = None) -> ModelCard:
     """A card for a trained folder: YAML metadata with a ``model-index`` of every metric in ``metrics``, and a body
     (sample grid, how to load, metrics table, training configuration, compute, limits) from the family's template.
-    ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``); ``has_samples``: the
-    folder has the ``samples.png`` grid the card shows."""
+    ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``); ``repo_id``: the Hub
+    repo the card's code loads, or None for the card of a local folder, whose code loads ``"."`` and so runs as
+    written inside the folder; ``has_samples``: the folder has the ``samples.png`` grid the card shows;
+    ``model_name``: default the repo's name, else ``hfgen-<family>``."""
     metrics = conditional_metrics_layout(metrics)
     training_config = dict(training_config or {})
     model_config = training_config.get("model_config", {})
     dataset = metrics.get("dataset", training_config.get("dataset", "unknown"))
-    model_name = repo_id.rstrip("/").split("/")[-1] if repo_id != "OUTPUT_DIR" else f"hfgen-{family.name}"
+    location = repo_id or "."
+    model_name = model_name or (repo_id.rstrip("/").split("/")[-1] if repo_id else f"hfgen-{family.name}")
+    conditional = bool(metrics.get("class_names"))
+    base_model = training_config.get("vae_repo_id")  # latent diffusion: the VAE it was trained over, if on the Hub
     card_data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
-        pipeline_tag="unconditional-image-generation",
-        tags=["hfgen", family.name, "unconditional-image-generation"]
-        + (["class-conditional"] if metrics.get("class_names") else []),
+        # the Hub has no class-conditional pipeline task: a class-conditional model is found by its tag
+        pipeline_tag=None if conditional else "unconditional-image-generation",
+        tags=["hfgen", family.name,
+              "class-conditional-image-generation" if conditional else "unconditional-image-generation"],
         datasets=[hub_dataset_id(dataset)] if hub_dataset_id(dataset) else None,
+        base_model=base_model,
         model_name=model_name,
         eval_results=_eval_results(family.name, metrics, dataset) or None,
     )
@@ -186,9 +217,17 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         model_name=model_name,
         family_title=_TITLES.get(family.name, family.name),
         pipeline_class=pipeline_class,
-        repo_id=repo_id,
+        repo_id=location,
+        local_note=("" if repo_id else
+                    "This is the card of a local folder: its code and commands load `\".\"` and run as written inside "
+                    "the folder (elsewhere, put the folder's path in place of `.`). Publishing the folder with hfgen "
+                    "publish renders the card again with the repo id.\n\n"),
+        evaluate_command=_evaluate_command(family.name, metrics, location, dataset),
+        num_train_timesteps=model_config.get("num_train_timesteps", 1000),
+        first_stage=_first_stage(training_config),
         dataset=dataset,
-        split=metrics.get("split", "test"),
+        split=_split(metrics)[0],
+        split_text=_split_text(metrics),
         channels=metrics.get("channels", model_config.get("in_channels", "?")),
         sample_size=metrics.get("sample_size", "?"),
         metrics=metrics,
@@ -201,12 +240,12 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         model_module=component_file(family),
         temperature_example=", temperature=0.8" if "temperature" in family.sampling_options else "",
         metrics_intro=(f"Upper bounds ({bound}) on the negative log-likelihood of the {_pixel_values(metrics)} "
-                       f"`{metrics.get('split', 'test')}` images, lower is better, and sample-quality figures where "
+                       f"images ({_split_text(metrics)}), lower is better, and sample-quality figures where "
                        f"they were measured. The same figures are in this card's `model-index` and in `metrics.json`."),
         metrics_note=_metrics_note(family.name, metrics),
         data_description=_data_description(metrics),
         units_note=_units_note(metrics),
-        conditional_section=_conditional_section(family, metrics, repo_id),
+        conditional_section=_conditional_section(family, metrics, location),
         class_conditional=bool(metrics.get("class_names")),
         class_names=metrics.get("class_names") or [],
         conditioning_limit=(
@@ -216,19 +255,45 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
     )
 
 
+def _evaluate_command(family_name: str, metrics: dict, location: str, dataset: str) -> str:
+    """The ``hfgen evaluate`` command that measures the card's likelihood figures again."""
+    split, count = _split(metrics)
+    if dataset.endswith(LOCAL_DATA_SUFFIX):
+        dataset = f"path/to/{dataset[:-len(LOCAL_DATA_SUFFIX)]}"
+    command = f"hfgen evaluate {location} --dataset {dataset} --split {split}"
+    if count:
+        command += f" --max-samples {count}"
+    if family_name in _SINGLE_BOUND:
+        k = metrics.get("vlb_timesteps")
+        return command + (f" --vlb-timesteps {k}" if k else "")
+    k = metrics.get("importance_samples")
+    return command + (f" --importance-samples {k}" if k else "")
+
+
+def _first_stage(training_config: dict) -> str:
+    """How a latent diffusion card names the VAE it was trained over: its Hub repo, or its local folder's name."""
+    vae, repo_id = training_config.get("vae"), training_config.get("vae_repo_id")
+    if repo_id:
+        return f"[`{repo_id}`](https://huggingface.co/{repo_id})"
+    return f"`{vae}`" if vae else "its own folder"
+
+
 def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> str:
     """The card's class-conditional section: how to sample a class, what the labels buy, per-class figures."""
     names = metrics.get("class_names")
     if not names:
         return ""
     guidance = ", guidance_scale=2.0" if "guidance_scale" in family.sampling_options else ""
+    if family.name == "ldm":  # its card's first snippet swaps in DPM-Solver++, which takes fewer steps than T
+        guidance += ", num_inference_steps=20"
     lines = ["", "### Class-conditional", "",
              f"Trained class-conditionally on {len(names)} classes ({', '.join(f'`{n}`' for n in names)}) with label "
              f"dropout: the same weights are the conditional model p(x | y) and, through the null class, the "
              f"unconditional p(x). Sample a class by name or index:", "", "```python",
              f'images = pipe(class_labels=["{names[0]}"] * 8{guidance}, '
              f"generator=torch.Generator().manual_seed(0)).images", "```", "",
-             f"or `hfgen sample {repo_id} --class {names[0]}` (every class, one row each, without `--class`)."]
+             f"or `hfgen sample {repo_id} --class {shlex.quote(names[0])} --num-images 8 --out "
+             f"{_file_name(names[0])}.png` (every class, one row each, without `--class`)."]
     lines += ["", "The likelihood figures without a suffix bound -log p(x), through the null class (the model "
               "without a label): the figures to compare with unconditional models. Those `_given_label` bound "
               "-log p(x | y). (The mixture over classes, -log sum_y p(y) p(x | y), is not used: it needs a bound per "
@@ -254,6 +319,11 @@ def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> st
                          f"{histogram.get(name, float('nan')):.3f} |")
         lines.append(f"| all | {classes['class_accuracy']:.3f} | {classes['fd_fmnist_class_mean']:.2f} (mean) | |")
     return "\n".join(lines) + "\n"
+
+
+def _file_name(class_name: str) -> str:
+    """A class name as a file name: ``T-shirt/top`` -> ``t-shirt-top``."""
+    return re.sub(r"[^a-z0-9]+", "-", class_name.lower()).strip("-") or "class"
 
 
 def _sampling_text(sampling: dict) -> str:
@@ -314,7 +384,7 @@ def component_file(family: ModelFamily) -> str:
 
 
 def _metrics_note(family_name: str, metrics: dict) -> str:
-    count, split = metrics.get("num_samples"), metrics.get("split", "test")
+    count, split = metrics.get("num_samples"), _split(metrics)[0]
     if count is None:
         return ""
     if family_name == "ldm":
@@ -333,18 +403,19 @@ def _metrics_note(family_name: str, metrics: dict) -> str:
 
 def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict, training_config: dict | None = None,
                      repo_id: str | None = None) -> Path:
-    """Render the card of a trained folder into ``output_dir/README.md`` (``repo_id``: what the card tells users to
-    load; default the folder's name, never its absolute path: the card is published)."""
+    """Render the card of a trained folder into ``output_dir/README.md`` (``repo_id``: the Hub repo the card tells
+    users to load; None: the folder itself, as ``"."``, never its absolute path, since the card is published). The
+    card's model name is the repo's name, else the folder's."""
     path = Path(output_dir) / "README.md"
     has_samples = (Path(output_dir) / "samples.png").is_file()
-    render_model_card(family, metrics, training_config, repo_id or Path(output_dir).resolve().name,
-                      has_samples).save(path)
+    render_model_card(family, metrics, training_config, repo_id, has_samples,
+                      model_name=None if repo_id else Path(output_dir).resolve().name).save(path)
     return path
 
 
 def refresh_model_card(folder: str | Path, repo_id: str | None = None) -> bool:
     """Re-render a trained folder's card from its ``metrics.json`` so that it names ``repo_id`` (default: the Hub
-    repo its training run pushed to, else the folder's name); False (card left as is) when the folder has no
+    repo its training run pushed to, else the folder itself, as ``"."``); False (card left as is) when the folder has no
     ``metrics.json`` to render from."""
     from .families import family_for_pipeline_class
 

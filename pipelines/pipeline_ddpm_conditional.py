@@ -268,7 +268,7 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         crop_to_source: bool = True,
@@ -290,8 +290,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
                 scales; 0 is plain guidance. Used only when guidance runs (``s`` other than 0 and 1).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a
                 list holds one generator per image, and image i then depends on ``generator[i]`` alone.
-            num_inference_steps (`int`, defaults to 1000): sampling steps (at most the scheduler's
-                ``num_train_timesteps``; fewer suit DDIM or DPM-Solver++).
+            num_inference_steps (`int`, *optional*): sampling steps, default (and at most) the scheduler's
+                ``num_train_timesteps`` (every step of the DDPM sampler; fewer suit DDIM or DPM-Solver++).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
             crop_to_source (`bool`, defaults to True): return the images at the data's own size (the UNet config's
@@ -321,6 +321,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         image = image * self.scheduler.init_noise_sigma
 
+        if num_inference_steps is None:
+            num_inference_steps = self.scheduler.config.num_train_timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = self.scheduler.scale_model_input(image, t)

@@ -159,7 +159,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -176,7 +176,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             guidance_rescale (`float`, defaults to 0): Lin et al. (2023)'s rescale ``phi`` in [0, 1].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image (image i
                 then depends on ``generator[i]`` alone).
-            num_inference_steps (`int`, defaults to 1000): sampling steps (fewer suit DDIM or DPM-Solver++).
+            num_inference_steps (`int`, *optional*): sampling steps, default the scheduler's
+                ``num_train_timesteps`` (every step of the DDPM sampler; fewer suit DDIM or DPM-Solver++).
             latents (`torch.Tensor`, *optional*): the initial noise ``z_T``, shape ``(batch, *latent_shape)``
                 (e.g. ``out.latents`` of an earlier call); drawn with ``generator`` when not given.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (the denoised scaled
@@ -212,6 +213,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         initial = latents.to(device=device, dtype=self.unet.dtype)
         sample = initial * self.scheduler.init_noise_sigma
 
+        if num_inference_steps is None:
+            num_inference_steps = self.scheduler.config.num_train_timesteps
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         channels = shape[1]
         for t in self.progress_bar(self.scheduler.timesteps):

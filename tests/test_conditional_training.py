@@ -69,8 +69,8 @@ def test_a_conditional_vae_run_bounds_log_p_x_given_y_and_log_p_x(conditional_va
     assert "conditioned on the class label only (10 classes" in card
     config = json.loads((out / "vae" / "config.json").read_text())
     assert config["num_classes"] == 10 and config["class_names"] == list(FASHION_MNIST_CLASS_NAMES)
-    # the training grid has one row per class: 16 images (the tiny preset) // 10 classes = 1 column of 28x28 images
-    assert PIL.Image.open(out / "samples.png").size == (28, 10 * 28)
+    # the training grid: 16 images (the tiny preset) // 10 classes = 1 per class, in class order in a 4 x 3 grid of 28x28 images
+    assert PIL.Image.open(out / "samples.png").size == (4 * 28, 3 * 28)
 
 
 @requires_fashion_mnist

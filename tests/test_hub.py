@@ -279,17 +279,26 @@ def test_training_creates_the_repo_first_and_uploads_the_final_folder(pushed):
 
 def _check_card(card: ModelCard, metrics: dict, family_name: str) -> None:
     data = yaml.safe_load(card.content.split("---")[1])  # the YAML header as the Hub parses it
-    assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "unconditional-image-generation"
+    conditional = bool(metrics.get("class_names"))
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
+    assert data["library_name"] == "diffusers" and data.get("pipeline_tag") == (None if conditional else task)
     assert data["license"] == "apache-2.0"
-    conditional = {"class-conditional"} if metrics.get("class_names") else set()
-    assert set(data["tags"]) == {"hfgen", family_name, "unconditional-image-generation"} | conditional
+    assert set(data["tags"]) == {"hfgen", family_name, task}
     if metrics["dataset"] == "fashion_mnist":
         assert data["datasets"] == ["zalando-datasets/fashion_mnist"]
     (entry,) = data["model-index"]
-    (result,) = entry["results"]
-    assert result["task"]["type"] == "unconditional-image-generation"
-    assert result["dataset"]["split"] == metrics["split"] and result["dataset"]["name"] == metrics["dataset"]
-    reported = {m["type"]: m["value"] for m in result["metrics"]}
+    results = {result["task"]["type"]: result for result in entry["results"]}
+    # a conditional model's null-class bounds are of unconditional generation
+    assert set(results) == ({task, "unconditional-image-generation"} if conditional else {task})
+    result = results[task]
+    # the split by the name `hfgen evaluate --split` takes; how many of its images: num_samples
+    split, _, count = metrics["split"].partition("[:")
+    assert result["dataset"]["split"] == split and result["dataset"]["name"] == metrics["dataset"]
+    assert all(m["args"]["num_samples"] == metrics["num_samples"] for m in result["metrics"] if "elbo" in m["type"])
+    if count:
+        assert int(count.rstrip("]")) == metrics["num_samples"]
+    # every result group: a conditional model files its null-class bounds under unconditional generation
+    reported = {m["type"]: m["value"] for group in entry["results"] for m in group["metrics"]}
     bounds = {"bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "nats_per_image_iw"}
     metric_keys = bounds | {f"{key}_given_label" for key in bounds} | {"fd_fmnist", "kid_fmnist", "precision", "recall"}
     # a class-conditional folder: -log p(x) under the plain keys, -log p(x | y) under *_given_label (older
@@ -324,7 +333,7 @@ def test_committed_example_cards_are_current(name):
     family = FAMILY_CLASSES[metrics["family"]]()
     card = render_model_card(family, metrics, training_config, f"hfgen-examples/{name}")
     assert str(card).strip() == (folder / "README.md").read_text().strip(), (
-        f"docs/model_cards/{name}/README.md is stale: python scripts/render_model_cards.py /path/to/{name}")
+        f"docs/model_cards/{name}/README.md is stale: python scripts/render_model_cards.py docs/model_cards/{name}")
     _check_card(ModelCard.load(folder / "README.md"), metrics, family.name)
     assert (folder / "samples.png").is_file()
 

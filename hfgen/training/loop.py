@@ -440,9 +440,15 @@ class TrainingRun:
         machine (the file is published)."""
         settings = dict(vars(self.cfg))
         settings["dataset"] = public_dataset_name(self.cfg.dataset)
-        for key in ("output_dir", "resume_from_checkpoint", *self.family.folder_arguments):
+        for key in ("output_dir", "resume_from_checkpoint"):
             if settings.get(key) and settings[key] != "latest":
                 settings[key] = Path(settings[key]).name
+        for key in self.family.folder_arguments:  # a model the run builds on (latent diffusion's --vae)
+            if settings.get(key) and Path(settings[key]).expanduser().is_dir():
+                settings[f"{key}_repo_id"] = pushed_repo_id(Path(settings[key]).expanduser())
+                settings[key] = Path(settings[key]).expanduser().resolve().name + LOCAL_FOLDER_SUFFIX
+            elif settings.get(key):  # a Hub repo id
+                settings[f"{key}_repo_id"] = settings[key]
         return {"family": self.family.name, "model_config": self.model_config, **settings}
 
     def evaluate(self, images: torch.Tensor, shape, importance_samples: int, class_labels=None) -> dict:
@@ -479,13 +485,13 @@ class TrainingRun:
         pipeline = self.family.make_pipeline(self.unwrapped)
         pipeline.set_progress_bar_config(disable=True)
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        if self.cfg.class_conditional:  # one row per class
-            cols = max(1, self.cfg.num_sample_images // self.cfg.num_classes)
-            labels = [label for label in range(self.cfg.num_classes) for _ in range(cols)]
+        if self.cfg.class_conditional:  # every class equally often, in class order (10 x 10: one row per class)
+            per_class = max(1, self.cfg.num_sample_images // self.cfg.num_classes)
+            labels = [label for label in range(self.cfg.num_classes) for _ in range(per_class)]
             images = self.family.sample_images(pipeline, len(labels), generator, class_labels=labels)
         else:
             images = self.family.sample_images(pipeline, self.cfg.num_sample_images, generator)
-            cols = int(math.ceil(math.sqrt(len(images))))
+        cols = int(math.ceil(math.sqrt(len(images))))  # a square-ish grid, read left to right
         rows = int(math.ceil(len(images) / cols))
         images = images + [images[0].copy().point(lambda _: 0)] * (rows * cols - len(images))
         grid = make_image_grid(images, rows=rows, cols=cols)
@@ -618,6 +624,16 @@ def _validate(run: TrainingRun) -> dict:
                       f"image) {metrics['bits_per_dim_elbo']:.4f}")
     return {f"validation_{name}": metrics["bits_per_dim_elbo"], f"validation_{k_name}": metrics[k_name],
             "validation_split": f"{cfg.eval_split}[:{metrics['num_samples']}]", "validation_step": step}
+
+
+LOCAL_FOLDER_SUFFIX = " (local folder)"
+
+
+def pushed_repo_id(folder: Path) -> str | None:
+    """The Hub repo a local trained folder was pushed to by its own training run (``--push_to_hub``), else None."""
+    path = folder / "training_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return config.get("hub_model_id") if config.get("push_to_hub") else None
 
 
 def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
