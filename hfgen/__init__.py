@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from .models import LikelihoodBoundsOutput, VAEModel, VAEOutput, get_likelihood, nats_to_bits_per_dim
 from .models import HierarchicalVAEModel, HierarchicalVAEOutput
-from .pipelines import HierarchicalVAEPipeline, VAEPipeline
+from .pipelines import ClassConditionalDDPMPipeline, HierarchicalVAEPipeline, LatentDiffusionPipeline, VAEPipeline
 
 __all__ = [
     "LikelihoodBoundsOutput",
@@ -20,3 +20,4 @@ __all__ = [
     "nats_to_bits_per_dim",
 ]
 __all__ += ["HierarchicalVAEModel", "HierarchicalVAEOutput", "HierarchicalVAEPipeline"]
+__all__ += ["ClassConditionalDDPMPipeline", "LatentDiffusionPipeline"]

@@ -148,6 +148,8 @@ class VAEPipeline(DiffusionPipeline):
             return_dict (`bool`, defaults to True): return a [`VAEPipelineOutput`] (images and the latents they
                 were decoded from) instead of the tuple ``(images, latents)``.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer (the number of images), got {batch_size!r}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if output_type not in ("pil", "np", "pt"):
