@@ -166,6 +166,9 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
                 unpadded data, or before hfgen recorded it) gives its ``sample_size`` either way.
         """
         temperatures = self.vae._temperatures(temperature)  # validates: one number or one per group, >= 0
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer (the number of images), got {batch_size!r}")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         device = self._execution_device

@@ -153,6 +153,8 @@ class VAEPipeline(DiffusionPipeline):
                 ``sample_size`` square the model generates (32x32). A model without ``source_size`` (trained on
                 unpadded data, or before hfgen recorded it) gives its ``sample_size`` either way.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer (the number of images), got {batch_size!r}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if output_type not in ("pil", "np", "pt"):

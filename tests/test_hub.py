@@ -129,13 +129,15 @@ def test_loading_errors_name_the_value_and_what_was_expected(folders, tmp_path):
         VAEPipeline.from_pretrained("./missing")
     with pytest.raises(ValueError, match="holds a VAEPipeline .* not a HierarchicalVAEPipeline"):
         HierarchicalVAEPipeline.from_pretrained(folders["vae"])
-    with pytest.raises(ValueError, match="only from safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"vae has no diffusion_pytorch_model\.bin for the VAEModel component "
+                                                r"'vae' \(use_safetensors=False\); found "
+                                                r"\['diffusion_pytorch_model\.safetensors'\]"):
         VAEPipeline.from_pretrained(folders["vae"], use_safetensors=False)
     no_weights = tmp_path / "no-weights"
     shutil.copytree(folders["vae"], no_weights)
-    weights = no_weights / "vae" / "diffusion_pytorch_model.safetensors"
-    weights.rename(weights.with_suffix(".bin"))  # a pickle is never read
-    with pytest.raises(FileNotFoundError, match=r"no-weights/vae has no safetensors weights"):
+    (no_weights / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no-weights/vae has no diffusion_pytorch_model\.safetensors "
+                                                r"\(or \.bin\) for the VAEModel component 'vae'; found no weights"):
         VAEPipeline.from_pretrained(no_weights)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no model_index.json"):

@@ -333,7 +333,8 @@ def test_two_stage_run_writes_a_latent_diffusion_folder(ldm_folder):
             terms["vae_standard_normal_prior_elbo"]["nats_per_image"] - metrics[f"nats_per_image_elbo{suffix}"],
             rel=1e-6)
     config = json.loads((ldm_folder / "training_config.json").read_text())
-    assert config["vae"] == "vae"  # the folder's name, not this machine's path
+    # the folder's name, not this machine's path; no Hub repo to link as base_model
+    assert config["vae"] == "vae (local folder)" and config.get("vae_repo_id") is None
     card = (ldm_folder / "README.md").read_text()
     assert "LatentDiffusionPipeline" in card and "N(0, I) prior" in card
 
