@@ -233,13 +233,27 @@ def plot_samples(rows, out: Path, plt) -> bool:
     return True
 
 
+def _evaluation_curve_label(metrics: dict) -> str:
+    """What the training-time evaluations of a run are: the split (``--eval_split``, validation by default, never the
+    test split) and K. Folders written before metrics.json named K: the DDPM's were one-timestep estimates, the
+    latent diffusion's 16 timesteps, the VAEs' the ELBO (K = 1)."""
+    split = str(metrics.get("validation_split", "validation")).split("[")[0]
+    k = metrics.get("validation_vlb_timesteps") or metrics.get("validation_importance_samples")
+    if k is None:
+        k = 16 if metrics.get("family") == "ldm" else 1
+    if metrics.get("family") in ("ddpm", "ldm"):
+        return f"{split} bound ({k} timestep{'s' if k != 1 else ''} per image)"
+    return f"{split} ELBO" if k == 1 else f"{split} bound (K={k})"
+
+
 def plot_bpd_vs_time(rows, out: Path, plt) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
     for index, r in enumerate(rows):
         series = r.get("series") or {}
         train = series.get("train/bits_per_dim", [])
-        evals = series.get("eval/bits_per_dim_elbo", [])
+        given_label = "eval/bits_per_dim_elbo_given_label" in series  # a class-conditional run's validation
+        evals = series.get("eval/bits_per_dim_elbo_given_label" if given_label else "eval/bits_per_dim_elbo", [])
         if not train and not evals:
             continue
         start = min(s[0][0] for s in (train, evals) if s)
@@ -249,7 +263,8 @@ def plot_bpd_vs_time(rows, out: Path, plt) -> bool:
                     lw=1, label=f"{r['name']} train (batch)")
         if evals:
             ax.plot([(t - start) / 60 for t, _, _ in evals], [v for _, _, v in evals], "o-", color=color,
-                    label=f"{r['name']} test ELBO")
+                    label=f"{r['name']} {_evaluation_curve_label(r.get('metrics') or {})}"
+                          + (" given the label" if given_label else ""))
         drawn = True
     if not drawn:
         plt.close(fig)
@@ -330,6 +345,7 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from hfgen.hub import conditional_metrics_layout
     from hfgen.metrics import load_feature_net, reference_statistics
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -338,7 +354,8 @@ def main(argv=None):
     rows = []
     for folder in args.folders:
         name = folder.resolve().name
-        row = {"name": name, "metrics": read_json(folder / "metrics.json")}
+        # a class-conditional folder's plain keys bound -log p(x) (older metrics.json files are read that way)
+        row = {"name": name, "metrics": conditional_metrics_layout(read_json(folder / "metrics.json"))}
         if not row["metrics"]:
             print(f"report: {folder} has no metrics.json; skipped", file=sys.stderr)
             continue

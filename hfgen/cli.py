@@ -23,18 +23,50 @@ import math
 import sys
 from pathlib import Path
 
-import torch
+# torch, diffusers and the rest of hfgen are imported by the commands that need them, so that the parser (and
+# `hfgen --help`) starts in a fraction of a second
 
 
-def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _device(name: str | None):
+    """The ``--device`` to compute on (default: cuda if available, else cpu), refused in one line when this
+    machine has no such device."""
+    import torch
+
+    if not name:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r}: not a device name; expected cpu, cuda or cuda:N (or mps, xpu)") from None
+    if device.type == "cpu":
+        return device
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise ValueError(f"--device {name}: this machine has no {device.type} device that torch {torch.__version__} "
+                         f"can use; expected cpu (or leave --device out: cuda when there is one, else cpu)")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if (device.index or 0) >= count:
+        raise ValueError(f"--device {name}: this machine has {count} {device.type} device(s); expected "
+                         f"{device.type}:0 to {device.type}:{count - 1}")
+    return device
+
+
+def _image_file(text: str) -> Path:
+    """``--out``: a file name whose extension names an image format PIL writes (checked before any sampling)."""
+    from PIL import Image
+
+    path = Path(text)
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise ValueError(f"--out {text!r}: {'no' if not path.suffix else 'an unknown'} image file extension; "
+                         f"expected a file name ending in .png (or .jpg, .webp, ...)")
+    return path
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
     from diffusers.utils import make_image_grid
 
+    out = _image_file(args.out)
     device = _device(args.device)
     from .families import load_pipeline
 
@@ -43,17 +75,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
     options = _sampling_options(args, family)
     rows_of_classes = _grid_classes(args.classes, family, pipeline)
     if rows_of_classes is None:
-        images = family.sample_images(pipeline, args.num_images, generator, **options)
+        images = family.sample_images(pipeline, args.num_images, generator, crop_to_source=args.crop_to_source,
+                                      **options)
         cols = args.cols or int(math.ceil(math.sqrt(len(images))))
     else:  # one row per class
         cols = args.cols or max(1, args.num_images // len(rows_of_classes))
         labels = [label for label in rows_of_classes for _ in range(cols)]
-        images = family.sample_images(pipeline, len(labels), generator, class_labels=labels, **options)
+        images = family.sample_images(pipeline, len(labels), generator, class_labels=labels,
+                                      crop_to_source=args.crop_to_source, **options)
         options["classes"] = rows_of_classes
     rows = int(math.ceil(len(images) / cols))
     blank = images[0].copy().point(lambda _: 0)
     grid = make_image_grid(images + [blank] * (rows * cols - len(images)), rows=rows, cols=cols)
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     print(json.dumps({"out": str(out), "num_images": len(images), "seed": args.seed, **options}))
@@ -185,18 +218,31 @@ def _class_quality(args, pipeline, family, images, labels, names, split_size: in
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from .data import images_and_source_shape, load_image_dataset, public_dataset_name
-    from .evaluation import bound_figures, evaluate_likelihood, split_label
+    from .evaluation import evaluate_likelihood, given_label_figures, split_label
 
     requested = _parse_metrics(args.metrics)
+    if "kid" in requested:
+        from .metrics.kid import KID_MIN_SAMPLES, KID_SUBSET_SIZE
+
+        if args.num_samples < KID_MIN_SAMPLES:
+            raise ValueError(f"--num-samples {args.num_samples} with --metrics kid: kid_fmnist averages subsets of "
+                             f"{KID_SUBSET_SIZE} generated images, and its std needs subsets that differ; expected "
+                             f"--num-samples {KID_MIN_SAMPLES} or more (default 10000), or --metrics fd,pr")
     if args.write_metrics and not Path(args.model).is_dir():
         raise ValueError(f"--write-metrics writes into a local pipeline folder, and {args.model!r} is not one; "
                          f"evaluate a downloaded folder to record its figures")
     device = _device(args.device)
-    from .families import load_pipeline
+    from .families import DDPMFamily, load_pipeline
 
     pipeline, family = load_pipeline(args.model, device)
     model = family.model_of(pipeline)
+    if args.vlb_timesteps and not isinstance(family, DDPMFamily):
+        raise ValueError(f"--vlb-timesteps {args.vlb_timesteps}: the {family.name} family has no L_vlb timesteps; "
+                         f"expected --importance-samples K for its importance-weighted bound (--vlb-timesteps is "
+                         f"for the diffusion families, ddpm and ldm)")
     metrics, images = {}, None
     conditional = bool(family.num_classes(model))
     if "classes" in requested and not conditional:
@@ -212,14 +258,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         labels, names = _split_labels(args, family, pipeline, dataset) if conditional else (None, None)
     if "bpd" in requested:
         model.eval().to(memory_format=torch.channels_last)
-        samples = args.vlb_timesteps if args.vlb_timesteps else args.importance_samples
-        metrics = evaluate_likelihood(family, model, images, importance_samples=samples,
-                                      batch_size=args.batch_size, seed=args.seed, progress_file=args.progress_file,
-                                      source_shape=source_shape, class_labels=labels)
-        if conditional:  # and the same model without labels (its null class): a bound on -log p(x)
-            metrics["unconditional"] = bound_figures(evaluate_likelihood(
+        # the family's default K unless one was asked for: 16 timesteps for the diffusions, whose one-timestep
+        # estimate mostly lands below L_vlb (hfgen.families.ddpm)
+        samples = args.vlb_timesteps or args.importance_samples or family.default_importance_samples
+        print(f"hfgen evaluate: {family.bound_estimator(model, samples)}", file=sys.stderr)
+        # the plain keys bound -log p(x): a class-conditional model's null class (the model without a label);
+        # given the labels, bounds on -log p(x | y) under names that say so (bits_per_dim_elbo_given_label)
+        metrics = evaluate_likelihood(
+            family, model, images, importance_samples=samples, batch_size=args.batch_size, seed=args.seed,
+            source_shape=source_shape,
+            progress_file=_null_class_progress_file(args.progress_file) if conditional else args.progress_file)
+        if conditional:
+            metrics.update(given_label_figures(evaluate_likelihood(
                 family, model, images, importance_samples=samples, batch_size=args.batch_size, seed=args.seed,
-                source_shape=source_shape, progress_file=_null_class_progress_file(args.progress_file)))
+                progress_file=args.progress_file, source_shape=source_shape, class_labels=labels)))
         metrics.update({"split": split_label(args.split, metrics["num_samples"], len(dataset)),
                         "split_size": len(dataset)})
     quality = [name for name in requested if name not in ("bpd", "classes")]
@@ -256,12 +308,34 @@ def cmd_publish(args: argparse.Namespace) -> int:
     except HfHubHTTPError as error:
         raise ValueError(f"the Hub refused to publish to {args.repo_id!r}: {str(error).splitlines()[0]}; expected a "
                          f"token with write access to it (HF_TOKEN or `hf auth login`)") from None
+    except _connection_errors() as error:
+        raise ValueError(f"could not reach the Hub to publish to {args.repo_id!r} ({type(error).__name__}: "
+                         f"{(str(error).splitlines() or [''])[0]}); expected a network connection to the Hub (and "
+                         f"HF_HUB_OFFLINE unset); no commit was made") from None
     print(json.dumps({**summary, "commit_url": getattr(commit, "commit_url", None)}, indent=2))
     return 0
 
 
 GREEDY_PASSES_HELP = ("a VAE whose p(x | z) is decoded in pixel passes: instead of draws from the model, the greedy "
                       "chain (each pass the mean given the earlier passes' rounded means; neither E[x | z] nor a draw)")
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions huggingface_hub lets through when the Hub cannot be reached: its offline mode, and the
+    transport errors (connection, timeout) of the HTTP client it uses (httpx2, httpx or requests, by version)."""
+    import importlib
+
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    errors: list[type[BaseException]] = [OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)),
+                          ("requests.exceptions", ("ConnectionError", "Timeout"))):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors += [getattr(found, name) for name in names if hasattr(found, name)]
+    return tuple(errors)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -283,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="clip every x_0 prediction to [-1, 1] (DDPM family; default: the sampler's)")
     sample.add_argument("--timestep-spacing", choices=("leading", "trailing", "linspace"), default=None,
                         help="where the sampler's steps fall among the T timesteps (DDPM family)")
+    sample.add_argument("--crop-to-source", action=argparse.BooleanOptionalAction, default=True,
+                        help="images at the data's own size, as training saw them before padding (28x28 for "
+                             "Fashion-MNIST; the default), or with --no-crop-to-source the padded square the model "
+                             "generates (32x32)")
     sample.add_argument("--class", dest="classes", action="append", default=None, metavar="CLASS",
                         help="a class-conditional model: a row of this class (a name, e.g. sneaker, or an index); "
                              "repeat for more rows (default: one row per class)")
@@ -305,10 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--max-samples", type=int, default=0,
                           help="evaluate the first N images (0: all); also the reference images of fd, kid and pr")
-    evaluate.add_argument("--importance-samples", type=int, default=1,
-                          help="K of the importance-weighted bound (1: the ELBO only); DDPM: L_vlb timesteps")
-    evaluate.add_argument("--vlb-timesteps", type=int, default=0,
-                          help="DDPM: stratified timesteps per image of L_vlb (T - 1 or more: every term summed)")
+    evaluate.add_argument("--importance-samples", type=int, default=None,
+                          help="K of the importance-weighted bound (default 1: the ELBO only); DDPM and latent "
+                               "diffusion: L_vlb timesteps")
+    evaluate.add_argument("--vlb-timesteps", type=int, default=None,
+                          help="DDPM and latent diffusion: stratified timesteps per image of L_vlb (default 16; "
+                               "T - 1 or more: every term summed)")
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--progress-file", default=None,
                           help="save the likelihood sums after every batch to this JSON file and resume from it "
@@ -414,8 +494,9 @@ def main(argv: list[str] | None = None) -> int:
         args = argparse.Namespace(command="train", func=cmd_train, family=family, training_flags=argv[2:])
     else:
         args = build_parser().parse_args(argv)
-    for key in ("num_images", "importance_samples", "batch_size", "num_samples", "samples_per_class"):
-        if getattr(args, key, 1) < 1:
+    for key in ("num_images", "importance_samples", "vlb_timesteps", "batch_size", "num_samples",
+                "samples_per_class"):
+        if getattr(args, key, None) is not None and getattr(args, key) < 1:
             print(f"hfgen: error: --{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}", file=sys.stderr)
             return 2
     try:

@@ -54,13 +54,16 @@ def evaluate_likelihood(
     ``lambda t: accelerator.reduce(t, "sum")``) adds the per-process sums. Returns a dict with
     ``bits_per_dim_elbo``, ``bits_per_dim_iw``, ``nats_per_image_elbo``, ``nats_per_image_iw``, their standard
     errors over images (``*_stderr``), ``num_samples``, ``importance_samples`` (``vlb_timesteps`` for DDPM, which
-    writes no ``*_iw`` keys), ``num_dims``, ``source_shape``, ``sample_shape``, ``bound_over`` and ``likelihood``.
+    writes no ``*_iw`` keys), ``estimator`` (how the bound was estimated, in words: for a diffusion, the number of
+    timesteps per image), ``num_dims``, ``source_shape``, ``sample_shape``, ``bound_over`` and ``likelihood``.
     ``source_shape`` is the images' own shape before zero padding (``hfgen.data.images_and_source_shape``); without
     it the model's own shape is taken.
 
     A class-conditional model (``family.num_classes(model) > 0``) is scored given ``class_labels`` (int64, one per
     image: bounds on ``-log p(x | y)``), or, without them, as its null class (bounds on ``-log p(x)``);
-    ``likelihood["given"]`` says which ("class label" or "nothing (null class)").
+    ``likelihood["given"]`` says which ("class label" or "nothing (null class)"). ``metrics.json`` and ``hfgen
+    evaluate`` keep the null class's figures under the plain keys and the figures given the labels under
+    ``given_label_figures``' names.
 
     With ``progress_file`` (one process only) the sums of every finished batch are saved there (atomically, after
     each batch) and batches already in the file are not evaluated again, so a long evaluation (K=1000 on a whole
@@ -142,6 +145,7 @@ def evaluate_likelihood(
         figures["bound_terms"] = {
             name: _term_figures(totals[5 + 2 * i], totals[6 + 2 * i], figures["num_samples"], units["num_dims"])
             for i, name in enumerate(term_names)}
+    figures["estimator"] = family.bound_estimator(model, importance_samples)
     return {**figures, **units, "likelihood": likelihood}
 
 
@@ -162,10 +166,27 @@ def _term_figures(total: float, total_sq: float, count: int, num_dims: int) -> d
 
 def bound_figures(metrics: dict) -> dict:
     """The bounds of an ``evaluate_likelihood`` result (``bits_per_dim_*``, ``nats_per_image_*``, their standard
-    errors) and its ``likelihood``: what ``metrics.json`` keeps under ``unconditional`` for a class-conditional
-    model's null class, beside the figures given the labels."""
+    errors, ``bound_terms``) and its ``likelihood``."""
     return {key: value for key, value in metrics.items()
             if key.startswith(("bits_per_dim", "nats_per_image")) or key in ("likelihood", "bound_terms")}
+
+
+#: what the suffix of a class-conditional model's figures given the label says (``bits_per_dim_elbo_given_label``)
+GIVEN_LABEL = "_given_label"
+
+
+def given_label_figures(metrics: dict) -> dict:
+    """The bounds of an evaluation given the class labels (bounds on ``-log p(x | y)``) under names that say so:
+    ``bits_per_dim_elbo`` -> ``bits_per_dim_elbo_given_label``, ``bits_per_dim_elbo_stderr`` ->
+    ``bits_per_dim_elbo_given_label_stderr``, ``bound_terms`` -> ``bound_terms_given_label``. A class-conditional
+    model's plain keys hold its bounds on ``-log p(x)``, through its null class (the model without a label)."""
+    renamed = {}
+    for key, value in bound_figures(metrics).items():
+        if key == "likelihood":
+            continue
+        stem, stderr = (key[: -len("_stderr")], "_stderr") if key.endswith("_stderr") else (key, "")
+        renamed[f"{stem}{GIVEN_LABEL}{stderr}"] = value
+    return renamed
 
 
 def bound_units(family: ModelFamily, model, image_shape, source_shape: SourceShape | None) -> dict:
@@ -191,6 +212,15 @@ def bound_units(family: ModelFamily, model, image_shape, source_shape: SourceSha
 def split_label(split: str, num_images: int, split_size: int) -> str:
     """How a card names the images a figure was measured on: ``test``, or ``test[:1000]`` for the first 1,000."""
     return split if num_images >= split_size else f"{split}[:{num_images}]"
+
+
+def parse_split_label(label: str) -> tuple[str, int | None]:
+    """The split name and image count of a ``split_label``: ``("test", None)`` for all of it, ``("test", 1000)`` for
+    ``test[:1000]`` (what ``hfgen evaluate --split test --max-samples 1000`` measures)."""
+    name, bracket, rest = label.partition("[:")
+    if bracket and rest.endswith("]") and rest[:-1].isdigit():
+        return name, int(rest[:-1])
+    return label, None
 
 
 def _tensor_sha256(tensor: torch.Tensor) -> str:

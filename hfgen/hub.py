@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
+import re
+import shlex
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,8 +56,9 @@ _SAMPLED = {"draws": "draws from the model", "mean": "the mean of p(x | z) given
 _SINGLE_BOUND = {"ddpm": "L_vlb bound", "ldm": "ELBO bound with the diffusion prior's L_vlb"}
 
 #: metrics.json keys that describe a likelihood evaluation (beside the bits_per_dim_* / nats_per_image_* figures)
-_BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "num_dims", "source_shape", "sample_shape",
-               "bound_over", "likelihood", "split", "split_size", "unconditional", "bound_terms")
+_BOUND_KEYS = ("num_samples", "importance_samples", "vlb_timesteps", "estimator", "num_dims", "source_shape",
+               "sample_shape", "bound_over", "likelihood", "split", "split_size", "unconditional", "bound_terms",
+               "bound_terms_given_label")
 
 #: top-level files of a pipeline folder that are published when present
 PUBLISHED_FILES = ("model_index.json", "README.md", "samples.png", "metrics.json", "training_config.json")
@@ -78,6 +81,7 @@ def hub_dataset_id(dataset: str) -> str | None:
 def card_metrics(family_name: str, metrics: dict) -> list[dict]:
     """The evaluation results of ``metrics.json`` a card reports: ``key``, ``name``, ``value`` and ``stderr``
     (or None). A family with one bound (DDPM's L_vlb) reports it once, under its ``*_elbo`` keys."""
+    metrics = conditional_metrics_layout(metrics)
     rows = []
     for key, name, kind in METRICS:
         if key not in metrics or metrics[key] is None:
@@ -95,24 +99,65 @@ def card_metrics(family_name: str, metrics: dict) -> list[dict]:
         stderr = metrics.get(f"{key}_stderr", metrics.get(f"{key}_std"))
         rows.append({"key": key, "name": name, "kind": kind, "value": float(metrics[key]),
                      "stderr": None if stderr is None else float(stderr)})
-    if (metrics.get("likelihood") or {}).get("given") == "class label":
-        # a class-conditional model: its bounds are of log p(x | y); the null class's, of log p(x), follow
-        unconditional = metrics.get("unconditional") or {}
-        for row in list(rows):
-            if row["kind"] != "likelihood":
-                continue
-            row["name"] += ", of log p(x | y)"
-            key = row["key"]
-            if key in unconditional:
-                stderr = unconditional.get(f"{key}_stderr")
-                rows.append({"key": f"{key}_null_class", "kind": "likelihood",
-                             "name": row["name"].replace("of log p(x | y)", "of log p(x) (null class)"),
-                             "value": float(unconditional[key]), "stderr": None if stderr is None else float(stderr)})
-    return rows
+    if not any(f"{row['key']}_given_label" in metrics for row in rows):
+        return rows
+    # a class-conditional model: the plain keys bound log p(x) through its null class; each is followed by the
+    # bound given the label, of log p(x | y), under a name that says so
+    with_labels = []
+    for row in rows:
+        with_labels.append(row)
+        if row["kind"] != "likelihood":
+            continue
+        key, name = f"{row['key']}_given_label", row["name"]
+        row["name"] += ", of log p(x) (null class)"
+        row["unconditional"] = True  # the unconditional model it also is (the card's task)
+        if key in metrics:
+            stderr = metrics.get(f"{key}_stderr")
+            with_labels.append({"key": key, "kind": "likelihood", "name": name + ", of log p(x | y) given the label",
+                                "value": float(metrics[key]), "stderr": None if stderr is None else float(stderr)})
+    return with_labels
+
+
+def conditional_metrics_layout(metrics: dict) -> dict:
+    """``metrics`` with a class-conditional model's bounds where hfgen files them now: the plain keys bound
+    ``-log p(x)`` (the null class) and ``*_given_label`` keys bound ``-log p(x | y)``. Folders written before then
+    kept the bounds given the label under the plain keys and the null class's under ``unconditional``; they are
+    read the new way (a copy; other metrics are returned as they are)."""
+    unconditional = metrics.get("unconditional")
+    if not unconditional or (metrics.get("likelihood") or {}).get("given") != "class label":
+        return metrics
+    given = {key: value for key, value in metrics.items()
+             if key.startswith(("bits_per_dim_", "nats_per_image_")) or key == "bound_terms"}
+    current = {key: value for key, value in metrics.items() if key not in given and key != "unconditional"}
+    for key, value in given.items():
+        stem, stderr = (key[: -len("_stderr")], "_stderr") if key.endswith("_stderr") else (key, "")
+        current[f"{stem}_given_label{stderr}"] = value
+    current.update(unconditional)  # the null class's bounds and likelihood ("given": "nothing (null class)")
+    return current
+
+
+def _split(metrics: dict) -> tuple[str, int | None]:
+    """The split a figure was measured on and, for its first N images only, N (``test[:32]``: ``("test", 32)``)."""
+    from .evaluation import parse_split_label  # not at the top: hfgen.evaluation imports the families
+
+    return parse_split_label(metrics.get("split", "test"))
+
+
+def _split_text(metrics: dict) -> str:
+    split, count = _split(metrics)
+    return f"the first {count} images of the `{split}` split" if count else f"the `{split}` split"
+
+
+def _tasks(metrics: dict, row: dict) -> tuple[str, str]:
+    """The Hub task of a card row: a class-conditional model's figures are of class-conditional generation, but for
+    those of its null class (the unconditional model it also is)."""
+    if metrics.get("class_names") and not row.get("unconditional"):
+        return "class-conditional-image-generation", "Class-conditional image generation"
+    return "unconditional-image-generation", "Unconditional image generation"
 
 
 def _eval_results(family_name: str, metrics: dict, dataset: str) -> list[EvalResult]:
-    split = metrics.get("split", "test")
+    split, _ = _split(metrics)  # how many images: num_samples in each metric's args
     results = []
     for row in card_metrics(family_name, metrics):
         likelihood = metrics.get("likelihood") or {}
@@ -124,8 +169,9 @@ def _eval_results(family_name: str, metrics: dict, dataset: str) -> list[EvalRes
             args = {"num_generated": metrics.get("num_generated", metrics.get("fd_num_samples"))}
         if row["stderr"] is not None:
             args["stderr"] = row["stderr"]
+        task_type, task_name = _tasks(metrics, row)
         results.append(EvalResult(
-            task_type="unconditional-image-generation", task_name="Unconditional image generation",
+            task_type=task_type, task_name=task_name,
             dataset_type=hub_dataset_id(dataset) or dataset, dataset_name=dataset, dataset_split=split,
             metric_type=row["key"], metric_name=row["name"], metric_value=row["value"],
             metric_args={k: v for k, v in args.items() if v is not None}))
@@ -141,23 +187,31 @@ def _compute(metrics: dict) -> dict:
 
 
 def render_model_card(family: ModelFamily, metrics: dict, training_config: dict | None = None,
-                      repo_id: str = "OUTPUT_DIR", has_samples: bool = True) -> ModelCard:
+                      repo_id: str | None = None, has_samples: bool = True, model_name: str | None = None) -> ModelCard:
     """A card for a trained folder: YAML metadata with a ``model-index`` of every metric in ``metrics``, and a body
     (sample grid, how to load, metrics table, training configuration, compute, limits) from the family's template.
-    ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``); ``has_samples``: the
-    folder has the ``samples.png`` grid the card shows."""
+    ``training_config`` is the folder's ``training_config.json`` (with its ``model_config``); ``repo_id``: the Hub
+    repo the card's code loads, or None for the card of a local folder, whose code loads ``"."`` and so runs as
+    written inside the folder; ``has_samples``: the folder has the ``samples.png`` grid the card shows;
+    ``model_name``: default the repo's name, else ``hfgen-<family>``."""
+    metrics = conditional_metrics_layout(metrics)
     training_config = dict(training_config or {})
     model_config = training_config.get("model_config", {})
     metrics = _named_by_sampled_images(family, metrics, model_config)
     dataset = metrics.get("dataset", training_config.get("dataset", "unknown"))
-    model_name = repo_id.rstrip("/").split("/")[-1] if repo_id != "OUTPUT_DIR" else f"hfgen-{family.name}"
+    location = repo_id or "."
+    model_name = model_name or (repo_id.rstrip("/").split("/")[-1] if repo_id else f"hfgen-{family.name}")
+    conditional = bool(metrics.get("class_names"))
+    base_model = training_config.get("vae_repo_id")  # latent diffusion: the VAE it was trained over, if on the Hub
     card_data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
-        pipeline_tag="unconditional-image-generation",
-        tags=["hfgen", family.name, "unconditional-image-generation"]
-        + (["class-conditional"] if metrics.get("class_names") else []),
+        # the Hub has no class-conditional pipeline task: a class-conditional model is found by its tag
+        pipeline_tag=None if conditional else "unconditional-image-generation",
+        tags=["hfgen", family.name,
+              "class-conditional-image-generation" if conditional else "unconditional-image-generation"],
         datasets=[hub_dataset_id(dataset)] if hub_dataset_id(dataset) else None,
+        base_model=base_model,
         model_name=model_name,
         eval_results=_eval_results(family.name, metrics, dataset) or None,
     )
@@ -172,9 +226,17 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         model_name=model_name,
         family_title=_TITLES.get(family.name, family.name),
         pipeline_class=pipeline_class,
-        repo_id=repo_id,
+        repo_id=location,
+        local_note=("" if repo_id else
+                    "This is the card of a local folder: its code and commands load `\".\"` and run as written inside "
+                    "the folder (elsewhere, put the folder's path in place of `.`). Publishing the folder with hfgen "
+                    "publish renders the card again with the repo id.\n\n"),
+        evaluate_command=_evaluate_command(family.name, metrics, location, dataset),
+        num_train_timesteps=model_config.get("num_train_timesteps", 1000),
+        first_stage=_first_stage(training_config),
         dataset=dataset,
-        split=metrics.get("split", "test"),
+        split=_split(metrics)[0],
+        split_text=_split_text(metrics),
         channels=metrics.get("channels", model_config.get("in_channels", "?")),
         sample_size=metrics.get("sample_size", "?"),
         metrics=metrics,
@@ -188,12 +250,12 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         model_module=component_file(family),
         temperature_example=", temperature=0.8" if "temperature" in family.sampling_options else "",
         metrics_intro=(f"Upper bounds ({bound}) on the negative log-likelihood of the {_pixel_values(metrics)} "
-                       f"`{metrics.get('split', 'test')}` images, lower is better, and sample-quality figures where "
+                       f"images ({_split_text(metrics)}), lower is better, and sample-quality figures where "
                        f"they were measured. The same figures are in this card's `model-index` and in `metrics.json`."),
         metrics_note=_metrics_note(family.name, metrics),
         data_description=_data_description(metrics),
         units_note=_units_note(metrics),
-        conditional_section=_conditional_section(family, metrics, repo_id),
+        conditional_section=_conditional_section(family, metrics, location),
         class_conditional=bool(metrics.get("class_names")),
         class_names=metrics.get("class_names") or [],
         conditioning_limit=(
@@ -233,22 +295,52 @@ def _grid_text(kind: str) -> str:
 _PLAIN_SAMPLE_FIGURES = ("fd_fmnist", "kid_fmnist", "kid_fmnist_std", "precision", "recall")
 
 
+def _evaluate_command(family_name: str, metrics: dict, location: str, dataset: str) -> str:
+    """The ``hfgen evaluate`` command that measures the card's likelihood figures again."""
+    split, count = _split(metrics)
+    if dataset.endswith(LOCAL_DATA_SUFFIX):
+        dataset = f"path/to/{dataset[:-len(LOCAL_DATA_SUFFIX)]}"
+    command = f"hfgen evaluate {location} --dataset {dataset} --split {split}"
+    if count:
+        command += f" --max-samples {count}"
+    if family_name in _SINGLE_BOUND:
+        k = metrics.get("vlb_timesteps")
+        return command + (f" --vlb-timesteps {k}" if k else "")
+    k = metrics.get("importance_samples")
+    return command + (f" --importance-samples {k}" if k else "")
+
+
+def _first_stage(training_config: dict) -> str:
+    """How a latent diffusion card names the VAE it was trained over: its Hub repo, or its local folder's name."""
+    vae, repo_id = training_config.get("vae"), training_config.get("vae_repo_id")
+    if repo_id:
+        return f"[`{repo_id}`](https://huggingface.co/{repo_id})"
+    return f"`{vae}`" if vae else "its own folder"
+
+
 def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> str:
     """The card's class-conditional section: how to sample a class, what the labels buy, per-class figures."""
     names = metrics.get("class_names")
     if not names:
         return ""
     guidance = ", guidance_scale=2.0" if "guidance_scale" in family.sampling_options else ""
+    if family.name == "ldm":  # its card's first snippet swaps in DPM-Solver++, which takes fewer steps than T
+        guidance += ", num_inference_steps=20"
     lines = ["", "### Class-conditional", "",
              f"Trained class-conditionally on {len(names)} classes ({', '.join(f'`{n}`' for n in names)}) with label "
              f"dropout: the same weights are the conditional model p(x | y) and, through the null class, the "
              f"unconditional p(x). Sample a class by name or index:", "", "```python",
              f'images = pipe(class_labels=["{names[0]}"] * 8{guidance}, '
              f"generator=torch.Generator().manual_seed(0)).images", "```", "",
-             f"or `hfgen sample {repo_id} --class {names[0]}` (every class, one row each, without `--class`)."]
-    conditional, unconditional = metrics.get("bits_per_dim_elbo"), (metrics.get("unconditional") or {})
-    if conditional is not None and unconditional.get("bits_per_dim_elbo") is not None:
-        gap = unconditional["bits_per_dim_elbo"] - conditional
+             f"or `hfgen sample {repo_id} --class {shlex.quote(names[0])} --num-images 8 --out "
+             f"{_file_name(names[0])}.png` (every class, one row each, without `--class`)."]
+    lines += ["", "The likelihood figures without a suffix bound -log p(x), through the null class (the model "
+              "without a label): the figures to compare with unconditional models. Those `_given_label` bound "
+              "-log p(x | y). (The mixture over classes, -log sum_y p(y) p(x | y), is not used: it needs a bound per "
+              "class and image, and the log-mean-exp of stochastic bounds is not a bound.)"]
+    conditional, unconditional = metrics.get("bits_per_dim_elbo_given_label"), metrics.get("bits_per_dim_elbo")
+    if conditional is not None and unconditional is not None:
+        gap = unconditional - conditional
         lines += ["", f"The label lowers the ELBO bound by {gap:.4f} bits/dim ({gap * metrics.get('num_dims', 0):.1f} "
                   f"bits per image). The exact log-likelihoods can differ by at most log2({len(names)}) = "
                   f"{math.log2(len(names)):.2f} bits per image (log p(x | y) - log p(x) = log p(y | x) - log p(y)), so "
@@ -267,6 +359,11 @@ def _conditional_section(family: ModelFamily, metrics: dict, repo_id: str) -> st
                          f"{histogram.get(name, float('nan')):.3f} |")
         lines.append(f"| all | {classes['class_accuracy']:.3f} | {classes['fd_fmnist_class_mean']:.2f} (mean) | |")
     return "\n".join(lines) + "\n"
+
+
+def _file_name(class_name: str) -> str:
+    """A class name as a file name: ``T-shirt/top`` -> ``t-shirt-top``."""
+    return re.sub(r"[^a-z0-9]+", "-", class_name.lower()).strip("-") or "class"
 
 
 def _sampling_text(sampling: dict) -> str:
@@ -327,7 +424,7 @@ def component_file(family: ModelFamily) -> str:
 
 
 def _metrics_note(family_name: str, metrics: dict) -> str:
-    count, split = metrics.get("num_samples"), metrics.get("split", "test")
+    count, split = metrics.get("num_samples"), _split(metrics)[0]
     if count is None:
         return ""
     if family_name == "ldm":
@@ -346,18 +443,19 @@ def _metrics_note(family_name: str, metrics: dict) -> str:
 
 def write_model_card(output_dir: str | Path, family: ModelFamily, metrics: dict, training_config: dict | None = None,
                      repo_id: str | None = None) -> Path:
-    """Render the card of a trained folder into ``output_dir/README.md`` (``repo_id``: what the card tells users to
-    load; default the folder's name, never its absolute path: the card is published)."""
+    """Render the card of a trained folder into ``output_dir/README.md`` (``repo_id``: the Hub repo the card tells
+    users to load; None: the folder itself, as ``"."``, never its absolute path, since the card is published). The
+    card's model name is the repo's name, else the folder's."""
     path = Path(output_dir) / "README.md"
     has_samples = (Path(output_dir) / "samples.png").is_file()
-    render_model_card(family, metrics, training_config, repo_id or Path(output_dir).resolve().name,
-                      has_samples).save(path)
+    render_model_card(family, metrics, training_config, repo_id, has_samples,
+                      model_name=None if repo_id else Path(output_dir).resolve().name).save(path)
     return path
 
 
 def refresh_model_card(folder: str | Path, repo_id: str | None = None) -> bool:
     """Re-render a trained folder's card from its ``metrics.json`` so that it names ``repo_id`` (default: the Hub
-    repo its training run pushed to, else the folder's name); False (card left as is) when the folder has no
+    repo its training run pushed to, else the folder itself, as ``"."``); False (card left as is) when the folder has no
     ``metrics.json`` to render from."""
     from .families import family_for_pipeline_class
 
@@ -461,12 +559,13 @@ def publish(folder: str | Path, repo_id: str, *, private: bool = False, revision
     unless given. Returns the ``CommitInfo`` of the upload."""
     folder = Path(folder)
     files = publish_files(folder, include_logs=include_logs)  # refuse a bad folder before touching the Hub
-    if refresh_card and refresh_model_card(folder, repo_id) and "README.md" not in files:
-        files = sorted(files + ["README.md"])
     repo = create_repo(repo_id, private=private, exist_ok=True, repo_type="model", token=token)
     repo_id = getattr(repo, "repo_id", None) or repo_id  # the full id when a bare name was given
     if revision and revision != "main":
         create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model", token=token)
+    # the card is re-rendered once the Hub has answered: an offline or refused publish leaves the folder as it was
+    if refresh_card and refresh_model_card(folder, repo_id) and "README.md" not in files:
+        files = sorted(files + ["README.md"])
     message = commit_message or f"Upload {pipeline_class_name(read_model_index(folder))} from hfgen"
     return upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files, commit_message=message,
                          revision=revision, repo_type="model", token=token)

@@ -16,8 +16,9 @@ from .remote_code import load_pretrained, write_code_files
 
 
 def save_pretrained(pipeline, save_directory, **kwargs) -> None:
-    """``save_pretrained`` of hfgen's pipelines: diffusers' folder (safetensors) plus the code files and the
-    ``model_index.json`` entries that let plain diffusers load it with ``trust_remote_code=True``.
+    """``save_pretrained`` of hfgen's pipelines: diffusers' folder (safetensors weights, or ``.bin`` with
+    ``safe_serialization=False``, as diffusers writes them) plus the code files and the ``model_index.json`` entries
+    that let plain diffusers load it with ``trust_remote_code=True``.
     ``push_to_hub=True`` then publishes the folder with ``hfgen.hub.publish`` (``repo_id``, ``private``,
     ``commit_message``, ``revision``, ``token`` as in diffusers)."""
     from diffusers import DiffusionPipeline
@@ -25,8 +26,6 @@ def save_pretrained(pipeline, save_directory, **kwargs) -> None:
     push = kwargs.pop("push_to_hub", False)
     hub_args = {key: kwargs.pop(key) for key in ("repo_id", "private", "commit_message", "revision", "token",
                                                  "create_pr") if key in kwargs}
-    if kwargs.get("safe_serialization") is False:
-        raise ValueError("hfgen saves weights only as safetensors; safe_serialization=False is not supported")
     DiffusionPipeline.save_pretrained(pipeline, save_directory, **kwargs)
     write_code_files(save_directory, type(pipeline), type(pipeline)._hfgen_components)
     if push:

@@ -23,11 +23,12 @@ component's own module file from a repo (not the files it imports relatively).
 
 With hfgen installed, ``VAEPipeline.from_pretrained`` / ``HierarchicalVAEPipeline.from_pretrained``
 (``load_pretrained``, installed by ``hfgen.pipeline_hooks``) never run code from the folder: they read
-``model_index.json`` and the safetensors weights into hfgen's own classes, for a local folder or a Hub repo id (whose
-files are downloaded first, weights and configs only). Folders written before this layout (``"_class_name":
-"VAEPipeline"``, ``"vae": ["hfgen.models.vae", ...]``) load the same way. ``write_code_files`` completes the layout
-when hfgen saves a pipeline, so every folder hfgen writes is the folder it publishes. This module reads and writes
-folders only; publishing them is ``hfgen.hub``'s.
+``model_index.json`` and the weights into hfgen's own classes, for a local folder or a Hub repo id (whose files are
+downloaded first, safetensors weights and configs only; a local folder saved with ``safe_serialization=False`` loads
+from its ``.bin`` files with ``torch.load(weights_only=True)``, as diffusers loads them). Folders written before this
+layout (``"_class_name": "VAEPipeline"``, ``"vae": ["hfgen.models.vae", ...]``) load the same way.
+``write_code_files`` completes the layout when hfgen saves a pipeline, so every folder hfgen writes is the folder it
+publishes. This module reads and writes folders only; publishing them is ``hfgen.hub``'s.
 """
 
 from __future__ import annotations
@@ -267,7 +268,12 @@ def _resolve_device_map(device_map, low_cpu_mem_usage):
 
 def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
     """``from_pretrained`` of hfgen's pipelines: a local folder or a Hub repo id, read into hfgen's own classes
-    (``pipeline_class._hfgen_components``); no code from the folder runs, weights only from safetensors.
+    (``pipeline_class._hfgen_components``); no code from the folder runs. Weights load as diffusers loads them:
+    safetensors, or where a component has none (``save_pretrained(..., safe_serialization=False)``), its ``.bin``
+    file through ``torch.load(weights_only=True)``, which unpickles tensors only (``use_safetensors=True`` / ``False``
+    asks for one of the two). From a Hub repo hfgen downloads configs and safetensors only (what ``hfgen publish``
+    uploads). Each component loaded is logged at INFO as diffusers does, and ``pipe.name_or_path`` is the folder or
+    repo id.
 
     Takes ``DiffusionPipeline.from_pretrained``'s keywords as diffusers 0.42 does: ``dtype`` (or the deprecated
     ``torch_dtype``; one dtype or a dict by component with ``"default"``), ``variant``, ``low_cpu_mem_usage``,
@@ -300,8 +306,7 @@ def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
     device = _resolve_device_map(device_map, low_cpu_mem_usage)
     loading = {key: kwargs.pop(key) for key in ("max_memory", "offload_folder", "offload_state_dict", "disable_mmap")
                if key in kwargs}
-    if kwargs.pop("use_safetensors", None) is False:
-        raise ValueError("hfgen loads weights only from safetensors files; use_safetensors=False is not supported")
+    use_safetensors = kwargs.pop("use_safetensors", None)
     kwargs.pop("trust_remote_code", None)  # hfgen never runs a folder's code, so it needs no permission to
     passed = {name: kwargs.pop(name) for name in pipeline_class._hfgen_components if name in kwargs}
     settings = {name: kwargs.pop(name) for name in _setting_names(pipeline_class) if name in kwargs}
@@ -319,32 +324,74 @@ def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
     if found != pipeline_class.__name__:
         raise ValueError(f"{pretrained_model_name_or_path} holds a {found} (model_index.json), not a "
                          f"{pipeline_class.__name__}; load it with {found}.from_pretrained or hfgen sample")
+    with_variant = _components_with_variant(folder, index, variant)
+    if variant is not None and not with_variant:
+        # diffusers' message (its own tests match it), then what hfgen found
+        raise ValueError(f"You are trying to load the model files of the `variant={variant}`, but no such modeling "
+                         f"files are available. No component folder of {folder} has a *.{variant}.* weights file; "
+                         f"save_pretrained(..., variant={variant!r}) writes them")
     components = {}
     for name, model_class in pipeline_class._hfgen_components.items():
         if name in passed:
             components[name] = passed[name]
             continue
         if _is_scheduler_class(model_class):  # a config only: the scheduler class model_index.json names
-            components[name] = _scheduler_class(index.get(name), model_class).from_pretrained(folder, subfolder=name)
-            continue
-        pattern = f"*.{variant}.safetensors" if variant else "*.safetensors"
-        if variant and not any((folder / name).glob(pattern)):
-            found_files = sorted(p.name for p in (folder / name).glob("*.safetensors"))
-            raise FileNotFoundError(f"{folder / name} has no {pattern} weights for variant {variant!r}; found "
-                                    f"{found_files or 'no safetensors files'} (save_pretrained(..., "
-                                    f"variant={variant!r}) writes them)")
-        if not any((folder / name).glob("*.safetensors")):
-            raise FileNotFoundError(f"{folder / name} has no safetensors weights for the {model_class.__name__} "
-                                    f"component {name!r}; hfgen loads weights only from .safetensors files "
-                                    f"(written by save_pretrained)")
-        component_dtype = _component_dtype(dtype, name)
-        components[name] = model_class.from_pretrained(
-            folder, subfolder=name, use_safetensors=True, variant=variant, low_cpu_mem_usage=low_cpu_mem_usage,
-            device_map=device, **({"dtype": component_dtype} if component_dtype is not None else {}), **loading)
+            model_class = _scheduler_class(index.get(name), model_class)
+            components[name] = model_class.from_pretrained(folder, subfolder=name)
+        else:
+            component_variant = variant if name in with_variant else None
+            component_dtype = _component_dtype(dtype, name)
+            components[name] = model_class.from_pretrained(
+                folder, subfolder=name, variant=component_variant, low_cpu_mem_usage=low_cpu_mem_usage,
+                use_safetensors=_use_safetensors(folder / name, component_variant, use_safetensors, model_class),
+                device_map=device, **({"dtype": component_dtype} if component_dtype is not None else {}), **loading)
+        logger.info(f"Loaded {name} as {model_class.__name__} from `{name}` subfolder of "
+                    f"{pretrained_model_name_or_path}.")  # diffusers' words: its save/load test reads them
     pipeline = pipeline_class(**components, **_pipeline_settings(pipeline_class, index, settings))
+    pipeline.register_to_config(_name_or_path=pretrained_model_name_or_path)  # pipe.name_or_path, as in diffusers
     if device_map is not None:
         pipeline.hf_device_map = {name: device for name in components} if device_map == "balanced" else device_map
     return pipeline
+
+
+def _components_with_variant(folder: Path, index: dict, variant: str | None) -> set[str]:
+    """The component folders (named in ``model_index.json``) holding a ``*.{variant}.*`` weights file: diffusers'
+    rule, which loads the variant for those and the plain weights for the others."""
+    if variant is None:
+        return set()
+    return {name for name in index if (folder / name).is_dir()
+            and any(len(parts := path.name.split(".")) > 2 and parts[1].startswith(variant)
+                    for path in (folder / name).iterdir())}
+
+
+def _use_safetensors(component_folder: Path, variant: str | None, requested: bool | None, model_class) -> bool:
+    """Whether to read the component's safetensors (True) or its ``.bin`` (False, unpickled with
+    ``torch.load(weights_only=True)`` by diffusers): safetensors where they exist unless ``use_safetensors=False``
+    asks for the ``.bin``; refuses, naming the folder and the file expected, when the one needed is missing."""
+    suffix = f".{variant}" if variant else ""
+    has_safetensors = _has_weights(component_folder, variant, "safetensors")
+    has_bin = _has_weights(component_folder, variant, "bin")
+    use = has_safetensors if requested is None else requested
+    if use and not has_safetensors or not use and not has_bin:
+        wanted = f"diffusion_pytorch_model{suffix}." + ("safetensors" if use else "bin" if requested is False
+                                                        else "safetensors (or .bin)")
+        found = sorted(path.name for path in component_folder.glob("*") if path.suffix in (".safetensors", ".bin"))
+        raise FileNotFoundError(
+            f"{component_folder} has no {wanted} for the {model_class.__name__} component "
+            f"{component_folder.name!r}" + (f" (use_safetensors={requested})" if requested is not None else "")
+            + f"; found {found or 'no weights files'}. save_pretrained writes safetensors weights "
+            f"(.bin with safe_serialization=False)")
+    return use
+
+
+def _has_weights(component_folder: Path, variant: str | None, extension: str) -> bool:
+    """Whether the folder holds ``extension`` weights of ``variant`` (``name.fp16.safetensors``, or sharded
+    ``name.fp16-00001-of-00002.safetensors``), or with ``variant`` None plain ones (``name.safetensors``)."""
+    for path in component_folder.glob(f"*.{extension}"):
+        parts = path.name.split(".")
+        if (len(parts) == 3 and variant and parts[1].startswith(variant)) or (len(parts) == 2 and not variant):
+            return True
+    return False
 
 
 def _setting_names(pipeline_class) -> list[str]:

@@ -23,11 +23,14 @@ conditional one and mixes the two: ``phi * rescaled + (1 - phi) * guided``; 0 (t
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Callable, Sequence
 
 import torch
 
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import UNet2DModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
@@ -41,6 +44,24 @@ DEFAULT_GUIDANCE_RESCALE = 0.0
 
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor | None
 
+#: the key of a UNet's config where hfgen records ``[height, width]`` of the data's own images, which training
+#: zero-padded to the UNet's ``sample_size`` (Fashion-MNIST: ``[28, 28]`` in 32x32). ``UNet2DModel`` has no such
+#: argument; diffusers keeps a key with a leading underscore through saving and loading, without its "not expected
+#: and will be ignored" warning, so a stock ``DDPMPipeline`` folder carries it too.
+SOURCE_SIZE_KEY = "_source_size"
+
+
+def crop_to_source_size(images: torch.Tensor, source_size: Sequence[int] | None) -> torch.Tensor:
+    """``(..., sample_size, sample_size)`` images -> the data's own ``source_size`` ``[height, width]`` from where
+    training's zero padding put it (even padding, an odd remainder at the bottom / right: the rule of
+    ``hfgen.models.likelihoods.SourceRegion``, written again here because this file is published alone). None:
+    the images unchanged."""
+    if source_size is None:
+        return images
+    height, width = (int(value) for value in source_size)
+    top, left = (images.shape[-2] - height) // 2, (images.shape[-1] - width) // 2
+    return images[..., top : top + height, left : left + width]
+
 
 # The label resolution below is a copy of hfgen.models.labels (same rules, same messages): this file is published
 # alone in a model folder and may import only torch and diffusers. Change both together.
@@ -49,9 +70,10 @@ def class_label_ids(class_labels: ClassLabels, class_names: Sequence[str] | None
     """Class indices, shape ``(n,)`` int64, for ``class_labels``:
 
     * ``None``: the null class ``num_classes`` for each of ``batch_size`` images (unconditional samples);
-    * one class, as an index or a name: that class for each of ``batch_size`` images;
-    * a list (or 1-d tensor) of indices and/or names: one image per entry; ``batch_size`` must then be 1 (the
-      pipelines' default) or the list's length.
+    * one class, as an index or a name (or a 0-d tensor): that class for each of ``batch_size`` images;
+    * a list, tuple or tensor of indices and/or names, nested or not (flattened in order, as diffusers'
+      ``DiTPipeline`` takes ``class_labels``: ``[[1], [1]]`` is ``[1, 1]``): one image per label; ``batch_size`` must
+      then be 1 (the pipelines' default) or the number of labels.
 
     A name must be one of ``class_names``; an index must be in ``0 .. num_classes - 1``. A model trained without
     labels (``num_classes == 0``) takes ``None`` only. Every refusal names the value and what was expected.
@@ -62,25 +84,38 @@ def class_label_ids(class_labels: ClassLabels, class_names: Sequence[str] | None
         raise ValueError(f"class_labels={_short(class_labels)} was given, but this model was trained without class "
                          f"labels; train it with --class_conditional to sample a given class")
     names = list(class_names or [str(index) for index in range(num_classes)])
-    if not isinstance(class_labels, (int, str, list, tuple, torch.Tensor)):
+    values = _flat_labels(class_labels)
+    if values is None:
         raise ValueError(f"class_labels={_short(class_labels)} is a {type(class_labels).__name__}; expected a class "
-                         f"index (int), a class name (str), or a list or 1-d tensor of them")
-    single = isinstance(class_labels, (int, str)) or (
-        isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0)
-    if single:
-        values = [class_labels.item() if isinstance(class_labels, torch.Tensor) else class_labels] * batch_size
+                         f"index (int), a class name (str), or a list or tensor of them")
+    if isinstance(class_labels, (int, str)) or getattr(class_labels, "ndim", None) == 0:
+        values = values * batch_size
     else:
-        values = class_labels.tolist() if isinstance(class_labels, torch.Tensor) else list(class_labels)
-        if isinstance(class_labels, torch.Tensor) and class_labels.ndim != 1:
-            raise ValueError(f"class_labels must be a 1-d tensor of class indices, got shape "
-                             f"{tuple(class_labels.shape)}")
         if not values:
             raise ValueError("class_labels is an empty list; expected at least one class index or name")
         if batch_size not in (1, len(values)):
             raise ValueError(f"class_labels holds {len(values)} labels but batch_size is {batch_size}; pass one label "
-                             f"per image (batch_size left at 1 or equal to the list's length), or one label for all")
+                             f"per image (batch_size left at 1 or equal to the number of labels), or one label for all")
     ids = [_class_index(value, names, num_classes) for value in values]
     return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+def _flat_labels(class_labels) -> list | None:
+    """The labels of ``class_labels`` in order, nested lists, tuples and tensors (or numpy arrays) flattened; None
+    for a value of any other type. The labels themselves are checked by ``_class_index``."""
+    if isinstance(class_labels, (int, str)):
+        return [class_labels]
+    if isinstance(class_labels, torch.Tensor) or hasattr(class_labels, "tolist") and hasattr(class_labels, "ndim"):
+        class_labels = class_labels.tolist()  # a 0-d tensor gives its number, any other a nested list
+        return [class_labels] if not isinstance(class_labels, list) else _flat_labels(class_labels)
+    if isinstance(class_labels, (list, tuple)):
+        flat = []
+        for value in class_labels:
+            nested = isinstance(value, (list, tuple, torch.Tensor)) or (
+                hasattr(value, "tolist") and hasattr(value, "ndim"))
+            flat.extend(_flat_labels(value) if nested else [value])
+        return flat
+    return None
 
 
 def _class_index(value, names: list[str], num_classes: int) -> int:
@@ -130,10 +165,11 @@ def guided_output(unet, sample: torch.Tensor, timestep: torch.Tensor, class_ids:
     """The output of a class-conditional ``unet`` that a scheduler steps with: the plain pass for ``class_ids`` at
     ``s = 1``, and otherwise the conditional and null-class inputs as one batch, combined as
     ``out_null + s * (out_y - out_null)`` on the prediction channels (then rescaled by ``guidance_rescale``);
-    learned variance channels (beyond the sample's channels) are the conditional pass's."""
-    if guidance_scale == 1.0:
-        return unet(sample, timestep, class_labels=class_ids).sample
+    learned variance channels (beyond the sample's channels) are the conditional pass's. ``s = 0`` is the plain
+    null-class pass."""
     null_ids = torch.full_like(class_ids, null_class)
+    if guidance_scale in (0.0, 1.0):
+        return unet(sample, timestep, class_labels=class_ids if guidance_scale == 1.0 else null_ids).sample
     output = unet(torch.cat([sample, sample]), timestep, class_labels=torch.cat([class_ids, null_ids])).sample
     conditional, unconditional = output.chunk(2)
     channels = sample.shape[1]
@@ -145,15 +181,53 @@ def guided_output(unet, sample: torch.Tensor, timestep: torch.Tensor, class_ids:
 
 
 def check_guidance(guidance_scale, guidance_rescale) -> None:
-    """Refuse a ``guidance_scale`` that is not a finite number and a ``guidance_rescale`` outside [0, 1]."""
+    """Refuse a ``guidance_scale`` that is not a finite number >= 0 and a ``guidance_rescale`` outside [0, 1]."""
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(
-            guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number (1: the conditional model, 0: the "
-                         f"unconditional one), got {guidance_scale!r}")
+            guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (1: the conditional model, 0: the "
+                         f"unconditional one, above 1: guided towards the class), got {guidance_scale!r}")
     if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) or not (
             0.0 <= guidance_rescale <= 1.0):
         raise ValueError(f"guidance_rescale must be a number in [0, 1] (0: plain guidance, 1: the guided "
                          f"prediction fully rescaled to the conditional one's spread), got {guidance_rescale!r}")
+
+
+def check_sampling_arguments(batch_size, num_inference_steps, class_labels, num_classes: int, guidance_scale,
+                             guidance_rescale) -> None:
+    """Refuse, naming the value and what was expected, a call the diffusion pipelines cannot sample: a
+    ``batch_size`` or ``num_inference_steps`` that is not a positive integer, a bad ``guidance_scale`` or
+    ``guidance_rescale`` (``check_guidance``), and guidance without ``class_labels``, which would change nothing:
+    without labels the pipeline samples the null class, which guidance leaves as it is."""
+    for name, value, what in (("batch_size", batch_size, "the number of images"),
+                              ("num_inference_steps", num_inference_steps, "denoising steps, at most the "
+                                                                           "scheduler's num_train_timesteps")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer ({what}), got {value!r}")
+    check_guidance(guidance_scale, guidance_rescale)
+    if class_labels is None and guidance_scale not in (0, 1):
+        if num_classes:
+            raise ValueError(f"guidance_scale={guidance_scale!r} needs class_labels: without them the pipeline samples "
+                             f"the unconditional (null-class) model, which guidance leaves unchanged; pass the classes "
+                             f"to guide towards, or leave guidance_scale at 1")
+        raise ValueError(f"guidance_scale={guidance_scale!r} was given, but this model was trained without class "
+                         f"labels: there is no class to guide towards; leave guidance_scale at 1")
+
+
+def scheduler_step_kwargs(scheduler, generator) -> dict:
+    """``{"generator": generator}`` for a scheduler whose ``step`` draws noise with one (DDPM, DDIM with eta, the
+    ancestral and SDE samplers), else ``{}``: PNDM, UniPC, LMS and other deterministic steps take none."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def callback_tensor_names(callback_on_step_end, tensor_inputs: list[str], allowed: list[str]) -> list[str]:
+    """The tensors ``callback_on_step_end`` gets each step (a ``PipelineCallback`` names its own), refusing names the
+    pipeline does not have (diffusers' message)."""
+    if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+        tensor_inputs = callback_on_step_end.tensor_inputs
+    unknown = [name for name in tensor_inputs if name not in allowed]
+    if unknown:
+        raise ValueError(f"`callback_on_step_end_tensor_inputs` has to be in {allowed}, but found {unknown}")
+    return list(tensor_inputs)
 
 
 class ClassConditionalDDPMPipeline(DiffusionPipeline):
@@ -171,6 +245,8 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    #: the tensors ``callback_on_step_end`` may read and replace: ``latents``, the sample being denoised (x_t)
+    _callback_tensor_inputs = ["latents"]
 
     # hfgen sets these (hfgen.pipeline_hooks.install_hooks) when this file is imported as part of the hfgen package:
     # from_pretrained then reads a folder or Hub repo into diffusers' classes without running code from it, and
@@ -242,6 +318,17 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         return guided_output(self.unet, sample, timestep, class_ids, self.null_class, guidance_scale,
                              guidance_rescale)
 
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current (or last) call; a ``callback_on_step_end`` may change
+        ``pipe._guidance_scale`` between steps (diffusers' convention)."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the current (or last) call."""
+        return self._num_timesteps
+
     @torch.no_grad()
     def __call__(
         self,
@@ -250,61 +337,102 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
+        latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        crop_to_source: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | PipelineCallback
+        | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images of given classes.
 
         Args:
             batch_size (`int`, defaults to 1): number of images when ``class_labels`` is one class or None.
             class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*): the classes to sample: one class
-                index (``0 .. K-1``) or name for every image, or a list of them (one image each; ``batch_size`` is
-                then left at 1 or equal to its length). None samples the null class: the unconditional model.
-            guidance_scale (`float`, defaults to `DEFAULT_GUIDANCE_SCALE`): ``s`` in
+                index (``0 .. K-1``) or name for every image, or a list (nested lists and tensors are flattened, as
+                ``DiTPipeline`` takes them) with one per image (``batch_size`` is then left at 1 or equal to its
+                length). None samples the null class: the unconditional model.
+            guidance_scale (`float`, defaults to `DEFAULT_GUIDANCE_SCALE`): ``s >= 0`` in
                 ``eps_null + s * (eps_y - eps_null)``. 1 is the conditional model (one network pass per step), 0 the
-                unconditional (null-class) model (one pass), other values two passes, run as one batch.
-                Ho & Salimans' guidance strength ``w`` is ``s - 1``.
+                unconditional (null-class) model (one pass), other values two passes, run as one batch; values other
+                than 0 and 1 need ``class_labels``. Ho & Salimans' guidance strength ``w`` is ``s - 1``.
             guidance_rescale (`float`, defaults to `DEFAULT_GUIDANCE_RESCALE`): ``phi`` in ``[0, 1]``: each guided
                 prediction is scaled to the standard deviation of its conditional one and mixed,
                 ``phi * rescaled + (1 - phi) * guided`` (Lin et al. 2023), against the over-brightening of large
                 scales; 0 is plain guidance. Used only when guidance runs (``s`` other than 0 and 1).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a
                 list holds one generator per image, and image i then depends on ``generator[i]`` alone.
-            num_inference_steps (`int`, defaults to 1000): sampling steps (at most the scheduler's
-                ``num_train_timesteps``; fewer suit DDIM or DPM-Solver++).
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
+            num_inference_steps (`int`, *optional*): sampling steps, default (and at most) the scheduler's
+                ``num_train_timesteps`` (every step of the DDPM sampler; fewer suit DDIM or DPM-Solver++).
+            latents (`torch.Tensor`, *optional*): the initial noise x_T, shape ``(batch, channels, height, width)``;
+                drawn with ``generator`` when not given.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"`: the denoised tensor as
+                the loop leaves it (in the model's [-1, 1] range, not clipped or converted), diffusers' name for it.
             return_dict (`bool`, defaults to True): return an [`ImagePipelineOutput`] instead of a tuple.
+            crop_to_source (`bool`, defaults to True): return the images at the data's own size (the UNet config's
+                ``_source_size``: 28x28 for Fashion-MNIST), as the data set has them; False: the padded
+                ``sample_size`` square the UNet generates (32x32). A UNet without ``_source_size`` (trained on
+                unpadded data, or before hfgen recorded it) gives its ``sample_size`` either way.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
+                after each step as ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with the
+                tensors named in ``callback_on_step_end_tensor_inputs``; the dict it returns may replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): the tensors the callback
+                gets, from ``pipe._callback_tensor_inputs``.
 
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the images (``images``), or the tuple ``(images,)``.
         """
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-        check_guidance(guidance_scale, guidance_rescale)
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if num_inference_steps is None:
+            num_inference_steps = self.scheduler.config.num_train_timesteps
+        check_sampling_arguments(batch_size, num_inference_steps, class_labels, self.num_classes, guidance_scale,
+                                 guidance_rescale)
+        tensor_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                             self._callback_tensor_inputs)
         device = self._execution_device
+        if latents is not None and class_labels is None and batch_size == 1:
+            batch_size = latents.shape[0]
         class_ids = class_label_ids(class_labels, self.config.class_names, self.num_classes, batch_size,
                                     device=device)
-        if guidance_scale == 0.0 or class_labels is None:
-            # eps_null + s * (eps_y - eps_null) is the null-class prediction when s = 0, and whatever s is when y is
-            # the null class: one pass, with the null class
-            class_ids, guidance_scale = torch.full_like(class_ids, self.null_class), 1.0
         batch = class_ids.shape[0]
         _check_generators(generator, batch)
+        # without labels: the null class, one pass (guidance is then 0 or 1, both the null-class model)
+        guided = class_labels is not None
+        self._guidance_scale = guidance_scale
 
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else size
         shape = (batch, self.unet.config.in_channels, height, width)
-        image = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
-        image = image * self.scheduler.init_noise_sigma
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (batch, unet in_channels, sample_size, sample_size), "
+                             f"got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(image, t)
-            model_output = self._predict(model_input, t, class_ids, float(guidance_scale), float(guidance_rescale))
-            image = self.scheduler.step(model_output, t, image, generator=generator).prev_sample
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_input = self.scheduler.scale_model_input(latents, t)
+            scale = float(self._guidance_scale) if guided else 1.0
+            model_output = self._predict(model_input, t, class_ids, scale, float(guidance_rescale))
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                available = {"latents": latents}
+                outputs = callback_on_step_end(self, i, t, {name: available[name] for name in tensor_names})
+                latents = outputs.pop("latents", latents)
 
-        image = self.image_processor.postprocess(image.float(), output_type=output_type)
+        if output_type == "latent":
+            image = latents
+        else:
+            if crop_to_source:
+                latents = crop_to_source_size(latents, self.unet.config.get(SOURCE_SIZE_KEY))
+            image = self.image_processor.postprocess(latents.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (image,)

@@ -130,6 +130,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         decode_batch_size: int = 256,
         output_type: str = "pil",
         return_dict: bool = True,
+        crop_to_source: bool = True,
     ) -> HierarchicalVAEPipelineOutput | tuple:
         r"""Generate images.
 
@@ -159,8 +160,15 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to True): return a [`HierarchicalVAEPipelineOutput`] (images and every
                 group's latents) instead of the tuple ``(images, latents)``.
+            crop_to_source (`bool`, defaults to True): return the images at the data's own size (``source_size`` in
+                the model config: 28x28 for Fashion-MNIST), as the data set has them; False: the padded
+                ``sample_size`` square the model generates (32x32). A model without ``source_size`` (trained on
+                unpadded data, or before hfgen recorded it) gives its ``sample_size`` either way.
         """
         temperatures = self.vae._temperatures(temperature)  # validates: one number or one per group, >= 0
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer (the number of images), got {batch_size!r}")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         device = self._execution_device
@@ -208,7 +216,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
                                          chunk_generator, params))
             else:
                 chunks.append(self.vae.decode_image(params))
-        image = torch.cat(chunks).float()
+        image = self._output_size(torch.cat(chunks).float(), crop_to_source)
         image = self.image_processor.postprocess(image, output_type=output_type)
         latents = [torch.cat(group) for group in zip(*drawn)]
         self.maybe_free_model_hooks()
@@ -241,12 +249,12 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def interpolate(self, image_a: ImageInput, image_b: ImageInput, num_steps: int = 8, output_type: str = "pil",
-                    return_dict: bool = True,
-                    class_labels: int | str | None = None) -> HierarchicalVAEPipelineOutput | tuple:
+                    return_dict: bool = True, class_labels: int | str | None = None,
+                    crop_to_source: bool = True) -> HierarchicalVAEPipelineOutput | tuple:
         r"""``num_steps`` images along the spherical interpolation (``slerp``), group by group, between the posterior
         means of two images; the first and last decode the two images' own latents, as ``reconstruct`` does.
         ``class_labels`` (class-conditional models): one class (index or name) to encode and decode with; None: the
-        null class."""
+        null class. ``crop_to_source``: as in ``__call__`` (the data's own size by default)."""
         if num_steps < 2:
             raise ValueError(f"num_steps must be >= 2 (the two ends included), got {num_steps}")
         if class_labels is not None and not isinstance(class_labels, (int, str)):
@@ -259,7 +267,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         latents = [slerp(za.expand(num_steps, *za.shape[1:]), zb.expand(num_steps, *zb.shape[1:]), t)
                    for za, zb in zip(a, b)]
         return self(batch_size=num_steps, latents=latents, class_labels=class_labels, output_type=output_type,
-                    return_dict=return_dict)
+                    return_dict=return_dict, crop_to_source=crop_to_source)
 
     @torch.no_grad()
     def reconstruct(
@@ -269,29 +277,40 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         use_posterior_mean: bool = True,
         output_type: str = "pil",
         class_labels: ClassLabels = None,
+        crop_to_source: bool = True,
     ) -> PIL.Image.Image | np.ndarray | torch.Tensor:
         r"""Encode ``images`` and decode them again.
 
         Args:
             images: PIL images, a numpy array (N, H, W, C) in [0, 1], or a tensor: ``uint8`` in {0..255} or float in
-                [-1, 1], shaped (N, C, H, W); height, width and channels must match the model's config.
+                [-1, 1], shaped (N, C, H, W); channels as in the model's config, height and width the data's own
+                (``source_size``: zero-padded as in training) or the model's ``sample_size``.
             generator: drives the posterior samples when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: every group at its posterior mean (True) or one sample of q (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
             class_labels: (class-conditional models) the images' class, one index or name for all or a list with one
                 per image, used to encode and to decode; None: the null class.
+            crop_to_source: the reconstructions at the data's own size (True, as in ``__call__``) or the padded
+                square the model decodes (False).
         """
         x = self._preprocess(images)
         _check_generators(generator, x.shape[0])
         labels = self.vae.resolve_class_labels(class_labels, x.shape[0])
         params = self.vae.reconstruct_parameters(x.to(self._execution_device), generator=generator,
                                                  use_posterior_mean=use_posterior_mean, class_labels=labels)
-        image = self.vae.decode_image(params).float()
+        image = self._output_size(self.vae.decode_image(params).float(), crop_to_source)
         self.maybe_free_model_hooks()
         return self.image_processor.postprocess(image, output_type=output_type)
 
+    def _output_size(self, images: torch.Tensor, crop_to_source: bool) -> torch.Tensor:
+        """Decoded images ``(N, C, sample_size, sample_size)`` at the data's own size (the model's ``source_size``)
+        when ``crop_to_source``, where the data layer put them inside the padded square; else as decoded."""
+        region = self.vae.source_region
+        return region.crop(images) if crop_to_source and region is not None else images
+
     def _preprocess(self, images: ImageInput) -> torch.Tensor:
-        """Images of any accepted form -> a tensor the model takes (``uint8`` as is, otherwise floats in [-1, 1])."""
+        """Images of any accepted form -> a tensor the model takes (``uint8`` as is, otherwise floats in [-1, 1]), at
+        the data's own size or the model's (the model pads the first and refuses other sizes, ``vae.to_uint8``)."""
         if isinstance(images, torch.Tensor):
             return images
         channels = self.vae.config.in_channels

@@ -14,11 +14,13 @@ when a folder is saved), so a published folder can carry it as remote code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from diffusers import DDPMScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import UNet2DModel
 from diffusers.models.modeling_utils import ModelMixin
@@ -27,8 +29,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_conditional import (
-    DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, ClassLabels, _check_generators, check_guidance, class_label_ids,
-    guided_output,
+    DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, ClassLabels, _check_generators, callback_tensor_names,
+    check_sampling_arguments, class_label_ids, guided_output, scheduler_step_kwargs,
 )
 
 
@@ -85,6 +87,8 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet->vae"
+    #: the tensors ``callback_on_step_end`` may read and replace: ``latents``, the scaled latents being denoised (z_t)
+    _callback_tensor_inputs = ["latents"]
 
     # hfgen fills these (hfgen.pipeline_hooks.install_hooks); in the copy a published folder carries they stay None
     _hfgen_components: dict = {}
@@ -151,6 +155,17 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                              f"{type(self.scheduler).__name__}.from_config(pipe.scheduler.config, variance_type=None)")
         return output[:, :channels]
 
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current (or last) call; a ``callback_on_step_end`` may change
+        ``pipe._guidance_scale`` between steps (diffusers' convention)."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the current (or last) call."""
+        return self._num_timesteps
+
     @torch.no_grad()
     def __call__(
         self,
@@ -159,43 +174,63 @@ class LatentDiffusionPipeline(DiffusionPipeline):
         guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
         guidance_rescale: float = DEFAULT_GUIDANCE_RESCALE,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: int | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
+        crop_to_source: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | PipelineCallback
+        | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
     ) -> LatentDiffusionPipelineOutput | tuple:
         r"""Generate images (of given classes, for a class-conditional prior).
 
         Args:
             batch_size (`int`, defaults to 1): number of images when ``class_labels`` is one class or None.
             class_labels (`int`, `str`, `list` or `torch.Tensor`, *optional*): one class index or name for every
-                image, or a list of them (one image each). None: the null class (unconditional samples).
-            guidance_scale (`float`, defaults to 1): ``s`` in ``eps_null + s * (eps_y - eps_null)``; 1 is the
-                conditional prior (one pass), 0 the unconditional one.
+                image, or a list of them (one image each; nested lists and tensors are flattened, as ``DiTPipeline``
+                takes them). None: the null class (unconditional samples).
+            guidance_scale (`float`, defaults to 1): ``s >= 0`` in ``eps_null + s * (eps_y - eps_null)``; 1 is the
+                conditional prior (one pass), 0 the unconditional one; other values need ``class_labels``.
             guidance_rescale (`float`, defaults to 0): Lin et al. (2023)'s rescale ``phi`` in [0, 1].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image (image i
                 then depends on ``generator[i]`` alone).
-            num_inference_steps (`int`, defaults to 1000): sampling steps (fewer suit DDIM or DPM-Solver++).
+            num_inference_steps (`int`, *optional*): sampling steps, default the scheduler's
+                ``num_train_timesteps`` (every step of the DDPM sampler; fewer suit DDIM or DPM-Solver++).
             latents (`torch.Tensor`, *optional*): the initial noise ``z_T``, shape ``(batch, *latent_shape)``
                 (e.g. ``out.latents`` of an earlier call); drawn with ``generator`` when not given.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (the denoised scaled
                 latents, not decoded).
             return_dict (`bool`, defaults to True): return a [`LatentDiffusionPipelineOutput`] instead of a tuple.
+            crop_to_source (`bool`, defaults to True): decoded images at the data's own size (the VAE config's
+                ``source_size``: 28x28 for Fashion-MNIST), as the data set has them; False: the padded
+                ``sample_size`` square the VAE decodes (32x32). A VAE without ``source_size`` gives its
+                ``sample_size`` either way.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
+                after each step as ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with the
+                tensors named in ``callback_on_step_end_tensor_inputs``; the dict it returns may replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to `["latents"]`): the tensors the callback
+                gets, from ``pipe._callback_tensor_inputs``.
 
         Returns:
             [`LatentDiffusionPipelineOutput`] or `tuple`: ``(images, latents)``.
         """
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        check_guidance(guidance_scale, guidance_rescale)
+        if num_inference_steps is None:
+            num_inference_steps = self.scheduler.config.num_train_timesteps
+        check_sampling_arguments(batch_size, num_inference_steps, class_labels, self.num_classes, guidance_scale,
+                                 guidance_rescale)
+        tensor_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                             self._callback_tensor_inputs)
         device = self._execution_device
         conditional = self.num_classes > 0
         if latents is not None and class_labels is None and batch_size == 1:
             batch_size = latents.shape[0]
         class_ids = class_label_ids(class_labels, self.config.class_names, self.num_classes, batch_size,
                                     device=device)
-        if guidance_scale == 0.0 or class_labels is None:  # the null-class prediction: one pass
-            class_ids, guidance_scale = torch.full_like(class_ids, self.num_classes), 1.0
+        guided = class_labels is not None  # without labels: the null class, one pass
+        self._guidance_scale = guidance_scale
         batch = class_ids.shape[0]
         _check_generators(generator, batch)
         shape = (batch, *self.latent_shape)
@@ -205,24 +240,35 @@ class LatentDiffusionPipeline(DiffusionPipeline):
             raise ValueError(f"latents must have shape {shape} (batch, *the VAE's latent shape), got "
                              f"{tuple(latents.shape)}")
         initial = latents.to(device=device, dtype=self.unet.dtype)
-        sample = initial * self.scheduler.init_noise_sigma
+        latents = initial * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         channels = shape[1]
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(sample, t)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_input = self.scheduler.scale_model_input(latents, t)
             if conditional:
-                output = guided_output(self.unet, model_input, t, class_ids, self.num_classes,
-                                       float(guidance_scale), float(guidance_rescale))
+                scale = float(self._guidance_scale) if guided else 1.0
+                output = guided_output(self.unet, model_input, t, class_ids, self.num_classes, scale,
+                                       float(guidance_rescale))
             else:
                 output = self.unet(model_input, t).sample
-            sample = self.scheduler.step(self._step_output(output, channels), t, sample,
-                                         generator=generator).prev_sample
+            latents = self.scheduler.step(self._step_output(output, channels), t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                available = {"latents": latents}
+                outputs = callback_on_step_end(self, i, t, {name: available[name] for name in tensor_names})
+                latents = outputs.pop("latents", latents)
 
         if output_type == "latent":
-            images = sample
+            images = latents
         else:
-            images = self.image_processor.postprocess(self.decode_latents(sample).float(), output_type=output_type)
+            images = self.decode_latents(latents).float()
+            region = self.vae.source_region  # where the data's own images lie in the square (None: all of it)
+            if crop_to_source and region is not None:
+                images = region.crop(images)
+            images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images, initial)

@@ -126,6 +126,7 @@ class VAEPipeline(DiffusionPipeline):
         decode_batch_size: int = 256,
         output_type: str = "pil",
         return_dict: bool = True,
+        crop_to_source: bool = True,
     ) -> VAEPipelineOutput | tuple:
         r"""Generate images.
 
@@ -147,7 +148,13 @@ class VAEPipeline(DiffusionPipeline):
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
             return_dict (`bool`, defaults to True): return a [`VAEPipelineOutput`] (images and the latents they
                 were decoded from) instead of the tuple ``(images, latents)``.
+            crop_to_source (`bool`, defaults to True): return the images at the data's own size (``source_size`` in
+                the model config: 28x28 for Fashion-MNIST), as the data set has them; False: the padded
+                ``sample_size`` square the model generates (32x32). A model without ``source_size`` (trained on
+                unpadded data, or before hfgen recorded it) gives its ``sample_size`` either way.
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer (the number of images), got {batch_size!r}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         if output_type not in ("pil", "np", "pt"):
@@ -180,7 +187,7 @@ class VAEPipeline(DiffusionPipeline):
                                          _generators_for(generator, start, stop), z, y))
             else:
                 chunks.append(self.vae.decode(z, y).sample)
-        image = torch.cat(chunks).float()
+        image = self._output_size(torch.cat(chunks).float(), crop_to_source)
         image = self.image_processor.postprocess(image, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -213,11 +220,12 @@ class VAEPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def interpolate(self, image_a: ImageInput, image_b: ImageInput, num_steps: int = 8, output_type: str = "pil",
-                    return_dict: bool = True, class_labels: int | str | None = None) -> VAEPipelineOutput | tuple:
+                    return_dict: bool = True, class_labels: int | str | None = None,
+                    crop_to_source: bool = True) -> VAEPipelineOutput | tuple:
         r"""``num_steps`` images along the spherical interpolation (``slerp``) between the latents (posterior means)
         of two images; the first and last decode the two images' own latents, as ``reconstruct`` does.
         ``class_labels`` (class-conditional models): one class (index or name) to encode and decode with; None: the
-        null class."""
+        null class. ``crop_to_source``: as in ``__call__`` (the data's own size by default)."""
         if num_steps < 2:
             raise ValueError(f"num_steps must be >= 2 (the two ends included), got {num_steps}")
         if class_labels is not None and not isinstance(class_labels, (int, str)):
@@ -228,7 +236,7 @@ class VAEPipeline(DiffusionPipeline):
         t = torch.linspace(0, 1, num_steps)
         latents = slerp(a.expand(num_steps, *a.shape[1:]), b.expand(num_steps, *b.shape[1:]), t)
         return self(batch_size=num_steps, latents=latents, class_labels=class_labels, output_type=output_type,
-                    return_dict=return_dict)
+                    return_dict=return_dict, crop_to_source=crop_to_source)
 
     @torch.no_grad()
     def reconstruct(
@@ -238,28 +246,39 @@ class VAEPipeline(DiffusionPipeline):
         use_posterior_mean: bool = True,
         output_type: str = "pil",
         class_labels: ClassLabels = None,
+        crop_to_source: bool = True,
     ) -> PIL.Image.Image | np.ndarray | torch.Tensor:
         r"""Encode ``images`` and decode them again.
 
         Args:
             images: PIL images, a numpy array (N, H, W, C) in [0, 1], or a tensor: ``uint8`` in {0..255} or float in
-                [-1, 1], shaped (N, C, H, W); height, width and channels must match the model's config.
+                [-1, 1], shaped (N, C, H, W); channels as in the model's config, height and width the data's own
+                (``source_size``: zero-padded as in training) or the model's ``sample_size``.
             generator: drives the posterior sample when ``use_posterior_mean`` is False (a list: one per image).
             use_posterior_mean: decode the posterior mean (True) or one sample of q(z | x) (False).
             output_type: `"pil"`, `"np"` or `"pt"`.
             class_labels: (class-conditional models) the images' class, one index or name for all or a list with one
                 per image, used to encode and to decode; None: the null class.
+            crop_to_source: the reconstructions at the data's own size (True, as in ``__call__``) or the padded
+                square the model decodes (False).
         """
         x = self._to_model_range(images)
         _check_generators(generator, x.shape[0])
         labels = self.vae.resolve_class_labels(class_labels, x.shape[0])
         posterior = self.vae.encode(x.to(device=self._execution_device, dtype=self.vae.dtype), labels).latent_dist
         z = posterior.mode() if use_posterior_mean else posterior.sample(generator=generator)
-        image = self.vae.decode(z, labels).sample.float()
+        image = self._output_size(self.vae.decode(z, labels).sample.float(), crop_to_source)
         return self.image_processor.postprocess(image, output_type=output_type)
 
+    def _output_size(self, images: torch.Tensor, crop_to_source: bool) -> torch.Tensor:
+        """Decoded images ``(N, C, sample_size, sample_size)`` at the data's own size (the model's ``source_size``)
+        when ``crop_to_source``, where the data layer put them inside the padded square; else as decoded."""
+        region = self.vae.source_region
+        return region.crop(images) if crop_to_source and region is not None else images
+
     def _to_model_range(self, images: ImageInput) -> torch.Tensor:
-        """Images of any accepted form -> float (N, C, H, W) in [-1, 1], checked against the model config."""
+        """Images of any accepted form -> float (N, C, sample_size, sample_size) in [-1, 1], checked against the model
+        config (images at the data's own size are zero-padded as in training)."""
         if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
             x = images.float() * (2.0 / 255.0) - 1.0
         elif isinstance(images, torch.Tensor):
@@ -271,5 +290,5 @@ class VAEPipeline(DiffusionPipeline):
                 do_convert_grayscale=channels == 1, do_convert_rgb=channels == 3,
             )
             x = processor.preprocess(images)
-        # Rounds to the 8-bit grid and raises a ValueError naming the expected shape when it does not match.
+        # Pads the data's own size, rounds to the 8-bit grid, refuses other shapes (naming those it takes).
         return self.vae.to_uint8(x).float() * (2.0 / 255.0) - 1.0

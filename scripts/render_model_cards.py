@@ -4,8 +4,10 @@ metrics.json, training_config.json and samples.png beside it), as the card would
 
     python scripts/render_model_cards.py RUN_DIR [RUN_DIR ...] [--owner hfgen-examples] [--out docs/model_cards]
 
-The repo id each card names is OWNER/<folder name>; tests/test_hub.py re-renders the committed cards from the
-committed metrics to check they are current.
+The repo id each card names is OWNER/<folder name>. A folder already under --out (no weights, only the card's files)
+is rendered again from its own metrics.json and training_config.json: after a template change,
+`python scripts/render_model_cards.py docs/model_cards/*` brings the committed cards up to date, which
+tests/test_hub.py checks.
 """
 
 import argparse
@@ -13,19 +15,22 @@ import json
 import shutil
 from pathlib import Path
 
-from hfgen.families import family_for_pipeline_class
+from hfgen.families import FAMILIES, family_for_pipeline_class
 from hfgen.hub import render_model_card
 from hfgen.remote_code import pipeline_class_name, read_model_index
 
 
 def render(folder: Path, out: Path, repo_id: str) -> Path:
-    family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))
     out.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.json", "training_config.json", "samples.png"):
-        if (folder / name).is_file():
+        if (folder / name).is_file() and (folder / name).resolve() != (out / name).resolve():
             shutil.copyfile(folder / name, out / name)
     metrics = json.loads((out / "metrics.json").read_text())
     training_config = json.loads((out / "training_config.json").read_text())
+    if (folder / "model_index.json").is_file():
+        family = family_for_pipeline_class(pipeline_class_name(read_model_index(folder)))
+    else:  # a committed example card: the family its metrics name
+        family = FAMILIES[metrics["family"]]()
     render_model_card(family, metrics, training_config, repo_id).save(out / "README.md")
     return out / "README.md"
 

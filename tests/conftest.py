@@ -37,3 +37,44 @@ def run_env():
 
 
 PYTHON = sys.executable
+
+
+#: the flags of the tiny runs ``tiny_runs`` trains (seconds each)
+TINY_RUN = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "64", "--max_train_steps", "2",
+            "--eval_max_samples", "16", "--final_eval_max_samples", "16", "--final_importance_samples", "2",
+            "--num_sample_images", "4", "--report_to", "none"]
+TINY_RUNS = [(family, conditional) for family in ("vae", "hvae", "ddpm", "ldm") for conditional in (False, True)]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory):
+    """Folders of tiny training runs, ``{(family, conditional): folder}``: each family, unconditional and
+    class-conditional, named ``<family>-unconditional`` / ``<family>-conditional``. Latent diffusion is trained over
+    the unconditional VAE run (its latent is spatial); the hierarchical VAEs have the ``small`` preset's six latent
+    groups (``--groups_per_scale 0 2 2 2``), so that code written for that preset runs on them."""
+    if not FASHION_MNIST_DIR.is_dir():
+        pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST_DIR}")
+    import torch
+
+    from hfgen.families import FAMILIES
+    from hfgen.training import build_parser, train
+
+    root = tmp_path_factory.mktemp("tiny-runs")
+    folders = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for family_name, conditional in TINY_RUNS:
+            folder = root / f"{family_name}-{'conditional' if conditional else 'unconditional'}"
+            args = ["--output_dir", str(folder), *TINY_RUN] + (["--class_conditional"] if conditional else [])
+            if family_name == "ldm":
+                args += ["--vae", str(folders[("vae", False)])]
+            if family_name == "hvae":
+                args += ["--groups_per_scale", "0", "2", "2", "2"]
+            family = FAMILIES[family_name]()
+            train(family, build_parser(family).parse_args(args))
+            reset_accelerate_state()
+            folders[(family_name, conditional)] = folder
+    finally:
+        torch.set_num_threads(threads)
+    return folders

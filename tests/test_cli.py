@@ -74,8 +74,13 @@ def test_sample_writes_a_grid_deterministically(trained, tmp_path, capsys):
         assert main(["sample", str(trained), "--num-images", "6", "--seed", "3", "--out", str(tmp_path / name),
                      "--temperature", "0.7"]) == 0
     a, b = (np.asarray(PIL.Image.open(tmp_path / n)) for n in ("a.png", "b.png"))
-    assert a.shape == (64, 96, 3)  # 2 rows x 3 columns of 32x32
+    assert a.shape == (56, 84, 3)  # 2 rows x 3 columns of the data's own 28x28
     assert np.array_equal(a, b)
+    # the padded squares the model generates, on request: the same images inside a 2-pixel zero border
+    assert main(["sample", str(trained), "--num-images", "6", "--seed", "3", "--out", str(tmp_path / "c.png"),
+                 "--temperature", "0.7", "--no-crop-to-source"]) == 0
+    c = np.asarray(PIL.Image.open(tmp_path / "c.png"))
+    assert c.shape == (64, 96, 3) and np.array_equal(c[2:30, 2:30], a[:28, :28]) and c[:2].max() == 0
 
 
 def test_errors_name_the_problem(trained, tmp_path, capsys):
@@ -119,3 +124,72 @@ def test_hfgen_train_takes_the_scripts_flags_in_both_spellings(tmp_path):
                  "--max-train-samples", "64", "--report-to", "none", "--num-sample-images", "1"]) == 0
     reset_accelerate_state()
     assert json.loads((out / "metrics.json").read_text())["train_steps"] == 2
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def _one_line_error(capsys, command: str) -> str:
+    """The error ``main`` printed: exactly one line, ``hfgen COMMAND: error: ...``, and no traceback."""
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("hfgen")]
+    assert "Traceback" not in err and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith(f"hfgen {command}: error: ")
+    return lines[0]
+
+
+def test_mistakes_are_refused_in_one_line_naming_the_value_and_what_was_expected(trained, tmp_path, capsys,
+                                                                               monkeypatch):
+    import huggingface_hub.constants
+    import torch
+
+    before = _snapshot(trained)
+    assert main(["sample", str(trained), "--out", str(tmp_path / "out")]) == 2
+    error = _one_line_error(capsys, "sample")
+    assert f"--out '{tmp_path / 'out'}': no image file extension; expected a file name ending in .png" in error
+    assert main(["sample", str(trained), "--device", "banana", "--out", str(tmp_path / "a.png")]) == 2
+    assert "--device 'banana': not a device name; expected cpu, cuda" in _one_line_error(capsys, "sample")
+    if not torch.cuda.is_available():
+        assert main(["evaluate", str(trained), "--device", "cuda"]) == 2
+        assert "--device cuda: this machine has no cuda device" in _one_line_error(capsys, "evaluate")
+    # a flag of the diffusion families on a VAE, and a KID whose subsets would all be the same images
+    assert main(["evaluate", str(trained), "--vlb-timesteps", "3", "--max-samples", "8"]) == 2
+    error = _one_line_error(capsys, "evaluate")
+    assert "--vlb-timesteps 3: the vae family has no L_vlb timesteps; expected --importance-samples" in error
+    assert main(["evaluate", str(trained), "--metrics", "kid", "--num-samples", "200"]) == 2
+    assert "--num-samples 200 with --metrics kid" in (error := _one_line_error(capsys, "evaluate"))
+    assert "expected --num-samples 2000 or more" in error
+    # publishing without a connection: what failed, not huggingface_hub's traceback
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["publish", str(trained), "--repo-id", "someone/hfgen-vae"]) == 2
+    error = _one_line_error(capsys, "publish")
+    assert "could not reach the Hub to publish to 'someone/hfgen-vae' (OfflineModeIsEnabled" in error
+    assert "expected a network connection" in error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "a.png").exists() and list(tmp_path.iterdir()) == []
+    assert _snapshot(trained) == before
+
+
+def test_every_training_flag_says_what_it_does():
+    from hfgen.families import FAMILIES
+
+    for name, family in FAMILIES.items():
+        parser = build_parser(family())
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            assert action.help and action.help.strip(), f"{name}: {action.option_strings} has no help"
+            text = formatter._expand_help(action)
+            assert text.count("(default:") <= 1, f"{name}: {action.option_strings}: {text}"
+            assert "(default: None)" not in text, f"{name}: {action.option_strings}: {text}"
+
+
+def test_the_command_line_parser_imports_neither_torch_nor_diffusers(run_env):
+    code = ("import sys, hfgen.cli; hfgen.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'accelerate', 'datasets') if m in sys.modules))")
+    result = subprocess.run([PYTHON, "-c", code], cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+    # and the package's names still import on first use
+    result = subprocess.run([PYTHON, "-c", "import hfgen; print(hfgen.VAEPipeline.__name__, hfgen.VAEModel.__name__)"],
+                            cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=300)
+    assert result.stdout.split() == ["VAEPipeline", "VAEModel"], result.stderr[-2000:]

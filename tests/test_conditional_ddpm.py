@@ -193,15 +193,16 @@ def test_guidance_scale_one_is_the_conditional_model_and_zero_the_null_class(fix
     np.testing.assert_array_equal(null, _sample(pipeline, batch_size=2))  # class_labels=None: the null class
     np.testing.assert_allclose(null, _by_hand(pipeline.unet, scheduler, torch.tensor([3, 3]), 1.0), atol=1e-6)
     assert not np.allclose(null, conditional)
-    # the unconditional model needs no guidance: any scale gives the null class
-    np.testing.assert_array_equal(_sample(pipeline, batch_size=2, guidance_scale=4.0), null)
+    # without labels there is nothing to guide towards: a scale other than 0 or 1 is refused, not silently ignored
+    with pytest.raises(ValueError, match="guidance_scale=4.0 needs class_labels"):
+        _sample(pipeline, batch_size=2, guidance_scale=4.0)
 
 
 @pytest.mark.parametrize("fixture", ["fixed", "learned"])
 def test_batched_guidance_equals_the_two_passes_done_separately(fixture, request):
     _, pipeline = request.getfixturevalue(fixture)
     labels = torch.tensor([1, 0, 2])
-    for scale in (3.0, -0.5):
+    for scale in (3.0, 0.5):
         guided = _sample(pipeline, class_labels=labels, guidance_scale=scale)
         by_hand = _by_hand(pipeline.unet, DDPMScheduler.from_config(pipeline.scheduler.config), labels, scale)
         # batches of 6 and of 3 round differently; a wrong combination would be off by ~0.1
@@ -356,7 +357,7 @@ def test_folder_layout(folder):
         elif isinstance(node, ast.ImportFrom):
             assert node.level == 0
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "collections", "math", "torch", "diffusers"}, imported
+    assert imported <= {"__future__", "collections", "inspect", "math", "numbers", "torch", "diffusers"}, imported
     # what hfgen publish uploads: the pipeline file, configs and weights (class_names is a setting, not a component)
     assert publish_files(folder) == ["model_index.json", "pipeline_ddpm_conditional.py",
                                      "scheduler/scheduler_config.json", "unet/config.json",

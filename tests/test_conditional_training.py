@@ -7,9 +7,11 @@ import datasets
 import PIL.Image
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 from hfgen.cli import main
-from hfgen.data import FASHION_MNIST_CLASS_NAMES, DataError
+from hfgen.data import FASHION_MNIST_CLASS_NAMES, DataError, images_and_source_shape, load_image_dataset
+from hfgen.evaluation import evaluate_likelihood
 from hfgen.families import DDPMFamily, HVAEFamily, VAEFamily, load_pipeline
 from hfgen.training import build_parser, train
 
@@ -32,23 +34,43 @@ def conditional_vae(tmp_path_factory):
 
 
 @requires_fashion_mnist
-def test_a_conditional_vae_run_bounds_log_p_x_given_y_and_log_p_x(conditional_vae):
+def test_a_conditional_vae_run_bounds_log_p_x_given_y_and_log_p_x(conditional_vae, capsys):
     out, metrics = conditional_vae
     assert metrics["class_names"] == list(FASHION_MNIST_CLASS_NAMES)
-    assert metrics["likelihood"]["given"] == "class label"
-    unconditional = metrics["unconditional"]
-    assert unconditional["likelihood"]["given"] == "nothing (null class)"
-    for key in ("bits_per_dim_elbo", "bits_per_dim_iw"):
-        assert torch.isfinite(torch.tensor([metrics[key], unconditional[key]])).all()
-        assert metrics[key] != unconditional[key]  # the label changes the bound
+    # the plain keys bound -log p(x), through the null class; the bounds given the label say so in their names
+    assert metrics["likelihood"]["given"] == "nothing (null class)" and "unconditional" not in metrics
+    for key in ("bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "bits_per_dim_elbo_stderr"):
+        given = key.replace("_stderr", "_given_label_stderr") if key.endswith("_stderr") else f"{key}_given_label"
+        assert torch.isfinite(torch.tensor([metrics[key], metrics[given]])).all()
+        assert metrics[key] != metrics[given]  # the label changes the bound
     assert json.loads((out / "metrics.json").read_text()) == metrics
+    # the plain keys are what `hfgen evaluate` gives for the model without labels: the same images, K and seed
+    assert main(["evaluate", str(out), "--max-samples", "24", "--importance-samples", "2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["likelihood"]["given"] == "nothing (null class)" and "unconditional" not in printed
+    for key in ("bits_per_dim_elbo", "bits_per_dim_iw", "bits_per_dim_elbo_given_label",
+                "bits_per_dim_iw_given_label"):
+        assert printed[key] == pytest.approx(metrics[key], rel=1e-5), key
+    pipeline, family = load_pipeline(str(out))
+    images, shape = images_and_source_shape(load_image_dataset("fashion_mnist", "test"), sample_size=32, channels=1,
+                                            max_samples=24, show_progress=False)
+    null_class = evaluate_likelihood(family, family.model_of(pipeline).eval(), images, importance_samples=2,
+                                     source_shape=shape, show_progress=False)  # no labels: -log p(x)
+    assert null_class["bits_per_dim_elbo"] == pytest.approx(metrics["bits_per_dim_elbo"], rel=1e-5)
+    # the card: each plain row names log p(x) (null class), each row given the label names it, in the model-index too
     card = (out / "README.md").read_text()
-    assert "### Class-conditional" in card and "of log p(x | y)" in card and "(null class)" in card
+    assert "### Class-conditional" in card and "of log p(x | y) given the label" in card and "(null class)" in card
+    index = {entry["type"]: entry for result in ModelCard.load(out / "README.md").data.to_dict()["model-index"]
+             for entry in [m for r in result["results"] for m in r["metrics"]]}
+    assert index["bits_per_dim_elbo"]["value"] == pytest.approx(metrics["bits_per_dim_elbo"])
+    assert "of log p(x) (null class)" in index["bits_per_dim_elbo"]["name"]
+    assert index["bits_per_dim_elbo_given_label"]["value"] == pytest.approx(metrics["bits_per_dim_elbo_given_label"])
+    assert "given the label" in index["bits_per_dim_elbo_given_label"]["name"]
     assert "conditioned on the class label only (10 classes" in card
     config = json.loads((out / "vae" / "config.json").read_text())
     assert config["num_classes"] == 10 and config["class_names"] == list(FASHION_MNIST_CLASS_NAMES)
-    # the training grid has one row per class: 16 images (the tiny preset) // 10 classes = 1 column
-    assert PIL.Image.open(out / "samples.png").size == (32, 10 * 32)
+    # the training grid: 16 images (the tiny preset) // 10 classes = 1 per class, in class order in a 4 x 3 grid of 28x28 images
+    assert PIL.Image.open(out / "samples.png").size == (4 * 28, 3 * 28)
 
 
 @requires_fashion_mnist
@@ -58,7 +80,7 @@ def test_the_trained_pipeline_takes_class_names_and_indices(conditional_vae):
     by_name = pipeline(class_labels=["Sneaker", "Bag"], generator=torch.Generator().manual_seed(3),
                        output_type="np").images
     by_index = pipeline(class_labels=[7, 8], generator=torch.Generator().manual_seed(3), output_type="np").images
-    assert by_name.shape == (2, 32, 32, 1) and (by_name == by_index).all()
+    assert by_name.shape == (2, 28, 28, 1) and (by_name == by_index).all()
     with pytest.raises(ValueError, match="'sneakers' is not one of this model's classes; expected one of"):
         pipeline(class_labels="sneakers")
     unconditional = pipeline(batch_size=2, generator=torch.Generator().manual_seed(3), output_type="np").images
@@ -79,7 +101,7 @@ def test_cli_samples_a_class_grid_and_evaluates_both_bounds_and_per_class_figure
     assert main(["evaluate", str(out), "--split", "test", "--max-samples", "40", "--metrics", "bpd,classes",
                  "--samples-per-class", "3"]) == 0
     figures = json.loads(capsys.readouterr().out)
-    assert figures["likelihood"]["given"] == "class label" and "bits_per_dim_elbo" in figures["unconditional"]
+    assert figures["likelihood"]["given"] == "nothing (null class)" and "bits_per_dim_elbo_given_label" in figures
     classes = figures["classes"]
     assert set(classes["per_class"]) == set(FASHION_MNIST_CLASS_NAMES) and classes["samples_per_class"] == 3
     assert 0.0 <= classes["class_accuracy"] <= 1.0 and sum(classes["null_class_histogram"].values()) == pytest.approx(1)
@@ -93,10 +115,10 @@ def test_cli_samples_a_class_grid_and_evaluates_both_bounds_and_per_class_figure
 @requires_fashion_mnist
 def test_conditional_hvae_and_ddpm_runs_write_class_conditional_folders(tmp_path):
     hvae = _train(HVAEFamily(), tmp_path / "hvae", "--max_train_steps", "2", "--final_importance_samples", "2")
-    assert hvae["likelihood"]["given"] == "class label" and "bits_per_dim_elbo" in hvae["unconditional"]
+    assert hvae["likelihood"]["given"] == "nothing (null class)" and "bits_per_dim_elbo_given_label" in hvae
     ddpm = _train(DDPMFamily(), tmp_path / "ddpm", "--max_train_steps", "2", "--final_importance_samples", "2")
-    assert ddpm["likelihood"]["given"] == "class label" and "bits_per_dim_elbo" in ddpm["unconditional"]
-    assert "bits_per_dim_iw" not in ddpm["unconditional"]
+    assert ddpm["likelihood"]["given"] == "nothing (null class)" and "bits_per_dim_elbo_given_label" in ddpm
+    assert not [key for key in ddpm if "_iw" in key]
     index = json.loads((tmp_path / "ddpm" / "model_index.json").read_text())
     assert index["class_names"] == list(FASHION_MNIST_CLASS_NAMES)
     card = (tmp_path / "ddpm" / "README.md").read_text()

@@ -44,7 +44,7 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddpm") / "run"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [PYTHON, "training/train_ddpm.py", "--output_dir", str(out), *TINY_ARGS, *LEARNED, "--max_train_steps",
-           "40", "--checkpointing_steps", "20"]
+           "40", "--checkpointing_steps", "20", "--eval_steps", "40"]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -68,7 +68,11 @@ def test_script_end_to_end_writes_a_stock_ddpm_folder(trained):
     metrics = json.loads((trained / "metrics.json").read_text())
     assert metrics["family"] == "ddpm" and metrics["train_steps"] == 40 and metrics["skipped_steps"] == 0
     assert not [key for key in metrics if key.endswith("_iw")]  # no IW bound for a DDPM
-    assert metrics["vlb_timesteps"] == 8 and "importance_samples" not in metrics
+    assert metrics["vlb_timesteps"] == 16 and "importance_samples" not in metrics  # the family's default K
+    assert "16 stratified timesteps per image" in metrics["estimator"]
+    # the validation during training too: 16 timesteps, said so
+    assert metrics["validation_vlb_timesteps"] == 16 and metrics["validation_split"] == "validation[:32]"
+    assert np.isfinite(metrics["validation_bits_per_dim_elbo"])
     # the padded 32x32 image's bound, over Fashion-MNIST's own 784 dimensions, said so
     assert metrics["num_dims"] == 784 and metrics["bound_over"] == "padded image"
     assert metrics["source_shape"] == [1, 28, 28] and metrics["sample_shape"] == [1, 32, 32]
@@ -124,7 +128,7 @@ def test_scheduler_swap_is_deterministic_and_the_vae_refuses_it(trained, tmp_pat
         runs = [family.sample_images(pipeline, 3, torch.Generator().manual_seed(7), scheduler=name, steps=5)
                 for _ in range(2)]
         a, b = (np.stack([np.asarray(im) for im in run]) for run in runs)
-        assert a.shape == (3, 32, 32) and a.dtype == np.uint8
+        assert a.shape == (3, 28, 28) and a.dtype == np.uint8  # the data's own size (trained padded to 32x32)
         assert np.array_equal(a, b), name
     assert type(pipeline.scheduler).__name__ == "DDPMScheduler"  # the loaded pipeline is left as it was
     other = family.sample_images(pipeline, 3, torch.Generator().manual_seed(8), scheduler="ddim", steps=5)
@@ -147,13 +151,29 @@ def test_scheduler_swap_is_deterministic_and_the_vae_refuses_it(trained, tmp_pat
 
 @requires_fashion_mnist
 def test_evaluate_prints_the_bound_in_bits_per_dim(trained, capsys):
-    assert main(["evaluate", str(trained), "--max-samples", "32", "--importance-samples", "8", "--device", "cpu"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(trained), "--max-samples", "32", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     saved = json.loads((trained / "metrics.json").read_text())
     assert printed["family"] == "ddpm" and printed["num_samples"] == 32
-    assert "bits_per_dim_iw" not in printed and printed["vlb_timesteps"] == 8 and printed["split"] == "test[:32]"
+    # 16 timesteps per image unless asked otherwise, said in the JSON and on stderr
+    assert "bits_per_dim_iw" not in printed and printed["vlb_timesteps"] == 16 and printed["split"] == "test[:32]"
+    assert "16 stratified timesteps per image" in printed["estimator"] and printed["estimator"] in captured.err
     # same images, timesteps per image and seed as the end of training: the same figure
     assert printed["bits_per_dim_elbo"] == pytest.approx(saved["bits_per_dim_elbo"], rel=1e-4)
+
+
+@requires_fashion_mnist
+def test_evaluate_by_default_lands_within_its_stated_error_of_every_term_summed(trained, capsys):
+    """The default estimate (16 stratified timesteps per image) against L_vlb with all T = 100 terms summed, on the
+    same 32 test images."""
+    assert main(["evaluate", str(trained), "--max-samples", "32", "--device", "cpu"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(trained), "--max-samples", "32", "--vlb-timesteps", "100", "--device", "cpu"]) == 0
+    every_term = json.loads(capsys.readouterr().out)
+    assert every_term["vlb_timesteps"] == 100 and "every one of its T = 100 terms" in every_term["estimator"]
+    error = default["bits_per_dim_elbo"] - every_term["bits_per_dim_elbo"]
+    assert abs(error) < 2 * default["bits_per_dim_elbo_stderr"], (error, default["bits_per_dim_elbo_stderr"])
 
 
 @requires_fashion_mnist

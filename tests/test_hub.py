@@ -28,9 +28,9 @@ from huggingface_hub import ModelCard
 
 from hfgen import HierarchicalVAEPipeline, VAEPipeline
 from hfgen.cli import main
-from hfgen.families import load_pipeline
+from hfgen.families import FAMILIES as FAMILY_CLASSES, load_pipeline
 from hfgen.families import DDPMFamily, HVAEFamily, VAEFamily, family_for_pipeline_class
-from hfgen.hub import card_metrics, publish_files, render_model_card
+from hfgen.hub import card_metrics, conditional_metrics_layout, publish_files, render_model_card
 from hfgen.remote_code import bundle_modules
 from hfgen.training import build_parser, train
 
@@ -129,13 +129,15 @@ def test_loading_errors_name_the_value_and_what_was_expected(folders, tmp_path):
         VAEPipeline.from_pretrained("./missing")
     with pytest.raises(ValueError, match="holds a VAEPipeline .* not a HierarchicalVAEPipeline"):
         HierarchicalVAEPipeline.from_pretrained(folders["vae"])
-    with pytest.raises(ValueError, match="only from safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"vae has no diffusion_pytorch_model\.bin for the VAEModel component "
+                                                r"'vae' \(use_safetensors=False\); found "
+                                                r"\['diffusion_pytorch_model\.safetensors'\]"):
         VAEPipeline.from_pretrained(folders["vae"], use_safetensors=False)
     no_weights = tmp_path / "no-weights"
     shutil.copytree(folders["vae"], no_weights)
-    weights = no_weights / "vae" / "diffusion_pytorch_model.safetensors"
-    weights.rename(weights.with_suffix(".bin"))  # a pickle is never read
-    with pytest.raises(FileNotFoundError, match=r"no-weights/vae has no safetensors weights"):
+    (no_weights / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no-weights/vae has no diffusion_pytorch_model\.safetensors "
+                                                r"\(or \.bin\) for the VAEModel component 'vae'; found no weights"):
         VAEPipeline.from_pretrained(no_weights)
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="has no model_index.json"):
@@ -279,21 +281,34 @@ def test_training_creates_the_repo_first_and_uploads_the_final_folder(pushed):
 
 def _check_card(card: ModelCard, metrics: dict, family_name: str) -> None:
     data = yaml.safe_load(card.content.split("---")[1])  # the YAML header as the Hub parses it
-    assert data["library_name"] == "diffusers" and data["pipeline_tag"] == "unconditional-image-generation"
+    conditional = bool(metrics.get("class_names"))
+    task = "class-conditional-image-generation" if conditional else "unconditional-image-generation"
+    assert data["library_name"] == "diffusers" and data.get("pipeline_tag") == (None if conditional else task)
     assert data["license"] == "apache-2.0"
-    assert set(data["tags"]) == {"hfgen", family_name, "unconditional-image-generation"}
+    assert set(data["tags"]) == {"hfgen", family_name, task}
     if metrics["dataset"] == "fashion_mnist":
         assert data["datasets"] == ["zalando-datasets/fashion_mnist"]
     (entry,) = data["model-index"]
-    (result,) = entry["results"]
-    assert result["task"]["type"] == "unconditional-image-generation"
-    assert result["dataset"]["split"] == metrics["split"] and result["dataset"]["name"] == metrics["dataset"]
-    reported = {m["type"]: m["value"] for m in result["metrics"]}
-    metric_keys = {"bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "nats_per_image_iw",
-                   "fd_fmnist", "kid_fmnist", "precision", "recall", "fd_fmnist_greedy", "kid_fmnist_greedy"}
-    expected = {k: v for k, v in metrics.items() if k in metric_keys}
-    if family_name == "ddpm":  # one bound: the *_iw keys repeat it
-        expected = {k: v for k, v in expected.items() if not k.endswith("_iw")}
+    results = {result["task"]["type"]: result for result in entry["results"]}
+    # a conditional model's null-class bounds are of unconditional generation
+    assert set(results) == ({task, "unconditional-image-generation"} if conditional else {task})
+    result = results[task]
+    # the split by the name `hfgen evaluate --split` takes; how many of its images: num_samples
+    split, _, count = metrics["split"].partition("[:")
+    assert result["dataset"]["split"] == split and result["dataset"]["name"] == metrics["dataset"]
+    assert all(m["args"]["num_samples"] == metrics["num_samples"] for m in result["metrics"] if "elbo" in m["type"])
+    if count:
+        assert int(count.rstrip("]")) == metrics["num_samples"]
+    # every result group: a conditional model files its null-class bounds under unconditional generation
+    reported = {m["type"]: m["value"] for group in entry["results"] for m in group["metrics"]}
+    bounds = {"bits_per_dim_elbo", "bits_per_dim_iw", "nats_per_image_elbo", "nats_per_image_iw"}
+    metric_keys = bounds | {f"{key}_given_label" for key in bounds} | {"fd_fmnist", "kid_fmnist", "precision", "recall",
+                                                                     "fd_fmnist_greedy", "kid_fmnist_greedy"}
+    # a class-conditional folder: -log p(x) under the plain keys, -log p(x | y) under *_given_label (older
+    # metrics.json files are read that way)
+    expected = {k: v for k, v in conditional_metrics_layout(metrics).items() if k in metric_keys}
+    if family_name in ("ddpm", "ldm"):  # one bound: the *_iw keys repeat it
+        expected = {k: v for k, v in expected.items() if "_iw" not in k}
     assert reported == pytest.approx(expected) and len(reported) >= 2
     body = card.text
     assert "![samples](samples.png)" in body and "## Limits" in body and "## Compute" in body
@@ -313,17 +328,39 @@ def test_trained_card_renders_and_its_model_index_matches_metrics_json(pushed):
     assert "samples.png" in publish_files(out)
 
 
-@pytest.mark.parametrize("name", ["vae-small-cpu", "hvae-small-cpu", "ddpm-small-cpu"])
+@pytest.mark.parametrize("name", ["vae-small-cpu", "hvae-small-cpu", "ddpm-small-cpu", "ldm-small-cpu"])
 def test_committed_example_cards_are_current(name):
     folder = EXAMPLE_CARDS / name
     metrics = json.loads((folder / "metrics.json").read_text())
     training_config = json.loads((folder / "training_config.json").read_text())
-    family = FAMILIES[metrics["family"]]()
+    family = FAMILY_CLASSES[metrics["family"]]()
     card = render_model_card(family, metrics, training_config, f"hfgen-examples/{name}")
     assert str(card).strip() == (folder / "README.md").read_text().strip(), (
-        f"docs/model_cards/{name}/README.md is stale: python scripts/render_model_cards.py /path/to/{name}")
+        f"docs/model_cards/{name}/README.md is stale: python scripts/render_model_cards.py docs/model_cards/{name}")
     _check_card(ModelCard.load(folder / "README.md"), metrics, family.name)
     assert (folder / "samples.png").is_file()
+
+
+def test_a_conditional_card_files_the_bound_on_log_p_x_under_the_plain_keys():
+    """The class-conditional latent diffusion example's metrics.json predates the plain keys holding -log p(x) (they
+    held the bound given the label, the null class's sat under "unconditional"): its card is rendered the current
+    way, the null class's bound under the plain keys and the bound given the label under *_given_label."""
+    metrics = json.loads((EXAMPLE_CARDS / "ldm-small-cpu" / "metrics.json").read_text())
+    assert metrics["likelihood"]["given"] == "class label" and "unconditional" in metrics
+    rows = {row["key"]: row for row in card_metrics("ldm", metrics)}
+    assert rows["bits_per_dim_elbo"]["value"] == metrics["unconditional"]["bits_per_dim_elbo"]
+    assert rows["bits_per_dim_elbo"]["name"].endswith("of log p(x) (null class)")
+    assert rows["bits_per_dim_elbo_given_label"]["value"] == metrics["bits_per_dim_elbo"]
+    assert rows["bits_per_dim_elbo_given_label"]["name"].endswith("of log p(x | y) given the label")
+    card = render_model_card(FAMILY_CLASSES["ldm"](), metrics, {}, "someone/ldm")
+    index = card.data.to_dict()["model-index"][0]["results"]
+    values = {m["type"]: m["value"] for result in index for m in result["metrics"]}
+    assert values["bits_per_dim_elbo"] == metrics["unconditional"]["bits_per_dim_elbo"]
+    assert "_null_class" not in str(index)
+    # a card from the current layout reads the same
+    current = conditional_metrics_layout(metrics)
+    assert current["likelihood"]["given"] == "nothing (null class)" and "unconditional" not in current
+    assert card_metrics("ldm", current) == card_metrics("ldm", metrics)
 
 
 def test_card_reports_sample_quality_metrics_when_present():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hfgen import HierarchicalVAEModel, HierarchicalVAEPipeline
+from hfgen import HierarchicalVAEModel, HierarchicalVAEPipeline, VAEModel
 from hfgen.cli import main as cli_main
 from hfgen.families import load_pipeline
 from hfgen.families import HVAEFamily, family_for_pipeline_class
@@ -143,8 +143,15 @@ def test_save_load_round_trip_and_pipeline_folder(tmp_path):
     # the same weights: the same ELBO up to float32 rounding (oneDNN may pick another kernel for reloaded weights)
     torch.testing.assert_close(model(x, generator=_gen()).elbo, loaded(x, generator=_gen()).elbo, rtol=1e-5, atol=0)
 
+    # another class's weights are refused, naming the class the config describes and the one asked for
+    with pytest.raises(ValueError, match="^the config describes a HierarchicalVAEModel, not a VAEModel") as err:
+        VAEModel.from_pretrained(tmp_path / "model")
+    assert "\n" not in str(err.value)
+
     pipe = HierarchicalVAEPipeline(vae=model)
     pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="describes a HierarchicalVAEModel, not a VAEModel"):
+        VAEModel.from_pretrained(tmp_path / "pipe", subfolder="vae")
     folder_pipe, family = load_pipeline(str(tmp_path / "pipe"))
     assert isinstance(folder_pipe, HierarchicalVAEPipeline) and isinstance(family, HVAEFamily)
     assert isinstance(family_for_pipeline_class("HierarchicalVAEPipeline"), HVAEFamily)
@@ -279,4 +286,5 @@ def test_train_script_tiny_folder_metrics_and_cli(tmp_path, run_env, capsys):
     assert printed["bits_per_dim_elbo"] == pytest.approx(metrics["bits_per_dim_elbo"], rel=1e-5)
     assert cli_main(["sample", str(out), "--num-images", "4", "--out", str(tmp_path / "g.png"),
                      "--temperature", "0.8"]) == 0
-    assert np.asarray(PIL.Image.open(tmp_path / "g.png")).shape == (64, 64, 3)
+    # 2 x 2 samples at the data's own 28x28 (training padded them to 32x32)
+    assert np.asarray(PIL.Image.open(tmp_path / "g.png")).shape == (56, 56, 3)

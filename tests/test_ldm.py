@@ -147,7 +147,8 @@ def _draw(pipeline, seed=0, **kwargs):
 
 def test_a_new_v_prediction_prior_is_the_standard_normal_prior():
     """The output convolution starts at zero, and a zero v-prediction is the exact denoiser of N(0, I) data: before
-    any training the diffusion prior is (up to the estimate's noise) the VAE's own N(0, I) prior."""
+    any training the diffusion prior is (up to the estimate's noise) N(0, I) over the scaled latents s z, i.e.
+    N(0, s^-2 I) over z: the VAE's own N(0, I) prior at s = 1 only."""
     family, pipeline = _pipeline(num_classes=0, as_if_trained=False)
     family.scheduler = build_scheduler(dict(num_train_timesteps=100, prediction_type="v_prediction",
                                             variance_type="fixed_large", clip_sample=False))
@@ -157,6 +158,18 @@ def test_a_new_v_prediction_prior_is_the_standard_normal_prior():
     nats = family.latent_prior_nats(pipeline.unet, z, 1.0, 99, torch.Generator().manual_seed(1))
     excess = (nats - 0.5 * (z.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)) / z[0].numel()
     assert abs(excess.mean().item()) < 4 * excess.std().item() / math.sqrt(len(excess)) + 1e-3
+    # at s = 0.8 the new prior is N(0, s^-2 I) over z (-log density 0.5 (s z)^2 + 0.5 log 2 pi - log s per
+    # dimension), not N(0, I): on latents of spread 1 / s it is better than N(0, I) by 0.5 / s^2 - 0.5 + log s
+    s = 0.8
+    wide = z / s
+    nats = family.latent_prior_nats(pipeline.unet, wide, s, 99, torch.Generator().manual_seed(1))
+    dims = z[0].numel()
+    scaled_normal = 0.5 * ((s * wide).pow(2) + math.log(2 * math.pi)).flatten(1).sum(1) - dims * math.log(s)
+    excess = (nats - scaled_normal) / dims
+    assert abs(excess.mean().item()) < 4 * excess.std().item() / math.sqrt(len(excess)) + 1e-3
+    standard_normal = 0.5 * (wide.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+    gain = (standard_normal - nats).mean().item() / dims
+    assert gain == pytest.approx(0.5 / s**2 - 0.5 + math.log(s), abs=0.01)  # 0.058 nats per dimension
 
 
 def test_unet_sits_on_the_vae_latent(conditional):
@@ -175,9 +188,10 @@ def test_latents_in_and_out_reproduce_images_and_decode_like_diffusers(condition
         first = _draw(pipeline, class_labels=["bag", 0])
         again = pipeline(latents=first.latents, class_labels=["bag", 0], num_inference_steps=4, output_type="np")
         np.testing.assert_allclose(again.images, first.images, atol=1e-6)
-        assert first.latents.shape == (2, 4, 16, 16) and first.images.shape == (2, 32, 32, 1)
+        # images at the data's own 28x28 (the VAE's source_size inside its 32x32 square)
+        assert first.latents.shape == (2, 4, 16, 16) and first.images.shape == (2, 28, 28, 1)
         latent = _draw(pipeline, class_labels=["bag", 0], output_type="latent").images
-        decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample
+        decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample[:, :, 2:30, 2:30]
         np.testing.assert_allclose((decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), first.images,
                                    atol=1e-6)
         by_index = _draw(pipeline, class_labels=[2, 0]).images
@@ -209,12 +223,12 @@ def test_swapped_samplers_and_learned_variances():
     for name in ("ddpm", "ddim", "dpm-solver++"):
         images = family.sample_images(pipeline, 2, torch.Generator().manual_seed(0), class_labels="bag",
                                       scheduler=name, steps=3, guidance_scale=2.0)
-        assert len(images) == 2 and images[0].size == (32, 32)
+        assert len(images) == 2 and images[0].size == (28, 28)  # the VAE's source_size
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
     with pytest.raises(ValueError, match="variance_type=None"):
         pipeline(num_inference_steps=2)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, variance_type=None)
-    assert pipeline(num_inference_steps=2, output_type="np").images.shape == (1, 32, 32, 1)
+    assert pipeline(num_inference_steps=2, output_type="np").images.shape == (1, 28, 28, 1)
 
 
 def test_components_that_do_not_fit_are_refused_by_name():
@@ -262,7 +276,7 @@ def test_a_vae_that_decodes_in_pixel_passes_is_a_first_stage_with_its_exact_deco
     latent = _draw(pipeline, batch_size=2, output_type="latent").images
     decoded = pipeline.vae.decode(latent / pipeline.vae.config.scaling_factor).sample
     np.testing.assert_allclose((decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(),
-                               _draw(pipeline, batch_size=2).images, atol=1e-6)
+                               _draw(pipeline, batch_size=2, crop_to_source=False).images, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- two-stage run
@@ -308,14 +322,19 @@ def test_two_stage_run_writes_a_latent_diffusion_folder(ldm_folder):
     published = (ldm_folder / "pipeline_ldm.py").read_text()
     assert "from ." not in published and "def guided_output" in published  # joined into one file
     metrics = json.loads((ldm_folder / "metrics.json").read_text())
-    assert metrics["family"] == "ldm" and metrics["num_dims"] == 784 and metrics["vlb_timesteps"] == 8
+    assert metrics["family"] == "ldm" and metrics["num_dims"] == 784 and metrics["vlb_timesteps"] == 16  # default
+    assert "16 stratified timesteps per image" in metrics["estimator"]
     assert metrics["bound_over"] == "source image" and "bits_per_dim_iw" not in metrics
-    for figures in (metrics, metrics["unconditional"]):
-        terms = figures["bound_terms"]
+    # a class-conditional prior: -log p(x) (null class) under the plain keys, -log p(x | y) under *_given_label
+    assert metrics["likelihood"]["given"] == "nothing (null class)" and "unconditional" not in metrics
+    for suffix in ("", "_given_label"):
+        terms = metrics[f"bound_terms{suffix}"]
         assert terms["prior_gain"]["nats_per_image"] == pytest.approx(
-            terms["vae_standard_normal_prior_elbo"]["nats_per_image"] - figures["nats_per_image_elbo"], rel=1e-6)
+            terms["vae_standard_normal_prior_elbo"]["nats_per_image"] - metrics[f"nats_per_image_elbo{suffix}"],
+            rel=1e-6)
     config = json.loads((ldm_folder / "training_config.json").read_text())
-    assert config["vae"] == "vae"  # the folder's name, not this machine's path
+    # the folder's name, not this machine's path; no Hub repo to link as base_model
+    assert config["vae"] == "vae (local folder)" and config.get("vae_repo_id") is None
     card = (ldm_folder / "README.md").read_text()
     assert "LatentDiffusionPipeline" in card and "N(0, I) prior" in card
 
@@ -328,12 +347,13 @@ def test_the_folder_reloads_samples_and_evaluates(ldm_folder, capsys):
     pipeline.set_progress_bar_config(disable=True)
     images = family.sample_images(pipeline, 2, torch.Generator().manual_seed(0), class_labels="Sneaker",
                                   scheduler="dpm-solver++", steps=4, guidance_scale=2.0)
-    assert [image.size for image in images] == [(32, 32)] * 2
+    assert [image.size for image in images] == [(28, 28)] * 2  # Fashion-MNIST's own size
     assert hfgen_main(["evaluate", str(ldm_folder), "--split", "test", "--max-samples", "16", "--vlb-timesteps",
                        "4"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["num_samples"] == 16 and result["vlb_timesteps"] == 4 and result["family"] == "ldm"
-    assert set(result["unconditional"]["bound_terms"]) == set(family.BOUND_TERMS)
+    assert set(result["bound_terms"]) == set(result["bound_terms_given_label"]) == set(family.BOUND_TERMS)
+    assert result["likelihood"]["given"] == "nothing (null class)"
     assert hfgen_main(["evaluate", str(ldm_folder), "--split", "test", "--max-samples", "100", "--metrics", "fd",
                        "--num-samples", "20", "--class-balanced", "--scheduler", "ddim", "--steps", "2"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -417,7 +437,7 @@ def test_plain_diffusers_loads_the_folder_with_trust_remote_code_and_samples_two
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     name, vae_name, unet_module, shape, latent_shape = json.loads(result.stdout.strip().splitlines()[-1])
     assert (name, vae_name) == ("LatentDiffusionPipeline", "VAEModel") and unet_module.startswith("diffusers.")
-    assert shape == [2, 32, 32, 1] and latent_shape == [2, 4, 16, 16]
+    assert shape == [2, 28, 28, 1] and latent_shape == [2, 4, 16, 16]  # the published file crops as hfgen does
     pipeline, _ = load_pipeline(str(ldm_folder))
     pipeline.set_progress_bar_config(disable=True)
     pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)

@@ -214,7 +214,7 @@ def test_pipelines_sample_pass_by_pass(name):
         both = pipeline(batch_size=2, generator=[_gen(1), _gen(2)], sample_pixels=sample_pixels,
                         output_type="np").images
         second = pipeline(batch_size=1, generator=[_gen(2)], sample_pixels=sample_pixels, output_type="np").images
-        assert both.shape == (2, 8, 8, 1) and ((both >= 0) & (both <= 1)).all()
+        assert both.shape == (2, 6, 6, 1) and ((both >= 0) & (both <= 1)).all()  # the data's own 6x6
         np.testing.assert_allclose(both[1], second[0], atol=1e-6)
 
 

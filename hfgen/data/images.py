@@ -20,6 +20,7 @@ import PIL.Image
 import pyarrow as pa
 import torch
 
+from ..models.likelihoods import SourceRegion
 from ..progress import progress_bar
 from .errors import DataError
 from .shapes import SourceShape
@@ -168,11 +169,12 @@ def _channels_last_to_first(images: np.ndarray, *, channels: int | None, convert
 
 
 def _pad_batch(images: np.ndarray, sample_size: int) -> torch.Tensor:
-    """Zero-pad (N, C, H, W) uint8 images evenly to (N, C, sample_size, sample_size)."""
+    """Zero-pad (N, C, H, W) uint8 images evenly to (N, C, sample_size, sample_size), where the models' pipelines
+    pad them too (``SourceRegion``)."""
     num_images, num_channels, height, width = images.shape
-    top, left = (sample_size - height) // 2, (sample_size - width) // 2
+    region = SourceRegion(sample_size, (height, width))
     padded = np.zeros((num_images, num_channels, sample_size, sample_size), dtype=np.uint8)
-    padded[:, :, top:top + height, left:left + width] = images
+    padded[:, :, region.rows, region.columns] = images
     return torch.from_numpy(padded)
 
 
@@ -335,9 +337,9 @@ def _fit_square(image: PIL.Image.Image, name: str, *, sample_size: int, resize_m
         pixels = pixels[:, :, None]
     if width == height == sample_size:
         return pixels, (height, width)
-    top, left = (sample_size - height) // 2, (sample_size - width) // 2
+    region = SourceRegion(sample_size, (height, width))
     padded = np.zeros((sample_size, sample_size, pixels.shape[2]), dtype=np.uint8)
-    padded[top:top + height, left:left + width] = pixels
+    padded[region.rows, region.columns] = pixels
     return padded, (height, width)
 
 

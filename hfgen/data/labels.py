@@ -36,6 +36,12 @@ def class_labels(dataset: datasets.Dataset, label_column: str | None = None, *,
             raise DataError(f"label_column {label_column!r} holds {type(values[0]).__name__} values; expected "
                             f"integer class indices 0..K-1 or a datasets.ClassLabel column")
         names = [str(index) for index in range(max(values) + 1 if values else 0)]
+    missing = sum(value is None for value in values)
+    if missing:  # e.g. an imagefolder of train/ and test/ only: its ClassLabel names the splits, its images no class
+        raise DataError(f"label_column {label_column!r} has no class for {missing} of {len(values)} images (its "
+                        f"declared classes: {', '.join(map(repr, names)) or 'none'}); expected a class for every "
+                        f"image: an image folder names its classes by the folders inside each split "
+                        f"(train/<class>/<image>), or pass --label_column")
     labels = torch.tensor(values, dtype=torch.int64)
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
         raise DataError(f"label_column {label_column!r} holds labels {int(labels.min())}..{int(labels.max())}; "

@@ -79,9 +79,12 @@ class ModelFamily:
     model_arguments: tuple[str, ...] = ()
     #: the options ``sample_images`` (and ``hfgen sample``) accept; others are refused with a ValueError
     sampling_options: tuple[str, ...] = ("temperature",)
-    #: K of the bounds the loop evaluates every ``--eval_steps`` (1: the ELBO; the latent diffusion: stratified
-    #: timesteps, whose one-timestep estimate is too heavy-tailed to compare candidates with)
+    #: K of the bounds the loop evaluates every ``--eval_steps`` (1: the ELBO; the diffusion families: stratified
+    #: timesteps, whose one-timestep estimate is too heavy-tailed to report, see ``DDPMFamily``)
     validation_importance_samples: int = 1
+    #: K of ``hfgen evaluate`` without ``--importance-samples`` / ``--vlb-timesteps``, and of the final evaluation of
+    #: training when neither ``--final_importance_samples`` nor the preset sets it (1: the ELBO)
+    default_importance_samples: int = 1
     #: the family's flags that name local folders (``training_config.json`` keeps their names, not this machine's
     #: paths: the file is published)
     folder_arguments: tuple[str, ...] = ()
@@ -94,6 +97,9 @@ class ModelFamily:
         that unset flags take the preset's value."""
 
     def build_model(self, model_config: dict[str, Any], channels: int, sample_size: int) -> ModelMixin:
+        """The model to train. When the data layer zero-padded smaller images to ``sample_size`` the loop puts their
+        own ``[height, width]`` in ``model_config["source_size"]``: the model keeps it in its config, its bound may
+        score only those pixels (the VAE families), and its pipeline takes and returns images of that size."""
         raise NotImplementedError
 
     def loss(
@@ -113,6 +119,14 @@ class ModelFamily:
         conditional model)."""
         raise NotImplementedError
 
+    def bound_estimator(self, model: ModelMixin, importance_samples: int) -> str:
+        """How ``bounds`` estimates its bound with K = ``importance_samples``, in words (``estimator`` in
+        ``metrics.json`` and ``hfgen evaluate``'s output)."""
+        if importance_samples == 1:
+            return "the ELBO of one posterior sample per image"
+        return (f"{importance_samples} posterior samples per image (the ELBO their mean, the importance-weighted bound "
+                f"K={importance_samples})")
+
     def bound_terms(self, model: ModelMixin) -> list[str]:
         """The names of the ``Bounds.terms`` that ``bounds`` gives for ``model``, in the order the evaluator keeps
         them (default: none)."""
@@ -129,9 +143,6 @@ class ModelFamily:
 
     #: whether ``bounds`` gives an importance-weighted bound beside the ELBO (DDPM: no; its K is timesteps)
     has_importance_weighted_bound: bool = True
-    #: whether the model scores only the data's own pixels when the data layer zero-padded them (``source_size``
-    #: in the model config, set by the training loop), so that its bound is one on the unpadded image
-    scores_source_pixels: bool = True
 
     def image_shape(self, model: ModelMixin) -> tuple[int, int]:
         """(channels, sample_size) of the images the model generates and is evaluated on."""
@@ -191,13 +202,15 @@ class ModelFamily:
         return "draws"
 
     def sample_images(self, pipeline: DiffusionPipeline, num_images: int, generator: torch.Generator,
-                      class_labels=None, **kwargs):
+                      class_labels=None, crop_to_source: bool = True, **kwargs):
         """PIL images for sample grids (``kwargs`` are sampling options such as ``temperature``). ``class_labels``:
-        as the pipelines take it (``hfgen.models.labels.class_label_ids``): None, one class, or one per image."""
+        as the pipelines take it (``hfgen.models.labels.class_label_ids``): None, one class, or one per image.
+        ``crop_to_source``: the images at the data's own size (the model's ``source_size``), as the pipelines give
+        them by default; False: the padded square the model generates."""
         self.check_sampling_options(kwargs)
         if class_labels is not None:
             kwargs["class_labels"] = class_labels
-        return pipeline(batch_size=num_images, generator=generator, **kwargs).images
+        return pipeline(batch_size=num_images, generator=generator, crop_to_source=crop_to_source, **kwargs).images
 
 
 class PixelPassSampling:
@@ -216,10 +229,11 @@ class PixelPassSampling:
             return "mean"
         return "greedy" if options.get("greedy_passes") else "draws"
 
-    def sample_images(self, pipeline, num_images, generator, class_labels=None, **kwargs):
+    def sample_images(self, pipeline, num_images, generator, class_labels=None, crop_to_source=True, **kwargs):
         self.check_sampling_options(kwargs)
         greedy = bool(kwargs.pop("greedy_passes", False))
         kind = self.sample_kind(dict(self.model_of(pipeline).config), {"greedy_passes": greedy})
         if class_labels is not None:
             kwargs["class_labels"] = class_labels
-        return pipeline(batch_size=num_images, generator=generator, sample_pixels=kind == "draws", **kwargs).images
+        return pipeline(batch_size=num_images, generator=generator, sample_pixels=kind == "draws",
+                        crop_to_source=crop_to_source, **kwargs).images

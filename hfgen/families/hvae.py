@@ -115,12 +115,14 @@ class HVAEFamily(PixelPassSampling, ModelFamily):
                            help="bottom-up residual cells per scale (one number or one per scale)")
         group.add_argument("--groups_per_scale", type=int, nargs="+", default=None,
                            help="latent groups per scale, full resolution first (one number or one per scale)")
-        group.add_argument("--decoder_blocks_per_group", type=int, default=None)
+        group.add_argument("--decoder_blocks_per_group", type=int, default=None,
+                           help="top-down residual cells before each latent group")
         group.add_argument("--output_blocks", type=int, default=None, help="residual cells after the last group")
         group.add_argument("--latent_channels", type=int, default=None, help="channels of each latent group")
         group.add_argument("--posterior", choices=POSTERIORS, default=None,
                            help="residual (NVAE; the model default) or product (precision-weighted, Ladder VAE)")
-        group.add_argument("--use_squeeze_excitation", action=argparse.BooleanOptionalAction, default=None)
+        group.add_argument("--use_squeeze_excitation", action=argparse.BooleanOptionalAction, default=None,
+                           help="squeeze-and-excitation (channel gating) in every residual cell (NVAE)")
         group.add_argument("--cell_type", choices=CELL_TYPES, default=None,
                            help="residual cell of every encoder, decoder and output stage: resnet (GroupNorm, SiLU, "
                                 "3x3 conv, twice; the model default), bottleneck (VDVAE: 1x1 to a quarter of the "

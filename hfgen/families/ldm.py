@@ -46,14 +46,14 @@ LDM_PRESETS = {
         training=dict(
             train_batch_size=16, learning_rate=2e-3, max_train_steps=20, lr_warmup_steps=2, eval_steps=0,
             sample_steps=0, checkpointing_steps=0, logging_steps=5, eval_max_samples=32, final_eval_max_samples=32,
-            final_importance_samples=8, num_sample_images=4, ema_decay=0.9,
+            num_sample_images=4, ema_decay=0.9,
         ),
     ),
     "small": Preset(
-        # v-prediction with beta_t variances: with the zero-initialised output a new prior is exactly N(0, I), and
-        # fixed_large is the true reverse variance of N(0, I) data; on validation after 6 minutes over the same VAE,
-        # bound 3.279 against 3.555 for epsilon with fixed_small, whose untrained small-t terms cost more than the
-        # N(0, I) prior (docs/ldm.md)
+        # v-prediction with beta_t variances: with the zero-initialised output a new prior is exactly N(0, I) over
+        # the scaled latents s z, and fixed_large is the true reverse variance of N(0, I) data; on validation after
+        # 6 minutes over the same VAE, bound 3.279 against 3.555 for epsilon with fixed_small, whose untrained small-t
+        # terms cost more than the N(0, I) prior (docs/ldm.md)
         description="minutes on two CPU cores over a small-spatial VAE's 4x8x8 latents (T = 1000)",
         model=dict(block_out_channels=[64, 128, 128], layers_per_block=1, attention_resolutions=[4],
                    norm_num_groups=16, dropout=0.0, num_train_timesteps=1000, beta_schedule="linear",
@@ -75,14 +75,13 @@ class LatentDiffusionFamily(DDPMFamily):
     presets = LDM_PRESETS
     model_arguments = DDPMFamily.model_arguments + ("clip_sample",)
     folder_arguments = ("vae",)
-    # the bound scores what the frozen VAE scores (its own source_size, see scored_shape); the loop adds nothing to
-    # the UNet's config
-    scores_source_pixels = False
+    # the bound scores what the frozen VAE scores (its own source_size, see scored_shape), and the pipeline crops
+    # samples to that size: build_model keeps the loop's source_size out of the latent UNet's config
     has_importance_weighted_bound = False
     importance_samples_in_batch = False
-    # one stratified timestep per image puts the small-t KL terms, where L_vlb's mass is, into a few images: the mean
-    # over a validation subset then mostly falls below the bound (3.27 against 3.55 with 16 timesteps, same model)
-    validation_importance_samples = 16
+    # 16 stratified timesteps for validation and by default, as the DDPM (one timestep per image puts the small-t KL
+    # terms, where L_vlb's mass is, into a few images: the mean over a validation subset then mostly falls below
+    # the bound, 3.27 against 3.55 with 16 timesteps on the same model)
 
     def __init__(self):
         super().__init__()
@@ -131,15 +130,18 @@ class LatentDiffusionFamily(DDPMFamily):
             raise ValueError(f"the data are {channels}x{sample_size}x{sample_size} images but the VAE was trained on "
                              f"{vae.config.in_channels}x{vae.config.sample_size}x{vae.config.sample_size}; expected "
                              f"the VAE's own")
-        config = dict(model_config)
+        # the images' source_size is the VAE's (its pipeline crops to it), not the latent UNet's
+        config = {key: value for key, value in model_config.items() if key != "source_size"}
         config.setdefault("clip_sample", False)
         latent_channels, latent_size, _ = vae.latent_shape
         unet = super().build_model(config, latent_channels, latent_size)
         check_latent_components(vae, unet)
         # The output convolution starts at zero. With v-prediction a zero output is the exact denoiser of N(0, I)
-        # data (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] = 0), so a new prior is the VAE's
-        # own N(0, I) prior and training learns the latents' departure from it: LSGM's mixed score, with a stock
-        # UNet2DModel (guided diffusion zero-initialises this layer too).
+        # data (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] = 0), so a new prior is N(0, I)
+        # over the scaled latents s z, which is N(0, s^-2 I) over z: the VAE's own N(0, I) prior only when the
+        # scaling factor s is 1 (at s = 0.8 its "gain" over the VAE's prior starts at 0.058 nats per latent
+        # dimension of moment matching). Training learns the latents' departure from it: LSGM's mixed score, with a
+        # stock UNet2DModel (guided diffusion zero-initialises this layer too).
         torch.nn.init.zeros_(unet.conv_out.weight)
         torch.nn.init.zeros_(unet.conv_out.bias)
         return unet
@@ -235,6 +237,9 @@ class LatentDiffusionFamily(DDPMFamily):
                  "reconstruction": reconstruction_nll, "latent_prior": latent_prior_nll, "posterior_log_density": log_q}
         return Bounds(bound, bound, terms=terms)
 
+    def bound_estimator(self, model, importance_samples):
+        return f"one posterior sample z per image; the prior's {super().bound_estimator(model, importance_samples)}"
+
     def latent_prior_nats(self, model, z: torch.Tensor, scaling_factor: float, timesteps: int,
                           generator: torch.Generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """An upper bound on ``-log p(z)`` per latent (nats) under the diffusion prior over scaled latents:
@@ -245,10 +250,11 @@ class LatentDiffusionFamily(DDPMFamily):
         return estimate.nats_per_image - z[0].numel() * math.log(scaling_factor)
 
     # ------------------------------------------------------------------ sampling
-    def sample_images(self, pipeline, num_images, generator, class_labels=None, **kwargs):
+    def sample_images(self, pipeline, num_images, generator, class_labels=None, crop_to_source=True, **kwargs):
         """PIL images through a ``LatentDiffusionPipeline`` on the folder's networks with the sampler asked for
         (``scheduler``: ``ddpm``, ``ddim`` or ``dpm-solver++``; ``steps``; ``clip_sample``, ``timestep_spacing``;
-        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior). ``pipeline`` is left unchanged."""
+        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior). ``pipeline`` is left unchanged.
+        ``crop_to_source``: the images at the data's own size (the VAE's ``source_size``), False: the padded square."""
         self.check_sampling_options(kwargs)
         guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
         if not self.num_classes(pipeline.unet) and guidance:
@@ -264,7 +270,7 @@ class LatentDiffusionFamily(DDPMFamily):
                                           class_names=pipeline.config.class_names)
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return sampler(batch_size=num_images, class_labels=class_labels, generator=generator,
-                       num_inference_steps=steps, **guidance).images
+                       num_inference_steps=steps, crop_to_source=crop_to_source, **guidance).images
 
 
 def load_vae(path_or_repo_id: str) -> VAEModel:

@@ -71,8 +71,11 @@ class VAEFamily(PixelPassSampling, ModelFamily):
         group = parser.add_argument_group("VAE model (unset flags take the preset's value)")
         group.add_argument("--block_out_channels", type=int, nargs="+", default=None,
                            help="encoder widths per resolution, full resolution first")
-        group.add_argument("--layers_per_block", type=int, default=None)
-        group.add_argument("--latent_channels", type=int, default=None)
+        group.add_argument("--layers_per_block", type=int, default=None,
+                           help="residual blocks per resolution, in the encoder and in the decoder")
+        group.add_argument("--latent_channels", type=int, default=None,
+                           help="channels of the spatial latent z (with --latent_dim: of the feature map before the "
+                                "linear layers)")
         group.add_argument("--latent_dim", type=int, default=None,
                            help="a vector latent of this many dimensions (0: a spatial latent of latent_channels)")
         group.add_argument("--likelihood", choices=LIKELIHOODS, default=None,

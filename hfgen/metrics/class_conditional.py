@@ -50,8 +50,8 @@ def class_conditional_quality(
         raise ValueError(f"samples_per_class must be >= 2 (a covariance per class), got {samples_per_class}")
     labels = [label for label in range(num_classes) for _ in range(samples_per_class)]
     generated = generate_uint8(family, pipeline, len(labels), batch_size=batch_size, seed=seed,
-                               show_progress=show_progress, channels=net.config.in_channels, class_labels=labels,
-                               **options)
+                               show_progress=show_progress, channels=net.config.in_channels,
+                               sample_size=net.config.sample_size, class_labels=labels, **options)
     null_class_samples = samples_per_class if null_class_samples is None else null_class_samples
     generated_labels = torch.tensor(labels)
     predicted = classify(net, generated)
@@ -86,6 +86,7 @@ def class_conditional_quality(
     if null_class_samples:
         null_samples = generate_uint8(family, pipeline, null_class_samples, batch_size=batch_size, seed=seed + 1,
                                       show_progress=show_progress, channels=net.config.in_channels,
+                                      sample_size=net.config.sample_size,
                                       **{key: value for key, value in options.items()
                                          if key not in ("guidance_scale", "guidance_rescale")})
         histogram = torch.bincount(classify(net, null_samples), minlength=num_classes).double() / null_class_samples

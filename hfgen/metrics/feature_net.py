@@ -14,9 +14,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from diffusers import ConfigMixin, ModelMixin
+from diffusers import ConfigMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
+
+from ..models.modeling_utils import CheckedModelMixin
 from ..progress import progress_bar
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -24,7 +26,7 @@ FEATURE_NETS = ("fmnist",)
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 
 
-class FeatureNet(ModelMixin, ConfigMixin):
+class FeatureNet(CheckedModelMixin, ConfigMixin):
     """Conv classifier: ``len(channels)`` stages of (3x3 conv, BatchNorm, ReLU) x ``convs_per_stage`` then 2x2
     max-pooling (the first stage's first convolution has stride 2 instead, with ``strided_stem``), a linear layer of ``feature_dim`` units (ReLU) -- the features -- and the class logits."""
 

@@ -8,11 +8,13 @@ import time
 import numpy as np
 import torch
 from ..families.base import GREEDY_SUFFIX
+
+from ..models.likelihoods import SourceRegion
 from ..progress import progress_bar
 
 from .feature_net import FeatureNet, extract_features, load_feature_net
 from .frechet import feature_statistics, frechet_distance
-from .kid import kernel_distance
+from .kid import KID_SUBSET_SIZE, kernel_distance
 from .precision_recall import precision_recall
 from .reference import ReferenceStatistics
 
@@ -40,12 +42,17 @@ def pil_to_uint8(images) -> torch.Tensor:
 
 
 def generate_uint8(family, pipeline, num_images: int, *, batch_size: int = 256, seed: int = 0,
-                   show_progress: bool = True, channels: int | None = None, class_labels=None,
-                   **options) -> torch.Tensor:
+                   show_progress: bool = True, channels: int | None = None, sample_size: int | None = None,
+                   class_labels=None, **options) -> torch.Tensor:
     """``num_images`` samples as uint8 ``(N, C, H, W)`` through ``family.sample_images`` in batches; batch ``b``
     uses a generator seeded from ``(seed, b)``. ``options`` (e.g. ``temperature``; ``scheduler``, ``steps`` and
     ``guidance_scale`` for DDPM) go to the family's sampler. ``class_labels`` (a class-conditional model): one class
-    index or name per image (a list of ``num_images``), or None for the model's null class."""
+    index or name per image (a list of ``num_images``), or None for the model's null class.
+
+    The samples are the data's own size (the pipelines' default); with ``sample_size`` (the feature network's, the
+    size of the data layer's reference images) smaller ones are zero-padded to it as the data layer pads its
+    images, so that they are compared as the data are. A VAE decodes that zero border itself, so its figures are
+    what the padded square gives; a DDPM's generated border is replaced by the data's zeros."""
     if class_labels is not None and len(class_labels) != num_images:
         raise ValueError(f"class_labels holds {len(class_labels)} labels; expected one per image ({num_images})")
     device = getattr(pipeline, "device", torch.device("cpu"))
@@ -61,6 +68,8 @@ def generate_uint8(family, pipeline, num_images: int, *, batch_size: int = 256, 
         images = pil_to_uint8(family.sample_images(pipeline, n, generator, **options))
         if channels == 1 and images.shape[1] == 3:
             images = images[:, :1]
+        if sample_size is not None and tuple(images.shape[2:]) != (sample_size, sample_size):
+            images = SourceRegion(sample_size, images.shape[2:]).pad(images, 0)
         batches.append(images)
         bar.update(n)
     bar.close()
@@ -73,7 +82,7 @@ def sample_quality(
     metrics=SAMPLE_QUALITY_METRICS,
     *,
     kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
+    kid_subset_size: int = KID_SUBSET_SIZE,
     seed: int = 0,
 ) -> dict:
     """``fd_fmnist``, ``kid_fmnist``/``kid_fmnist_std``, ``precision``/``recall`` of generated features against
@@ -109,7 +118,8 @@ def evaluate_samples(family, pipeline, reference: ReferenceStatistics, *, num_sa
     net = net if net is not None else load_feature_net(reference.key.get("feature_net", "fmnist"))
     started = time.perf_counter()
     images = generate_uint8(family, pipeline, num_samples, batch_size=batch_size, seed=seed,
-                            show_progress=show_progress, channels=net.config.in_channels, **options)
+                            show_progress=show_progress, channels=net.config.in_channels,
+                            sample_size=net.config.sample_size, **options)
     seconds = time.perf_counter() - started
     features = extract_features(net, images, show_progress=show_progress, description="features (generated)")
     out = sample_quality(features, reference, metrics, seed=seed)

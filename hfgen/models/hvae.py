@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
@@ -41,6 +40,7 @@ from .blocks import (ClassFiLM, CheckpointedSequential, Downsample, Upsample, ch
                      residual_cell)
 from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, decode_pixels, get_likelihood,
                           nats_to_bits_per_dim, score_pixels, unit_interval_to_uint8)
+from .modeling_utils import CheckedModelMixin
 from .vae import (ClassLabelsMixin, LikelihoodBoundsOutput, check_class_config, check_class_ids,
                   check_generator_list, execution_device)
 
@@ -180,7 +180,7 @@ class _BottomUp(nn.Module):
         return activations
 
 
-class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
+class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
     r"""A hierarchical VAE for images: groups of Gaussian latents over several scales, a shared top-down path for
     inference and generation, and a choice of pixel likelihood.
 
@@ -325,12 +325,11 @@ class HierarchicalVAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         return [(self.config.latent_channels, size // 2**s, size // 2**s) for s in self.group_scale]
 
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
-        """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded)."""
-        expected = (self.config.in_channels, self.config.sample_size, self.config.sample_size)
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"(channels, height, width from the model config), got {tuple(sample.shape)}")
+        """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded) at the
+        model's ``sample_size`` (with ``source_size``, images at the data's own size are zero-padded as the data
+        layer pads them)."""
+        sample = SourceRegion.to_sample_size(self.source_region, sample, self.config.in_channels,
+                                             self.config.sample_size)
         return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
 
     # ------------------------------------------------------------------ class labels

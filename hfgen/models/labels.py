@@ -21,9 +21,10 @@ def class_label_ids(class_labels: ClassLabels, class_names: Sequence[str] | None
     """Class indices, shape ``(n,)`` int64, for ``class_labels``:
 
     * ``None``: the null class ``num_classes`` for each of ``batch_size`` images (unconditional samples);
-    * one class, as an index or a name: that class for each of ``batch_size`` images;
-    * a list (or 1-d tensor) of indices and/or names: one image per entry; ``batch_size`` must then be 1 (the
-      pipelines' default) or the list's length.
+    * one class, as an index or a name (or a 0-d tensor): that class for each of ``batch_size`` images;
+    * a list, tuple or tensor of indices and/or names, nested or not (flattened in order, as diffusers'
+      ``DiTPipeline`` takes ``class_labels``: ``[[1], [1]]`` is ``[1, 1]``): one image per label; ``batch_size`` must
+      then be 1 (the pipelines' default) or the number of labels.
 
     A name must be one of ``class_names``; an index must be in ``0 .. num_classes - 1``. A model trained without
     labels (``num_classes == 0``) takes ``None`` only. Every refusal names the value and what was expected.
@@ -34,25 +35,38 @@ def class_label_ids(class_labels: ClassLabels, class_names: Sequence[str] | None
         raise ValueError(f"class_labels={_short(class_labels)} was given, but this model was trained without class "
                          f"labels; train it with --class_conditional to sample a given class")
     names = list(class_names or [str(index) for index in range(num_classes)])
-    if not isinstance(class_labels, (int, str, list, tuple, torch.Tensor)):
+    values = _flat_labels(class_labels)
+    if values is None:
         raise ValueError(f"class_labels={_short(class_labels)} is a {type(class_labels).__name__}; expected a class "
-                         f"index (int), a class name (str), or a list or 1-d tensor of them")
-    single = isinstance(class_labels, (int, str)) or (
-        isinstance(class_labels, torch.Tensor) and class_labels.ndim == 0)
-    if single:
-        values = [class_labels.item() if isinstance(class_labels, torch.Tensor) else class_labels] * batch_size
+                         f"index (int), a class name (str), or a list or tensor of them")
+    if isinstance(class_labels, (int, str)) or getattr(class_labels, "ndim", None) == 0:
+        values = values * batch_size
     else:
-        values = class_labels.tolist() if isinstance(class_labels, torch.Tensor) else list(class_labels)
-        if isinstance(class_labels, torch.Tensor) and class_labels.ndim != 1:
-            raise ValueError(f"class_labels must be a 1-d tensor of class indices, got shape "
-                             f"{tuple(class_labels.shape)}")
         if not values:
             raise ValueError("class_labels is an empty list; expected at least one class index or name")
         if batch_size not in (1, len(values)):
             raise ValueError(f"class_labels holds {len(values)} labels but batch_size is {batch_size}; pass one label "
-                             f"per image (batch_size left at 1 or equal to the list's length), or one label for all")
+                             f"per image (batch_size left at 1 or equal to the number of labels), or one label for all")
     ids = [_class_index(value, names, num_classes) for value in values]
     return torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+def _flat_labels(class_labels) -> list | None:
+    """The labels of ``class_labels`` in order, nested lists, tuples and tensors (or numpy arrays) flattened; None
+    for a value of any other type. The labels themselves are checked by ``_class_index``."""
+    if isinstance(class_labels, (int, str)):
+        return [class_labels]
+    if isinstance(class_labels, torch.Tensor) or hasattr(class_labels, "tolist") and hasattr(class_labels, "ndim"):
+        class_labels = class_labels.tolist()  # a 0-d tensor gives its number, any other a nested list
+        return [class_labels] if not isinstance(class_labels, list) else _flat_labels(class_labels)
+    if isinstance(class_labels, (list, tuple)):
+        flat = []
+        for value in class_labels:
+            nested = isinstance(value, (list, tuple, torch.Tensor)) or (
+                hasattr(value, "tolist") and hasattr(value, "ndim"))
+            flat.extend(_flat_labels(value) if nested else [value])
+        return flat
+    return None
 
 
 def _class_index(value, names: list[str], num_classes: int) -> int:

@@ -71,9 +71,10 @@ def bits_per_dim_to_nats(bits_per_dim: torch.Tensor | float, num_dims: int) -> t
 
 class SourceRegion:
     """Where a data set's own ``height x width`` images lie inside the ``sample_size`` square a model sees: the
-    data layer zero-pads them evenly (an odd remainder at the bottom / right). A model whose ``p(x | z)``
-    factorises over pixels scores only this region, which makes its bound one on the image itself, the border
-    being a fixed function of it (zeros); its decoded images get that border back."""
+    data layer zero-pads them evenly (an odd remainder at the bottom / right; ``hfgen.data`` pads with this class,
+    so the rule is written once). A model whose ``p(x | z)`` factorises over pixels scores only this region, which
+    makes its bound one on the image itself, the border being a fixed function of it (zeros); its decoded images
+    get that border back, and its pipelines take and return images of either size (``to_sample_size``, ``crop``)."""
 
     def __init__(self, sample_size: int, source_size):
         height, width = (int(v) for v in source_size)
@@ -82,6 +83,8 @@ class SourceRegion:
                              f"1 <= height, width <= {sample_size}")
         self.sample_size, self.height, self.width = sample_size, height, width
         self.top, self.left = (sample_size - height) // 2, (sample_size - width) // 2
+        #: the region's rows and columns of the square, as slices (``square[..., rows, columns]``)
+        self.rows, self.columns = slice(self.top, self.top + height), slice(self.left, self.left + width)
 
     @staticmethod
     def num_dims(region: "SourceRegion | None", channels: int, sample_size: int) -> int:
@@ -98,9 +101,36 @@ class SourceRegion:
             params, target = region.crop(params), region.crop(target)
         return likelihood.log_prob(params, target)
 
+    @staticmethod
+    def to_sample_size(region: "SourceRegion | None", images: torch.Tensor, channels: int,
+                       sample_size: int) -> torch.Tensor:
+        """Images ``(batch, channels, H, W)`` (``uint8``, or floats in [-1, 1]) as the model takes them: at its
+        ``sample_size`` as they are, at the data's own size (the region's) zero-padded as the data layer pads them
+        (8-bit 0, i.e. -1 for floats). Any other shape is refused, naming the sizes a model accepts."""
+        square = (channels, sample_size, sample_size)
+        own = None if region is None or (region.height, region.width) == (sample_size, sample_size) else (
+            channels, region.height, region.width)
+        if images.ndim == 4 and tuple(images.shape[1:]) == square:
+            return images
+        if images.ndim == 4 and own is not None and tuple(images.shape[1:]) == own:
+            return region.pad(images, 0 if images.dtype == torch.uint8 else -1.0)
+        if own is None:
+            raise ValueError(f"expected images of shape (batch, {channels}, {sample_size}, {sample_size}) (channels, "
+                             f"height, width from the model config), got {tuple(images.shape)}")
+        raise ValueError(f"expected images of shape (batch, {channels}, {own[1]}, {own[2]}) (the data's own size, "
+                         f"source_size in the model config) or (batch, {channels}, {sample_size}, {sample_size}) (the "
+                         f"model's sample_size, zero-padded), got {tuple(images.shape)}")
+
     def crop(self, tensor: torch.Tensor) -> torch.Tensor:
         """The region of a ``(..., sample_size, sample_size)`` tensor."""
-        return tensor[..., self.top : self.top + self.height, self.left : self.left + self.width]
+        return tensor[..., self.rows, self.columns]
+
+    def pad(self, images: torch.Tensor, value: float) -> torch.Tensor:
+        """``(..., height, width)`` images of the region's size -> ``(..., sample_size, sample_size)``, the border
+        at ``value`` (the data layer's zero padding: 0 for 8-bit images, -1 for images in [-1, 1])."""
+        square = images.new_full((*images.shape[:-2], self.sample_size, self.sample_size), value)
+        square[..., self.rows, self.columns] = images
+        return square
 
     def with_zero_border(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] with the padded border set to the padding value (8-bit 0, i.e. -1)."""

@@ -25,7 +25,6 @@ from torch import nn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
-from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 from diffusers.utils.torch_utils import randn_tensor
@@ -34,6 +33,7 @@ from .blocks import ClassFiLM, CheckpointedSequential, Downsample, ResidualBlock
 from .labels import class_label_ids
 from .likelihoods import (InterleavedPixelPasses, SourceRegion, check_pixel_passes, decode_pixels, get_likelihood,
                           nats_to_bits_per_dim, score_pixels, unit_interval_to_uint8)
+from .modeling_utils import CheckedModelMixin
 
 
 @dataclass
@@ -212,7 +212,7 @@ class ClassLabelsMixin:
                                device=execution_device(self))
 
 
-class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
+class VAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
     r"""A Gaussian-latent VAE for images, with a choice of pixel likelihood.
 
     Parameters:
@@ -372,15 +372,13 @@ class VAEModel(ModelMixin, ConfigMixin, ClassLabelsMixin):
         return DiagonalGaussianDistribution(torch.cat([mean, 2 * log_scale], dim=1))
 
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
-        """Check an image batch's shape and return it as 8-bit data.
+        """Check an image batch's shape and return it as 8-bit data at the model's ``sample_size``.
 
-        ``sample`` is either ``uint8`` in {0..255} or float in [-1, 1] (rounded to the 8-bit grid)."""
-        expected = (self.config.in_channels, self.config.sample_size, self.config.sample_size)
-        if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
-            raise ValueError(
-                f"expected images of shape (batch, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"(channels, height, width from the model config), got {tuple(sample.shape)}"
-            )
+        ``sample`` is either ``uint8`` in {0..255} or float in [-1, 1] (rounded to the 8-bit grid), shaped
+        ``(batch, in_channels, sample_size, sample_size)`` or, with ``source_size``, at the data's own size (then
+        zero-padded as the data layer pads it)."""
+        sample = SourceRegion.to_sample_size(self.source_region, sample, self.config.in_channels,
+                                             self.config.sample_size)
         return sample if sample.dtype == torch.uint8 else unit_interval_to_uint8(sample)
 
     # ------------------------------------------------------------------ encode / decode

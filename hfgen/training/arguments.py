@@ -55,25 +55,41 @@ def _underscored(arg: str) -> str:
     return "--" + name[2:].replace("-", "_") + equals + value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` to a flag's help only when X is a value and the help does not already say what the
+    default is: an unset flag (None) takes the preset's value, which the group titles say."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(family: ModelFamily, description: str | None = None) -> argparse.ArgumentParser:
     """The parser of ``training/train_<family>.py``: the shared flags plus the family's own (each flag also
     in its dashed spelling)."""
     parser = _FlagParser(
         description=description or f"Train an hfgen {family.name} with Accelerate.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     preset_help = "; ".join(f"{k}: {p.description}" for k, p in family.presets.items())
     parser.add_argument("--preset", choices=sorted(family.presets), default="small", help=preset_help)
     parser.add_argument("--output_dir", required=True,
-                        help="where the pipeline folder, metrics.json, samples, logs and checkpoints go")
-    parser.add_argument("--seed", type=int, default=0)
+                        help="where the pipeline folder, metrics.json, samples, logs and checkpoints go: a new or "
+                             "empty folder, or the folder of a run of the same family and model config to resume "
+                             "(--resume_from_checkpoint)")
+    parser.add_argument("--overwrite_output_dir", action="store_true",
+                        help="clear a non-empty --output_dir (another or a finished run) before training into it")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seeds the model's initialisation, each epoch's batches and each step's noise")
 
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="fashion_mnist",
                       help="'fashion_mnist', a Hub dataset id, a folder of images, or a folder of parquet/arrow files")
-    data.add_argument("--dataset_config_name", default=None)
-    data.add_argument("--image_column", default=None)
-    data.add_argument("--train_split", default="train")
+    data.add_argument("--dataset_config_name", default=None, help="the configuration of a Hub dataset that has several")
+    data.add_argument("--image_column", default=None,
+                      help="the column of images (default: 'image', else 'img', else the first column of images)")
+    data.add_argument("--train_split", default="train", help="split of the training images")
     data.add_argument("--eval_split", default="validation",
                       help="split of the evaluations during training (and of every choice made from them); "
                            "'validation' is held out of 'train' when the data set has none (Fashion-MNIST: the "
@@ -103,18 +119,21 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
 
     opt = parser.add_argument_group("optimisation (unset flags take the preset's value)")
     opt.add_argument("--train_batch_size", type=int, default=None, help="images per process per micro-batch")
-    opt.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    opt.add_argument("--gradient_accumulation_steps", type=int, default=1,
+                     help="micro-batches per optimizer step")
     opt.add_argument("--learning_rate", type=float, default=None, help="peak learning rate")
     opt.add_argument("--lr_scheduler", choices=("cosine", "linear", "constant"), default="cosine",
                      help="decay after warm-up, over max_train_steps or the --max_train_minutes budget")
-    opt.add_argument("--lr_warmup_steps", type=int, default=None)
+    opt.add_argument("--lr_warmup_steps", type=int, default=None, help="steps of linear learning-rate warm-up")
     opt.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
                      help="adamw (decoupled weight decay) or adamax (Adam with an infinity-norm second moment, as "
                           "NVAE trains); both take the --adam_* settings")
-    opt.add_argument("--adam_beta1", type=float, default=0.9)
-    opt.add_argument("--adam_beta2", type=float, default=None, help=f"Adam's second-moment decay (default: the preset's, else {COMMON_DEFAULTS['adam_beta2']})")
-    opt.add_argument("--adam_weight_decay", type=float, default=0.0)
-    opt.add_argument("--adam_epsilon", type=float, default=1e-8)
+    opt.add_argument("--adam_beta1", type=float, default=0.9, help="Adam's first-moment decay")
+    opt.add_argument("--adam_beta2", type=float, default=None,
+                     help=f"Adam's second-moment decay (default: the preset's, else {COMMON_DEFAULTS['adam_beta2']})")
+    opt.add_argument("--adam_weight_decay", type=float, default=0.0,
+                     help="decoupled weight decay (AdamW); Adamax adds it to the gradient")
+    opt.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam's denominator epsilon")
     opt.add_argument("--max_grad_norm", type=float, default=None, help="clip the gradient norm (0: no clipping)")
     opt.add_argument("--skip_grad_norm_factor", type=float, default=None,
                      help="skip (and count) an update whose gradient norm is above this many times its running mean "
@@ -126,8 +145,10 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
                      help="wall-clock budget for training (evaluation and checkpoints excluded); stops at "
                           "whichever of this and --max_train_steps comes first")
     opt.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                     help="default: what `accelerate launch` / accelerate config says")
-    opt.add_argument("--gradient_checkpointing", action="store_true")
+                     help="autocast precision: bf16 or fp16 on a GPU (refused on a CPU, where float16 has no fast "
+                          "arithmetic); default: what `accelerate launch` / accelerate config says")
+    opt.add_argument("--gradient_checkpointing", action="store_true",
+                     help="recompute activations in the backward pass: less memory, slower steps")
     opt.add_argument("--no_channels_last", action="store_true",
                      help="keep the default memory format (channels_last is faster for these conv nets)")
     opt.add_argument("--torch_compile", action="store_true",
@@ -136,20 +157,25 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
                      default="default", help="torch.compile mode; reduce-overhead replays CUDA graphs on GPUs, "
                      "which pays for small models whose steps are bound by kernel launches")
     opt.add_argument("--no_ema", action="store_true", help="save the raw weights instead of an EMA of them")
-    opt.add_argument("--ema_decay", type=float, default=None)
+    opt.add_argument("--ema_decay", type=float, default=None,
+                     help="decay of the EMA of the weights that is saved and evaluated")
 
     track = parser.add_argument_group("evaluation, samples, checkpoints and logs")
     track.add_argument("--logging_steps", type=int, default=None,
                        help="log the training figures every N steps, each the mean over those N steps")
     track.add_argument("--eval_steps", type=int, default=None, help="--eval_split bits/dim (ELBO) every N steps (0: off)")
-    track.add_argument("--eval_max_samples", type=int, default=None)
-    track.add_argument("--eval_batch_size", type=int, default=256)
+    track.add_argument("--eval_max_samples", type=int, default=None,
+                       help="--eval_split images of the evaluations during training, the first N (0: the whole split)")
+    track.add_argument("--eval_batch_size", type=int, default=256,
+                       help="images per batch in evaluations and sampling")
     track.add_argument("--sample_steps", type=int, default=None, help="sample grid every N steps (0: off)")
-    track.add_argument("--num_sample_images", type=int, default=None)
+    track.add_argument("--num_sample_images", type=int, default=None,
+                       help="images in each sample grid (a class-conditional model: one row per class)")
     track.add_argument("--final_eval_max_samples", type=int, default=None,
                        help="--final_eval_split images for the final metrics.json, the first N (0: the whole split)")
     track.add_argument("--final_importance_samples", type=int, default=None,
-                       help="importance samples K of the final importance-weighted bound (DDPM: L_vlb timesteps)")
+                       help="importance samples K of the final importance-weighted bound (DDPM and latent "
+                            "diffusion: stratified L_vlb timesteps per image, default 16)")
     track.add_argument("--fd_steps", type=int, default=None,
                        help="fd_fmnist of --fd_num_samples generated images every N steps, and at the end into "
                             "metrics.json (0: off; Fashion-MNIST-like data only: 1 channel, sample_size 32)")
@@ -157,7 +183,9 @@ def build_parser(family: ModelFamily, description: str | None = None) -> argpars
     track.add_argument("--checkpointing_steps", type=int, default=None, help="save_state every N steps (0: off)")
     track.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep at most this many checkpoints")
     track.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
-    track.add_argument("--report_to", default="tensorboard", help="an Accelerate tracker name, or 'none'")
+    track.add_argument("--report_to", default="tensorboard",
+                       help="an Accelerate tracker (tensorboard, wandb, comet_ml, mlflow, aim, clearml, dvclive, "
+                            "swanlab, trackio; installed), 'all' (every installed one) or 'none'")
 
     hub = parser.add_argument_group(
         "publishing to the Hub (the token is huggingface_hub's: HF_TOKEN or `hf auth login`; never a flag, so that it "
@@ -180,7 +208,8 @@ def resolve_config(args: argparse.Namespace, family: ModelFamily) -> tuple[argpa
                          "--class_conditional (or leave them unset)")
     preset = family.presets[args.preset]
     resolved = argparse.Namespace(**vars(args))
-    for key, value in {**COMMON_DEFAULTS, **preset.training}.items():
+    defaults = {**COMMON_DEFAULTS, "final_importance_samples": family.default_importance_samples, **preset.training}
+    for key, value in defaults.items():
         if getattr(resolved, key, None) is None:
             setattr(resolved, key, value)
     model_config = dict(preset.model)
@@ -219,3 +248,29 @@ def _validate(cfg: argparse.Namespace) -> None:
         raise ValueError("--push_to_hub needs --hub_model_id (the repo to publish to, e.g. user/hfgen-vae)")
     if cfg.checkpoints_total_limit < 1:
         raise ValueError(f"--checkpoints_total_limit must be >= 1, got {cfg.checkpoints_total_limit}")
+    _check_tracker(cfg.report_to)
+
+
+def check_mixed_precision(mixed_precision: str, device_type: str) -> None:
+    """Refuse float16 autocast on a CPU: CPUs have no fast float16 arithmetic, so every step is converted back and
+    forth and training runs several times slower than in float32, without an error or a warning."""
+    if mixed_precision == "fp16" and device_type == "cpu":
+        raise ValueError("--mixed_precision fp16 on a CPU: CPUs have no fast float16 arithmetic, so training would "
+                         "run several times slower than in float32; expected --mixed_precision no (or bf16 on a CPU "
+                         "with AVX-512 BF16 or AMX), or a GPU")
+
+
+def _check_tracker(report_to: str) -> None:
+    """``--report_to``: a tracker Accelerate knows and this environment has installed (Accelerate itself would
+    drop a missing one with a log line and train without any logging), 'all' or 'none'."""
+    if report_to in ("none", "all"):
+        return
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    known = [str(tracker) for tracker in LoggerType.list() if str(tracker) != "all"]
+    if report_to not in known:
+        raise ValueError(f"--report_to {report_to!r}: expected one tracker of {', '.join(known)}, 'all' or 'none'")
+    if report_to not in [str(tracker) for tracker in get_available_trackers()]:
+        raise ValueError(f"--report_to {report_to}: {report_to} is not installed, so nothing would be logged; "
+                         f"expected `pip install {report_to}` first, or --report_to tensorboard or none")

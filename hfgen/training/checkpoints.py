@@ -78,3 +78,18 @@ def save_checkpoint(accelerator: Accelerator, output_dir: str | os.PathLike, ste
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: str | os.PathLike) -> None:
+    """``Accelerator.load_state(path)``, with a checkpoint of another model shape refused in one line (the first
+    mismatched tensor) instead of ``load_state_dict``'s list of every tensor."""
+    try:
+        accelerator.load_state(str(path))
+    except RuntimeError as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if not lines or not lines[0].startswith("Error(s) in loading state_dict"):
+            raise
+        kinds = ("size mismatch", "Missing key", "Unexpected key")
+        first = next((line for line in lines[1:] if line.startswith(kinds)), lines[0])
+        raise ValueError(f"checkpoint {path} holds another model than these settings build ({first[:300]}); expected "
+                         f"a checkpoint of the same family and model config") from None

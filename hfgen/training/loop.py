@@ -29,11 +29,12 @@ from ..progress import progress_bar
 
 from ..data import DataError, class_labels, images_and_source_shape, load_image_dataset, public_dataset_name
 from ..devices import device_description
-from ..evaluation import bound_figures, evaluate_likelihood, split_label
+from ..evaluation import GIVEN_LABEL, evaluate_likelihood, given_label_figures, split_label
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
-from .arguments import resolve_config
-from .checkpoints import resolve_resume_path, save_checkpoint
+from .arguments import check_mixed_precision, resolve_config
+from .checkpoints import load_checkpoint, resolve_resume_path, save_checkpoint
+from .output_dir import check_output_dir, clear_output_dir, remove_failed_run
 
 logger = logging.getLogger("hfgen.training")
 
@@ -292,10 +293,17 @@ def train_step(family: ModelFamily, model, optimizer, accelerator: Accelerator, 
 
 
 def train(family: ModelFamily, args: argparse.Namespace) -> dict:
-    """Train ``family`` as ``args`` says (see ``build_parser``); returns the final metrics (main process)."""
-    run = TrainingRun.setup(family, args)
-    last_validation = run_training_steps(run)
-    return write_final_folder(run, last_validation)
+    """Train ``family`` as ``args`` says (see ``build_parser``); returns the final metrics (main process). A run
+    that fails before writing a checkpoint removes the output folder it created."""
+    created = not Path(args.output_dir).exists()
+    try:
+        run = TrainingRun.setup(family, args)
+        last_validation = run_training_steps(run)
+        return write_final_folder(run, last_validation)
+    except BaseException:
+        if created and int(os.environ.get("RANK", "0")) == 0:
+            remove_failed_run(args.output_dir)
+        raise
 
 
 class TrainingRun:
@@ -308,6 +316,7 @@ class TrainingRun:
         run = cls()
         run.family = family
         cfg, model_config = resolve_config(args, family)
+        check_output_dir(cfg, family.name, model_config)  # before anything is loaded or written
         family.configure(cfg)
         run.cfg, run.output_dir = cfg, Path(cfg.output_dir)
         accelerator = run.accelerator = Accelerator(
@@ -319,8 +328,12 @@ class TrainingRun:
                                                 logging_dir=str(run.output_dir / "logs")),
         )
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+        check_mixed_precision(accelerator.mixed_precision, accelerator.device.type)  # before anything is written
         if accelerator.is_main_process:
+            if cfg.overwrite_output_dir:
+                clear_output_dir(run.output_dir)
             run.output_dir.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
         set_seed(cfg.seed)  # model initialisation; per-step noise uses its own generators
         run.model_config = run._load_data(model_config)
         run._build_model()
@@ -330,7 +343,8 @@ class TrainingRun:
 
     def _load_data(self, model_config: dict) -> dict:
         """The training and validation splits as uint8 tensors (whole splits in memory); returns the model config
-        with ``source_size`` for a family that scores only the data's own pixels of padded images."""
+        with ``source_size`` when the data layer zero-padded the images (what the family does with it: see
+        ``ModelFamily.build_model``)."""
         cfg, accelerator = self.cfg, self.accelerator
         train = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples, accelerator)
         self.train_images, self.train_labels, source_shape = train.images, train.labels, train.source_shape
@@ -351,10 +365,11 @@ class TrainingRun:
         self.batches = BatchSchedule(self.train_images.shape[0], cfg.train_batch_size, cfg.seed,
                                      accelerator.process_index, accelerator.num_processes)
         # bits/dim count the data's own pixels; a VAE family then scores only those (the padded border is a fixed
-        # function of the image), so that its bound is one on the unpadded image
+        # function of the image), so that its bound is one on the unpadded image, and every family's pipeline
+        # returns samples at that size
         cfg.source_shape = source_shape.as_list()
-        if (self.family.scores_source_pixels and source_shape.is_padded(cfg.sample_size)
-                and not source_shape.mixed_sizes and "source_size" not in model_config):
+        if (source_shape.is_padded(cfg.sample_size) and not source_shape.mixed_sizes
+                and "source_size" not in model_config):
             model_config = {**model_config, "source_size": [source_shape.height, source_shape.width]}
         return model_config
 
@@ -385,7 +400,7 @@ class TrainingRun:
         resume_path = resolve_resume_path(self.output_dir, cfg.resume_from_checkpoint)
         if resume_path is not None:
             accelerator.print(f"resuming from {resume_path}")
-            accelerator.load_state(str(resume_path))
+            load_checkpoint(accelerator, resume_path)
             if self.ema is not None:
                 self.ema.to(self.device)  # the EMA weights come back from the checkpoint on the CPU
         elif cfg.resume_from_checkpoint:
@@ -425,9 +440,15 @@ class TrainingRun:
         machine (the file is published)."""
         settings = dict(vars(self.cfg))
         settings["dataset"] = public_dataset_name(self.cfg.dataset)
-        for key in ("output_dir", "resume_from_checkpoint", *self.family.folder_arguments):
+        for key in ("output_dir", "resume_from_checkpoint"):
             if settings.get(key) and settings[key] != "latest":
                 settings[key] = Path(settings[key]).name
+        for key in self.family.folder_arguments:  # a model the run builds on (latent diffusion's --vae)
+            if settings.get(key) and Path(settings[key]).expanduser().is_dir():
+                settings[f"{key}_repo_id"] = pushed_repo_id(Path(settings[key]).expanduser())
+                settings[key] = Path(settings[key]).expanduser().resolve().name + LOCAL_FOLDER_SUFFIX
+            elif settings.get(key):  # a Hub repo id
+                settings[f"{key}_repo_id"] = settings[key]
         return {"family": self.family.name, "model_config": self.model_config, **settings}
 
     def evaluate(self, images: torch.Tensor, shape, importance_samples: int, class_labels=None) -> dict:
@@ -455,7 +476,8 @@ class TrainingRun:
 
         images = generate_uint8(self.family, self.family.make_pipeline(self.unwrapped), self.cfg.fd_num_samples,
                                 batch_size=self.cfg.eval_batch_size, seed=self.cfg.seed, show_progress=False,
-                                channels=self.channels, class_labels=self._balanced_labels(self.cfg.fd_num_samples))
+                                channels=self.channels, sample_size=self.cfg.sample_size,
+                                class_labels=self._balanced_labels(self.cfg.fd_num_samples))
         features = extract_features(self.fd_net, images, show_progress=False)
         return sample_quality(features, self.fd_reference, ("fd",))["fd_fmnist"]
 
@@ -463,13 +485,13 @@ class TrainingRun:
         pipeline = self.family.make_pipeline(self.unwrapped)
         pipeline.set_progress_bar_config(disable=True)
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed)
-        if self.cfg.class_conditional:  # one row per class
-            cols = max(1, self.cfg.num_sample_images // self.cfg.num_classes)
-            labels = [label for label in range(self.cfg.num_classes) for _ in range(cols)]
+        if self.cfg.class_conditional:  # every class equally often, in class order (10 x 10: one row per class)
+            per_class = max(1, self.cfg.num_sample_images // self.cfg.num_classes)
+            labels = [label for label in range(self.cfg.num_classes) for _ in range(per_class)]
             images = self.family.sample_images(pipeline, len(labels), generator, class_labels=labels)
         else:
             images = self.family.sample_images(pipeline, self.cfg.num_sample_images, generator)
-            cols = int(math.ceil(math.sqrt(len(images))))
+        cols = int(math.ceil(math.sqrt(len(images))))  # a square-ish grid, read left to right
         rows = int(math.ceil(len(images) / cols))
         images = images + [images[0].copy().point(lambda _: 0)] * (rows * cols - len(images))
         grid = make_image_grid(images, rows=rows, cols=cols)
@@ -590,13 +612,28 @@ def _validate(run: TrainingRun) -> dict:
                                run.eval_labels)
         diagnostics = (run.family.diagnostics(run.unwrapped, run.eval_images, run.eval_labels)
                        if accelerator.is_main_process else {})
-    accelerator.log({"eval/bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+    # a class-conditional model is validated given the labels: a bound on -log p(x | y), named so
+    name = "bits_per_dim_elbo" + (GIVEN_LABEL if run.eval_labels is not None else "")
+    k_name = "vlb_timesteps" if "vlb_timesteps" in metrics else "importance_samples"
+    accelerator.log({f"eval/{name}": metrics["bits_per_dim_elbo"],
                      "eval/train_seconds": run.state.train_seconds,
                      **_flatten_for_logs("diagnostics", diagnostics)}, step=step)
-    accelerator.print(f"step {step}: {cfg.eval_split} bits/dim (ELBO, {metrics['num_samples']} images, "
-                      f"{metrics['num_dims']} dims) {metrics['bits_per_dim_elbo']:.4f}")
-    return {"validation_bits_per_dim_elbo": metrics["bits_per_dim_elbo"],
+    k_words = "timesteps" if k_name == "vlb_timesteps" else "importance samples"
+    accelerator.print(f"step {step}: {cfg.eval_split} bits/dim ({'given the labels, ' if GIVEN_LABEL in name else ''}"
+                      f"{metrics['num_samples']} images, {metrics['num_dims']} dims, {metrics[k_name]} {k_words} per "
+                      f"image) {metrics['bits_per_dim_elbo']:.4f}")
+    return {f"validation_{name}": metrics["bits_per_dim_elbo"], f"validation_{k_name}": metrics[k_name],
             "validation_split": f"{cfg.eval_split}[:{metrics['num_samples']}]", "validation_step": step}
+
+
+LOCAL_FOLDER_SUFFIX = " (local folder)"
+
+
+def pushed_repo_id(folder: Path) -> str | None:
+    """The Hub repo a local trained folder was pushed to by its own training run (``--push_to_hub``), else None."""
+    path = folder / "training_config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    return config.get("hub_model_id") if config.get("push_to_hub") else None
 
 
 def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
@@ -612,12 +649,14 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
                                          torch.Generator(device=run.device).manual_seed(cfg.seed))
     final = _load_split(cfg, cfg.final_eval_split, run.channels, cfg.final_eval_max_samples or None, accelerator)
     final_images, final_split_size = final.images, final.split_size
-    # a class-conditional model: bounds on -log p(x | y) given the true labels, and on -log p(x) (its null class)
-    metrics = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples, final.labels)
+    # bounds on -log p(x) under the plain keys (a class-conditional model: its null class), and for a
+    # class-conditional model bounds on -log p(x | y) given the true labels, named so (bits_per_dim_elbo_given_label)
     if cfg.class_conditional:
         _check_same_classes(final.class_names, cfg.class_names, cfg.final_eval_split, cfg.train_split)
-        unconditional = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples)
-        metrics["unconditional"] = bound_figures(unconditional)
+    metrics = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples)
+    if cfg.class_conditional:
+        metrics.update(given_label_figures(
+            run.evaluate(final_images, final.source_shape, cfg.final_importance_samples, final.labels)))
         metrics["class_names"] = cfg.class_names
     if accelerator.is_main_process:
         _save_pipeline_folder(family.make_pipeline(run.unwrapped), output_dir)
@@ -658,8 +697,9 @@ def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
         write_model_card(output_dir, family, metrics, run.training_config(),
                          repo_id=cfg.hub_model_id if getattr(cfg, "push_to_hub", False) else None)
         accelerator.print(json.dumps({k: metrics[k] for k in (
-            "bits_per_dim_elbo", "bits_per_dim_iw", "split", "num_samples", "num_dims", "importance_samples",
-            "vlb_timesteps", "train_steps", "skipped_steps", "train_seconds", "train_img_per_s") if k in metrics}))
+            "bits_per_dim_elbo", "bits_per_dim_iw", "bits_per_dim_elbo_given_label", "split", "num_samples",
+            "num_dims", "importance_samples", "vlb_timesteps", "estimator", "train_steps", "skipped_steps",
+            "train_seconds", "train_img_per_s") if k in metrics}))
         if getattr(cfg, "push_to_hub", False):
             from ..hub import publish
 
