@@ -78,3 +78,13 @@ def tiny_runs(tmp_path_factory):
     finally:
         torch.set_num_threads(threads)
     return folders
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``scripts/test.sh`` runs one worker per core) each worker computes on one thread, so
+    that the workers do not fight over the cores; a plain ``pytest`` run keeps torch's default."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+
+        torch.set_num_threads(1)
