@@ -230,7 +230,27 @@ def callback_tensor_names(callback_on_step_end, tensor_inputs: list[str], allowe
     return list(tensor_inputs)
 
 
-class ClassConditionalDDPMPipeline(DiffusionPipeline):
+class StepCallbackMixin:
+    """What diffusers' ``callback_on_step_end`` convention reads from a diffusion pipeline, shared by
+    ``ClassConditionalDDPMPipeline`` and ``LatentDiffusionPipeline``: the tensors a callback may get and replace, and
+    the current call's guidance scale and number of steps (set by ``__call__``)."""
+
+    #: the tensors ``callback_on_step_end`` may read and replace: ``latents``, the sample being denoised (x_t)
+    _callback_tensor_inputs = ["latents"]
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the current (or last) call; a ``callback_on_step_end`` may change
+        ``pipe._guidance_scale`` between steps (diffusers' convention)."""
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of denoising steps of the current (or last) call."""
+        return self._num_timesteps
+
+
+class ClassConditionalDDPMPipeline(StepCallbackMixin, DiffusionPipeline):
     r"""Pipeline for class-conditional image generation with a DDPM trained with label dropout, with
     classifier-free guidance (Ho & Salimans 2022).
 
@@ -245,8 +265,6 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
-    #: the tensors ``callback_on_step_end`` may read and replace: ``latents``, the sample being denoised (x_t)
-    _callback_tensor_inputs = ["latents"]
 
     # hfgen sets these (hfgen.pipeline_hooks.install_hooks) when this file is imported as part of the hfgen package:
     # from_pretrained then reads a folder or Hub repo into diffusers' classes without running code from it, and
@@ -317,17 +335,6 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         """The network output that the scheduler steps with (``guided_output``)."""
         return guided_output(self.unet, sample, timestep, class_ids, self.null_class, guidance_scale,
                              guidance_rescale)
-
-    @property
-    def guidance_scale(self) -> float:
-        """The guidance scale of the current (or last) call; a ``callback_on_step_end`` may change
-        ``pipe._guidance_scale`` between steps (diffusers' convention)."""
-        return self._guidance_scale
-
-    @property
-    def num_timesteps(self) -> int:
-        """The number of denoising steps of the current (or last) call."""
-        return self._num_timesteps
 
     @torch.no_grad()
     def __call__(

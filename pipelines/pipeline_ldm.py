@@ -29,8 +29,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_conditional import (
-    DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, ClassLabels, _check_generators, callback_tensor_names,
-    check_sampling_arguments, class_label_ids, guided_output, scheduler_step_kwargs,
+    DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, ClassLabels, StepCallbackMixin, _check_generators,
+    callback_tensor_names, check_sampling_arguments, class_label_ids, guided_output, scheduler_step_kwargs,
 )
 
 
@@ -71,7 +71,7 @@ def check_latent_components(vae: ModelMixin, unet: UNet2DModel) -> None:
                          f"has shape {latent_shape}; expected a prior trained on this VAE's latents")
 
 
-class LatentDiffusionPipeline(DiffusionPipeline):
+class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
     r"""Pipeline for (class-conditional) image generation with a diffusion prior over a VAE's latents.
 
     Parameters:
@@ -87,8 +87,7 @@ class LatentDiffusionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet->vae"
-    #: the tensors ``callback_on_step_end`` may read and replace: ``latents``, the scaled latents being denoised (z_t)
-    _callback_tensor_inputs = ["latents"]
+    # callback_on_step_end reads and may replace ``latents``: here the scaled latents being denoised (z_t)
 
     # hfgen fills these (hfgen.pipeline_hooks.install_hooks); in the copy a published folder carries they stay None
     _hfgen_components: dict = {}
@@ -154,17 +153,6 @@ class LatentDiffusionPipeline(DiffusionPipeline):
                              f"cannot use with {channels}-channel latents; make it with "
                              f"{type(self.scheduler).__name__}.from_config(pipe.scheduler.config, variance_type=None)")
         return output[:, :channels]
-
-    @property
-    def guidance_scale(self) -> float:
-        """The guidance scale of the current (or last) call; a ``callback_on_step_end`` may change
-        ``pipe._guidance_scale`` between steps (diffusers' convention)."""
-        return self._guidance_scale
-
-    @property
-    def num_timesteps(self) -> int:
-        """The number of denoising steps of the current (or last) call."""
-        return self._num_timesteps
 
     @torch.no_grad()
     def __call__(
