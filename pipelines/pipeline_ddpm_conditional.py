@@ -213,6 +213,16 @@ def check_sampling_arguments(batch_size, num_inference_steps, class_labels, num_
                          f"labels: there is no class to guide towards; leave guidance_scale at 1")
 
 
+def default_inference_steps(scheduler) -> int:
+    """The sampling steps when a call names none: every one of the T training steps for the DDPM sampler the model
+    was trained with (``DDPMScheduler``); for other samplers (DDIM, DPM-Solver++, UniPC, ...) 50, and fewer than T,
+    since diffusers' multistep solvers index past the end of their schedule when asked for all T steps."""
+    steps = scheduler.config.num_train_timesteps
+    if type(scheduler).__name__ == "DDPMScheduler":
+        return steps
+    return max(1, min(50, steps - 1))
+
+
 def scheduler_step_kwargs(scheduler, generator) -> dict:
     """``{"generator": generator}`` for a scheduler whose ``step`` draws noise with one (DDPM, DDIM with eta, the
     ancestral and SDE samplers), else ``{}``: PNDM, UniPC, LMS and other deterministic steps take none."""
@@ -371,8 +381,8 @@ class ClassConditionalDDPMPipeline(StepCallbackMixin, DiffusionPipeline):
                 scales; 0 is plain guidance. Used only when guidance runs (``s`` other than 0 and 1).
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): makes sampling deterministic; a
                 list holds one generator per image, and image i then depends on ``generator[i]`` alone.
-            num_inference_steps (`int`, *optional*): sampling steps, default (and at most) the scheduler's
-                ``num_train_timesteps`` (every step of the DDPM sampler; fewer suit DDIM or DPM-Solver++).
+            num_inference_steps (`int`, *optional*): sampling steps, at most the scheduler's ``num_train_timesteps``
+                T; default ``default_inference_steps``: T for the DDPM sampler, 50 (and fewer than T) for others.
             latents (`torch.Tensor`, *optional*): the initial noise x_T, shape ``(batch, channels, height, width)``;
                 drawn with ``generator`` when not given.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"`: the denoised tensor as
@@ -394,7 +404,7 @@ class ClassConditionalDDPMPipeline(StepCallbackMixin, DiffusionPipeline):
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if num_inference_steps is None:
-            num_inference_steps = self.scheduler.config.num_train_timesteps
+            num_inference_steps = default_inference_steps(self.scheduler)
         check_sampling_arguments(batch_size, num_inference_steps, class_labels, self.num_classes, guidance_scale,
                                  guidance_rescale)
         tensor_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,

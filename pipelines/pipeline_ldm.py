@@ -30,7 +30,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_conditional import (
     DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, ClassLabels, StepCallbackMixin, _check_generators,
-    callback_tensor_names, check_sampling_arguments, class_label_ids, guided_output, scheduler_step_kwargs,
+    callback_tensor_names, check_sampling_arguments, class_label_ids, default_inference_steps, guided_output,
+    scheduler_step_kwargs,
 )
 
 
@@ -183,8 +184,8 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
             guidance_rescale (`float`, defaults to 0): Lin et al. (2023)'s rescale ``phi`` in [0, 1].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image (image i
                 then depends on ``generator[i]`` alone).
-            num_inference_steps (`int`, *optional*): sampling steps, default the scheduler's
-                ``num_train_timesteps`` (every step of the DDPM sampler; fewer suit DDIM or DPM-Solver++).
+            num_inference_steps (`int`, *optional*): sampling steps, at most the scheduler's ``num_train_timesteps``
+                T; default ``default_inference_steps``: T for the DDPM sampler, 50 (and fewer than T) for others.
             latents (`torch.Tensor`, *optional*): the initial noise ``z_T``, shape ``(batch, *latent_shape)``
                 (e.g. ``out.latents`` of an earlier call); drawn with ``generator`` when not given.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (the denoised scaled
@@ -206,7 +207,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
         if num_inference_steps is None:
-            num_inference_steps = self.scheduler.config.num_train_timesteps
+            num_inference_steps = default_inference_steps(self.scheduler)
         check_sampling_arguments(batch_size, num_inference_steps, class_labels, self.num_classes, guidance_scale,
                                  guidance_rescale)
         tensor_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,

@@ -280,6 +280,23 @@ def test_deterministic_samplers_draw_through_the_diffusion_pipelines(make_pipe, 
     assert not np.array_equal(images, pipe(**{**draw, "latents": -noise}).images)
 
 
+@pytest.mark.parametrize("sampler", ["DDPM", *SAMPLERS])
+@pytest.mark.parametrize("make_pipe", [_ddpm, _ldm], ids=["ClassConditionalDDPMPipeline", "LatentDiffusionPipeline"])
+def test_a_call_without_steps_samples_every_training_step_of_ddpm_and_50_of_the_others(make_pipe, sampler):
+    """No ``num_inference_steps``: all T steps of the DDPM sampler the model was trained with; other samplers 50 and
+    fewer than T (diffusers' multistep solvers index past their schedule at T steps), so that a card's sampler swap
+    followed by a plain call runs."""
+    pipe = make_pipe()
+    if sampler != "DDPM":
+        pipe.scheduler = SAMPLERS[sampler](pipe.scheduler.config)
+    T = pipe.scheduler.config.num_train_timesteps
+    images = pipe(class_labels=[1], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert np.isfinite(images).all()
+    expected = pipe.scheduler.__class__.from_config(pipe.scheduler.config)
+    expected.set_timesteps(T if sampler == "DDPM" else min(50, T - 1))  # (PNDM adds a warm-up step to the count)
+    assert pipe.num_timesteps == len(expected.timesteps)
+
+
 @pytest.mark.parametrize("make_pipe", [_ddpm, _ldm, lambda: _ldm(num_classes=0)],
                          ids=["ClassConditionalDDPMPipeline", "LatentDiffusionPipeline", "unconditional latent"])
 def test_impossible_sampling_calls_are_one_line_value_errors_naming_the_value(make_pipe):
