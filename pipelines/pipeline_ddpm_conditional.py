@@ -34,6 +34,7 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.models import UNet2DModel
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers import DDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -213,14 +214,13 @@ def check_sampling_arguments(batch_size, num_inference_steps, class_labels, num_
                          f"labels: there is no class to guide towards; leave guidance_scale at 1")
 
 
-def default_inference_steps(scheduler) -> int:
+def default_inference_steps(num_train_timesteps: int, scheduler_class: type) -> int:
     """The sampling steps when a call names none: every one of the T training steps for the DDPM sampler the model
     was trained with (``DDPMScheduler``); for other samplers (DDIM, DPM-Solver++, UniPC, ...) 50, and fewer than T,
     since diffusers' multistep solvers index past the end of their schedule when asked for all T steps."""
-    steps = scheduler.config.num_train_timesteps
-    if type(scheduler).__name__ == "DDPMScheduler":
-        return steps
-    return max(1, min(50, steps - 1))
+    if issubclass(scheduler_class, DDPMScheduler):
+        return num_train_timesteps
+    return max(1, min(50, num_train_timesteps - 1))
 
 
 def scheduler_step_kwargs(scheduler, generator) -> dict:
@@ -258,6 +258,21 @@ class StepCallbackMixin:
     def num_timesteps(self) -> int:
         """The number of denoising steps of the current (or last) call."""
         return self._num_timesteps
+
+    def _check_call(self, batch_size, num_inference_steps, class_labels, guidance_scale, guidance_rescale,
+                    output_type, callback_on_step_end, callback_on_step_end_tensor_inputs) -> tuple[int, list[str]]:
+        """The checks both diffusion pipelines' ``__call__`` start with (each refusal names the value): returns the
+        number of steps (``default_inference_steps`` when None) and the tensor names the step callback gets."""
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+        if num_inference_steps is None:
+            num_inference_steps = default_inference_steps(self.scheduler.config.num_train_timesteps,
+                                                          type(self.scheduler))
+        check_sampling_arguments(batch_size, num_inference_steps, class_labels, self.num_classes, guidance_scale,
+                                 guidance_rescale)
+        tensor_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                             self._callback_tensor_inputs)
+        return num_inference_steps, tensor_names
 
 
 class ClassConditionalDDPMPipeline(StepCallbackMixin, DiffusionPipeline):
@@ -401,14 +416,9 @@ class ClassConditionalDDPMPipeline(StepCallbackMixin, DiffusionPipeline):
         Returns:
             [`ImagePipelineOutput`] or `tuple`: the images (``images``), or the tuple ``(images,)``.
         """
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if num_inference_steps is None:
-            num_inference_steps = default_inference_steps(self.scheduler)
-        check_sampling_arguments(batch_size, num_inference_steps, class_labels, self.num_classes, guidance_scale,
-                                 guidance_rescale)
-        tensor_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                             self._callback_tensor_inputs)
+        num_inference_steps, tensor_names = self._check_call(
+            batch_size, num_inference_steps, class_labels, guidance_scale, guidance_rescale, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         if latents is not None and class_labels is None and batch_size == 1:
             batch_size = latents.shape[0]

@@ -30,8 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_ddpm_conditional import (
     DEFAULT_GUIDANCE_RESCALE, DEFAULT_GUIDANCE_SCALE, ClassLabels, StepCallbackMixin, _check_generators,
-    callback_tensor_names, check_sampling_arguments, class_label_ids, default_inference_steps, guided_output,
-    scheduler_step_kwargs,
+    class_label_ids, guided_output, scheduler_step_kwargs,
 )
 
 
@@ -204,14 +203,9 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         Returns:
             [`LatentDiffusionPipelineOutput`] or `tuple`: ``(images, latents)``.
         """
-        if output_type not in ("pil", "np", "pt", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
-        if num_inference_steps is None:
-            num_inference_steps = default_inference_steps(self.scheduler)
-        check_sampling_arguments(batch_size, num_inference_steps, class_labels, self.num_classes, guidance_scale,
-                                 guidance_rescale)
-        tensor_names = callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                             self._callback_tensor_inputs)
+        num_inference_steps, tensor_names = self._check_call(
+            batch_size, num_inference_steps, class_labels, guidance_scale, guidance_rescale, output_type,
+            callback_on_step_end, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         conditional = self.num_classes > 0
         if latents is not None and class_labels is None and batch_size == 1:

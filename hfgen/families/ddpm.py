@@ -41,7 +41,7 @@ from ..models.ddpm import (
 from ..models.labels import class_label_ids
 from ..models.likelihoods import SourceRegion, uint8_to_unit_interval
 from ..pipelines import ClassConditionalDDPMPipeline
-from ..pipelines.pipeline_ddpm_conditional import SOURCE_SIZE_KEY
+from ..pipelines.pipeline_ddpm_conditional import SOURCE_SIZE_KEY, default_inference_steps
 from .base import Bounds, ModelFamily, Preset
 
 
@@ -373,15 +373,16 @@ class DDPMFamily(ModelFamily):
 def sampler_settings(config, options: dict, clip_sample: bool | None = None):
     """``(name, steps, scheduler_class, settings)`` of the sampling options ``scheduler``, ``steps``, ``clip_sample``
     and ``timestep_spacing`` over a folder's scheduler ``config``: the ``SAMPLERS`` entry (default ``ddpm``), the
-    steps (default: T for ddpm, 50 for the others; checked against T) and the settings ``from_config`` takes.
+    steps (default: ``default_inference_steps``, the pipelines' own: T for ddpm, else 50 and fewer than T;
+    checked against T) and the settings ``from_config`` takes.
     ``clip_sample`` replaces the sampler's own default (the latent diffusion: its folder's, off)."""
     name = options.get("scheduler") or "ddpm"
     if name not in SAMPLERS:
         raise ValueError(f"scheduler must be one of {sorted(SAMPLERS)}, got {name!r}")
-    steps = options.get("steps") or (config.num_train_timesteps if name == "ddpm" else 50)
+    scheduler_class, settings = SAMPLERS[name]
+    steps = options.get("steps") or default_inference_steps(config.num_train_timesteps, scheduler_class)
     if not 1 <= steps <= config.num_train_timesteps:
         raise ValueError(f"steps must be in [1, {config.num_train_timesteps}], got {steps}")
-    scheduler_class, settings = SAMPLERS[name]
     settings = {**settings, **({} if clip_sample is None else {"clip_sample": clip_sample}),
                 **{key: options[key] for key in ("clip_sample", "timestep_spacing") if options.get(key) is not None}}
     if scheduler_class is DPMSolverMultistepScheduler and "clip_sample" in settings:
