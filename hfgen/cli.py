@@ -316,6 +316,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+TEMPERATURE_HELP = ("prior temperature: of every latent group (VAE families), of the groups below the diffused ones "
+                    "(latent diffusion over a hierarchical VAE)")
 GREEDY_PASSES_HELP = ("a VAE whose p(x | z) is decoded in pixel passes: instead of draws from the model, the greedy "
                       "chain (each pass the mean given the earlier passes' rounded means; neither E[x | z] nor a draw)")
 
@@ -347,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num-images", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", default="samples.png")
-    sample.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
+    sample.add_argument("--temperature", type=float, default=None, help=TEMPERATURE_HELP)
     sample.add_argument("--greedy-passes", action="store_true", help=GREEDY_PASSES_HELP)
     sample.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
                         help="sampler for the trained network (DDPM family; default: the folder's own)")
@@ -418,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="a class-conditional model: generate the fd/kid/pr images class by class in equal numbers "
                                "(ancestral samples of p(x) with y uniform, as conditional models' FIDs are measured) "
                                "instead of from the null class")
-    evaluate.add_argument("--temperature", type=float, default=None, help="prior temperature (VAE families)")
+    evaluate.add_argument("--temperature", type=float, default=None, help=TEMPERATURE_HELP)
     evaluate.add_argument("--greedy-passes", action="store_true",
                           help=GREEDY_PASSES_HELP + "; its figures get keys of their own (fd_fmnist_greedy, ...)")
     evaluate.add_argument("--scheduler", default=None, help="sampling scheduler (families that have one)")

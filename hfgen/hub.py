@@ -247,7 +247,7 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         has_samples=has_samples,
         grid_images=_grid_text(metrics["grid_images"]),
         pipeline_module=Path(pipeline_class_file(family)).stem if family.name != "ddpm" else "",
-        model_module=component_file(family),
+        model_module=component_file(family, metrics),
         temperature_example=", temperature=0.8" if "temperature" in family.sampling_options else "",
         metrics_intro=(f"Upper bounds ({bound}) on the negative log-likelihood of the {_pixel_values(metrics)} "
                        f"images ({_split_text(metrics)}), lower is better, and sample-quality figures where "
@@ -416,11 +416,19 @@ def pipeline_class_file(family: ModelFamily) -> str:
     return inspect.getsourcefile(family.pipeline_class)
 
 
-def component_file(family: ModelFamily) -> str:
-    """``modeling_vae.py``: the model code file a family's published component folder carries ("" for DDPM)."""
+def component_file(family: ModelFamily, metrics: dict | None = None) -> str:
+    """``modeling_vae.py``: the model code file a family's published component folder carries ("" for DDPM). Where
+    the component is one of several classes (a latent diffusion's first stage), the one ``metrics["likelihood"]``
+    names as ``first_stage``."""
     components = getattr(family.pipeline_class, "_hfgen_components", {})
-    return "".join(f"{component_module_name(model_class)}.py" for model_class in components.values()
-                   if model_class.__module__.split(".")[0] != "diffusers")
+    named = ((metrics or {}).get("likelihood") or {}).get("first_stage")
+    files = []
+    for classes in components.values():
+        classes = classes if isinstance(classes, tuple) else (classes,)
+        model_class = next((cls for cls in classes if cls.__name__ == named), classes[0])
+        if model_class.__module__.split(".")[0] != "diffusers":
+            files.append(f"{component_module_name(model_class)}.py")
+    return "".join(files)
 
 
 def _metrics_note(family_name: str, metrics: dict) -> str:

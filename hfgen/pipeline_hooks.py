@@ -27,7 +27,7 @@ def save_pretrained(pipeline, save_directory, **kwargs) -> None:
     hub_args = {key: kwargs.pop(key) for key in ("repo_id", "private", "commit_message", "revision", "token",
                                                  "create_pr") if key in kwargs}
     DiffusionPipeline.save_pretrained(pipeline, save_directory, **kwargs)
-    write_code_files(save_directory, type(pipeline), type(pipeline)._hfgen_components)
+    write_code_files(save_directory, type(pipeline), component_classes(pipeline))
     if push:
         if hub_args.pop("create_pr", False):
             raise ValueError("hfgen publishes to a branch (revision=...), not as a pull request")
@@ -35,8 +35,16 @@ def save_pretrained(pipeline, save_directory, **kwargs) -> None:
         publish(save_directory, repo_id, **hub_args)
 
 
-def install_hooks(pipeline_class: type, components: dict[str, type]) -> None:
-    """Make ``pipeline_class.from_pretrained`` / ``save_pretrained`` hfgen's (see the module docstring)."""
+def component_classes(pipeline) -> dict[str, type]:
+    """The class of each of a pipeline's components: where the pipeline takes one of several
+    (``install_hooks``), the one it holds."""
+    return {name: type(getattr(pipeline, name)) if isinstance(classes, tuple) else classes
+            for name, classes in type(pipeline)._hfgen_components.items()}
+
+
+def install_hooks(pipeline_class: type, components: dict[str, type | tuple[type, ...]]) -> None:
+    """Make ``pipeline_class.from_pretrained`` / ``save_pretrained`` hfgen's (see the module docstring). A
+    component may be one of several classes (a tuple): ``model_index.json`` names the one a folder holds."""
     pipeline_class._hfgen_components = dict(components)
     pipeline_class._hfgen_from_pretrained = staticmethod(load_pretrained)
     pipeline_class._hfgen_save_pretrained = staticmethod(save_pretrained)

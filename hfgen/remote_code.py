@@ -335,6 +335,8 @@ def load_pretrained(pipeline_class, pretrained_model_name_or_path, **kwargs):
         if name in passed:
             components[name] = passed[name]
             continue
+        if isinstance(model_class, tuple):  # one of several classes: the one model_index.json names
+            model_class = _named_class(index.get(name), model_class, name)
         if _is_scheduler_class(model_class):  # a config only: the scheduler class model_index.json names
             model_class = _scheduler_class(index.get(name), model_class)
             components[name] = model_class.from_pretrained(folder, subfolder=name)
@@ -406,6 +408,17 @@ def _setting_names(pipeline_class) -> list[str]:
 def _pipeline_settings(pipeline_class, index: dict, passed: dict) -> dict:
     """The pipeline's settings from ``model_index.json``, those passed to ``from_pretrained`` taking precedence."""
     return {**{name: index[name] for name in _setting_names(pipeline_class) if name in index}, **passed}
+
+
+def _named_class(entry, classes: tuple[type, ...], name: str) -> type:
+    """The one of ``classes`` that a ``model_index.json`` entry (``["modeling_hvae", "HierarchicalVAEModel"]``)
+    names; another is refused, naming the ones expected."""
+    class_name = entry[1] if isinstance(entry, (list, tuple)) and len(entry) == 2 else None
+    for model_class in classes:
+        if model_class.__name__ == class_name:
+            return model_class
+    raise ValueError(f"model_index.json names {entry!r} for `{name}`; expected one of "
+                     f"{', '.join(cls.__name__ for cls in classes)}")
 
 
 def _is_scheduler_class(model_class: type) -> bool:

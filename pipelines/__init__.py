@@ -18,7 +18,9 @@ install_hooks(VAEPipeline, {"vae": VAEModel})
 install_hooks(HierarchicalVAEPipeline, {"vae": HierarchicalVAEModel})
 # diffusers' own classes: the folder carries the pipeline file only
 install_hooks(ClassConditionalDDPMPipeline, {"unet": UNet2DModel, "scheduler": DDPMScheduler})
-install_hooks(LatentDiffusionPipeline, {"vae": VAEModel, "unet": UNet2DModel, "scheduler": DDPMScheduler})
+# the first stage is one of two classes: model_index.json names which
+install_hooks(LatentDiffusionPipeline, {"vae": (VAEModel, HierarchicalVAEModel), "unet": UNet2DModel,
+                                        "scheduler": DDPMScheduler})
 
 __all__ = ["VAEPipeline"]
 __all__ += ["HierarchicalVAEPipeline"]

@@ -1,12 +1,15 @@
-"""LatentDiffusionPipeline: a diffusion prior over the latents of a frozen VAE (latent diffusion), with
+"""LatentDiffusionPipeline: a diffusion prior over the latents of a frozen first stage (latent diffusion), with
 classifier-free guidance for a class-conditional prior.
 
-    z_T ~ N(0, I)  --UNet2DModel + scheduler-->  z_0 (scaled latents)  --vae.decode(z_0 / scaling_factor)-->  image
+    z_T ~ N(0, I)  --UNet2DModel + scheduler-->  z_0 (diffused latents)  --first stage-->  image
 
-The VAE (hfgen's ``VAEModel`` with a spatial latent, unconditional) is the first stage; the UNet is diffusers'
-``UNet2DModel`` over its latents scaled by ``vae.config.scaling_factor`` (unit variance on training data), as in
-diffusers' own latent pipelines. A class-conditional UNet holds K + 1 class embeddings, the last the null class
-(trained with label dropout); guidance follows diffusers' convention ``eps_null + s * (eps_y - eps_null)``.
+The first stage is hfgen's ``VAEModel`` with a spatial latent (the UNet models its latents scaled by
+``vae.config.scaling_factor``, unit variance on training data, as in diffusers' own latent pipelines), or hfgen's
+``HierarchicalVAEModel``, whose top latent groups' prior the diffusion replaces (LSGM's join of a score model and an
+NVAE-class hierarchical VAE): the UNet models their prior noise ``(z_i - mu_p,i) / sigma_p,i``, and the top-down path
+draws the lower groups and decodes. Both are unconditional. A class-conditional UNet holds K + 1 class embeddings,
+the last the null class (trained with label dropout); guidance follows diffusers' convention
+``eps_null + s * (eps_y - eps_null)``.
 
 Imports only torch and diffusers (and the guidance rules of ``pipeline_ddpm_conditional``, joined into this file
 when a folder is saved), so a published folder can carry it as remote code.
@@ -43,10 +46,24 @@ class LatentDiffusionPipelineOutput(ImagePipelineOutput):
     latents: torch.Tensor = None
 
 
+def is_hierarchical(vae: ModelMixin) -> bool:
+    """Whether the first stage is a hierarchical VAE (latent groups, ``encode_prior_noise``) rather than a VAE with
+    one spatial latent."""
+    return hasattr(vae, "prior_noise_shape")
+
+
 def check_first_stage(vae: ModelMixin) -> None:
-    """Refuse a VAE that a diffusion prior cannot sit on (a vector latent, no ``scaling_factor``, class-conditional),
-    each with a message naming what was expected."""
+    """Refuse a first stage that a diffusion prior cannot sit on (a VAE with a vector latent or without
+    ``scaling_factor``; a class-conditional VAE or hierarchical VAE), each with a message naming what was expected.
+    A hierarchical VAE needs no scaling factor: the diffusion models its top groups' prior noise
+    ``(z - mu_p) / sigma_p``, which its own prior already puts at unit scale (see ``LatentDiffusionPipeline``)."""
     config = vae.config
+    kind = "hierarchical VAE" if is_hierarchical(vae) else "VAE"
+    if getattr(config, "num_classes", 0):
+        raise ValueError(f"the {kind} is class-conditional (num_classes={config.num_classes}); a latent diffusion "
+                         f"takes a {kind} trained without labels, and the prior carries the classes")
+    if is_hierarchical(vae):
+        return
     if getattr(config, "latent_dim", None):
         raise ValueError(f"the VAE has a vector latent (latent_dim={config.latent_dim}); a latent diffusion needs a "
                          f"spatial latent (latent_dim None), e.g. a VAE trained with --preset small-spatial (or "
@@ -55,31 +72,62 @@ def check_first_stage(vae: ModelMixin) -> None:
         raise ValueError("the VAE has no scaling_factor in vae/config.json; expected one measured on its training "
                          "data (hfgen writes it at the end of VAE training: retrain, or set vae.register_to_config("
                          "scaling_factor=vae.latent_scaling_factor(train_images)))")
-    if getattr(config, "num_classes", 0):
-        raise ValueError(f"the VAE is class-conditional (num_classes={config.num_classes}); a latent diffusion takes "
-                         f"a VAE trained without labels, and the prior carries the classes")
 
 
-def check_latent_components(vae: ModelMixin, unet: UNet2DModel) -> None:
-    """``check_first_stage``, and refuse a UNet whose input is not the VAE's latent."""
+def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int, int]:
+    """``check_first_stage``, and the shape of one image's latent the UNet models, refusing a UNet whose input is
+    not the first stage's latent: a VAE's latent, or the prior noise of a hierarchical VAE's top G groups stacked
+    along channels (G = ``in_channels / latent_channels``, the groups at its top resolution at most)."""
     check_first_stage(vae)
-    latent_shape = tuple(vae.latent_shape)
     size = unet.config.sample_size
     unet_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+    if is_hierarchical(vae):
+        channels = vae.config.latent_channels
+        top_shape = vae.group_shapes()[0]
+        if unet_shape[0] % channels or unet_shape[1:] != top_shape[1:]:
+            raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size) but the "
+                             f"hierarchical VAE's top groups are {top_shape} each; expected G * {channels} channels "
+                             f"at {top_shape[1]}x{top_shape[2]}, a prior trained on this model's top G groups")
+        return vae.prior_noise_shape(unet_shape[0] // channels)
+    latent_shape = tuple(vae.latent_shape)
     if unet_shape != latent_shape:
         raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size) but the VAE's latent "
                          f"has shape {latent_shape}; expected a prior trained on this VAE's latents")
+    return latent_shape
+
+
+def check_latent_components(vae: ModelMixin, unet: UNet2DModel) -> None:
+    """Refuse a first stage and a UNet that do not fit together (``diffused_latent_shape``)."""
+    diffused_latent_shape(vae, unet)
+
+
+def _per_image(function, generator, *tensors):
+    """``function(*tensors, generator)`` for the batch, or, given a list of generators, image by image with its
+    own, so that image i depends on ``generator[i]`` alone."""
+    if not isinstance(generator, list):
+        return function(*tensors, generator)
+    return torch.cat([function(*(t[i : i + 1] for t in tensors), g) for i, g in enumerate(generator)])
 
 
 class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
     r"""Pipeline for (class-conditional) image generation with a diffusion prior over a VAE's latents.
 
+    The first stage is one of two kinds:
+
+    - a VAE with one spatial latent z: the diffusion draws ``s z`` (``s``, the VAE config's ``scaling_factor``),
+      and ``vae.decode(latents / s)`` gives the images;
+    - a hierarchical VAE (LSGM's join): the diffusion replaces the prior of its top G latent groups (G =
+      ``unet.in_channels / vae.config.latent_channels``; groups at its top resolution). It draws their prior noise
+      ``eps_i = (z_i - mu_p,i) / sigma_p,i``, stacked along channels; the top-down path then sets
+      ``z_i = mu_p,i + sigma_p,i * eps_i`` group by group, draws the groups below from their own conditionals
+      ``p(z_i | z_<i)`` at ``temperature``, and the decoder gives the pixels. Under the hierarchical VAE's own prior
+      eps ~ N(0, I): a new diffusion prior (zero output layer) is that prior exactly.
+
     Parameters:
-        vae ([`ModelMixin`]): hfgen's ``VAEModel`` with a spatial latent and a ``scaling_factor`` in its config;
-            ``vae.decode(z / scaling_factor).sample`` gives images in [-1, 1].
-        unet ([`UNet2DModel`]): the denoiser over scaled latents, ``in_channels`` the VAE's latent channels and
-            ``sample_size`` its latent size; ``num_class_embeds = K + 1`` for a class-conditional prior (index K:
-            the null class). Its output is the scheduler's prediction, followed by the variance channels when the
+        vae ([`ModelMixin`]): the frozen first stage: hfgen's ``VAEModel`` with a spatial latent and a
+            ``scaling_factor`` in its config, or hfgen's ``HierarchicalVAEModel``; both unconditional.
+        unet ([`UNet2DModel`]): the denoiser over the diffused latents (``latent_shape``); ``num_class_embeds =
+            K + 1`` for a class-conditional prior (index K: the null class). Its output is the scheduler's prediction, followed by the variance channels when the
             scheduler's ``variance_type`` is ``learned_range``.
         scheduler ([`SchedulerMixin`]): the sampler: the folder's [`DDPMScheduler`] (the training schedule), or one
             made from its config, e.g. ``DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)``.
@@ -127,8 +175,14 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one image's latent."""
-        return tuple(self.vae.latent_shape)
+        """(channels, height, width) of one image's diffused latent: a VAE's latent, or the stacked prior noise of a
+        hierarchical VAE's top ``diffused_groups`` groups."""
+        return diffused_latent_shape(self.vae, self.unet)
+
+    @property
+    def diffused_groups(self) -> int:
+        """G, the hierarchical VAE's top groups the diffusion models (0: a VAE first stage)."""
+        return self.unet.config.in_channels // self.vae.config.latent_channels if is_hierarchical(self.vae) else 0
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         r"""The class indices of class names, as ``class_labels`` takes them (a name is matched exactly, else
@@ -136,9 +190,43 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         names = [label] if isinstance(label, str) else list(label)
         return class_label_ids(names, self.config.class_names, self.num_classes, len(names)).tolist()
 
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] for scaled latents: ``vae.decode(latents / scaling_factor).sample``."""
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample
+    def group_temperatures(self, temperature: float | list[float] = 1.0) -> list[float] | None:
+        """The prior temperature of every group of a hierarchical first stage: 1 for the diffused ones, then
+        ``temperature`` (one number, or one per lower group, top first, each >= 0); None for a VAE first stage,
+        which refuses any temperature but 1."""
+        if not is_hierarchical(self.vae):
+            if temperature != 1.0:
+                raise ValueError(f"temperature={temperature!r} sets the lower latent groups of a hierarchical VAE; "
+                                 f"this first stage is a VAE with one latent")
+            return None
+        num_groups = self.diffused_groups
+        lower = self.vae.num_groups - num_groups
+        given = [temperature] * lower if isinstance(temperature, (int, float)) else list(temperature)
+        if len(given) != lower or any(float(t) < 0 for t in given):
+            raise ValueError(f"temperature must be one number >= 0 or a list of {lower} (one per latent group below "
+                             f"the {num_groups} the diffusion draws), got {temperature}")
+        return [1.0] * num_groups + [float(t) for t in given]
+
+    def decode_latents(self, latents: torch.Tensor, temperature: float | list[float] = 1.0,
+                       sample_pixels: bool = False, generator=None) -> torch.Tensor:
+        """Images in [-1, 1] for diffused latents: a VAE's ``vae.decode(latents / scaling_factor).sample``; a
+        hierarchical VAE's top-down path from the prior noise of its top groups, the groups below drawn at
+        ``temperature`` (``group_temperatures``). ``sample_pixels``: one draw of p(x | z) instead of its mean
+        (``generator``: one, or one per image)."""
+        temperatures = self.group_temperatures(temperature)
+        vae = self.vae
+        if temperatures is None:
+            def decode(z, image_generator):
+                return vae.decode(z / vae.config.scaling_factor, sample_pixels=sample_pixels,
+                                  generator=image_generator).sample
+        else:
+            def decode(noise, image_generator):
+                params = vae.generate_parameters(noise.shape[0], generator=image_generator, temperature=temperatures,
+                                                 prior_noise=noise)
+                return vae.decode_image(params, sample_pixels=sample_pixels, generator=image_generator)
+        # a generator list: image by image, where a draw is made (lower groups, pixels); else the whole batch
+        drawn = sample_pixels or temperatures is not None
+        return _per_image(decode, generator if drawn else None, latents)
 
     def _step_output(self, output: torch.Tensor, channels: int) -> torch.Tensor:
         """The network output as the scheduler takes it: with variance channels for a DDPM scheduler that learns
@@ -167,6 +255,8 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         crop_to_source: bool = True,
+        temperature: float | list[float] = 1.0,
+        sample_pixels: bool = False,
         callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | PipelineCallback
         | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
@@ -187,13 +277,18 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
                 T; default ``default_inference_steps``: T for the DDPM sampler, 50 (and fewer than T) for others.
             latents (`torch.Tensor`, *optional*): the initial noise ``z_T``, shape ``(batch, *latent_shape)``
                 (e.g. ``out.latents`` of an earlier call); drawn with ``generator`` when not given.
-            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (the denoised scaled
-                latents, not decoded).
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"`, `"pt"`, or `"latent"` (the denoised diffused
+                latents, not decoded: a VAE's scaled latents, a hierarchical VAE's top groups' prior noise).
             return_dict (`bool`, defaults to True): return a [`LatentDiffusionPipelineOutput`] instead of a tuple.
             crop_to_source (`bool`, defaults to True): decoded images at the data's own size (the VAE config's
                 ``source_size``: 28x28 for Fashion-MNIST), as the data set has them; False: the padded
                 ``sample_size`` square the VAE decodes (32x32). A VAE without ``source_size`` gives its
                 ``sample_size`` either way.
+            temperature (`float` or `list[float]`, defaults to 1.0): a hierarchical VAE first stage only: the prior
+                temperature of the latent groups below the diffused ones (one number, or one per group, top first);
+                1 draws them from the model.
+            sample_pixels (`bool`, defaults to False): decode one draw of p(x | z) instead of its mean (a decoder
+                in pixel passes: each pass drawn given the ones before, rather than the greedy chain of pass means).
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
                 after each step as ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with the
                 tensors named in ``callback_on_step_end_tensor_inputs``; the dict it returns may replace them.
@@ -203,6 +298,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         Returns:
             [`LatentDiffusionPipelineOutput`] or `tuple`: ``(images, latents)``.
         """
+        self.group_temperatures(temperature)  # refused before any step, not after the last
         num_inference_steps, tensor_names = self._check_call(
             batch_size, num_inference_steps, class_labels, guidance_scale, guidance_rescale, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -220,7 +316,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape} (batch, *the VAE's latent shape), got "
+            raise ValueError(f"latents must have shape {shape} (batch, *pipe.latent_shape), got "
                              f"{tuple(latents.shape)}")
         initial = latents.to(device=device, dtype=self.unet.dtype)
         latents = initial * self.scheduler.init_noise_sigma
@@ -247,7 +343,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            images = self.decode_latents(latents).float()
+            images = self.decode_latents(latents, temperature, sample_pixels, generator).float()
             region = self.vae.source_region  # where the data's own images lie in the square (None: all of it)
             if crop_to_source and region is not None:
                 images = region.crop(images)

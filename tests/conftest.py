@@ -43,15 +43,18 @@ PYTHON = sys.executable
 TINY_RUN = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "64", "--max_train_steps", "2",
             "--eval_max_samples", "16", "--final_eval_max_samples", "16", "--final_importance_samples", "2",
             "--num_sample_images", "4", "--report_to", "none"]
-TINY_RUNS = [(family, conditional) for family in ("vae", "hvae", "ddpm", "ldm") for conditional in (False, True)]
+#: ``ldm-hvae``: the latent diffusion family over the hierarchical VAE run (the join)
+TINY_RUNS = [(family, conditional) for family in ("vae", "hvae", "ddpm", "ldm", "ldm-hvae")
+             for conditional in (False, True)]
 
 
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory):
     """Folders of tiny training runs, ``{(family, conditional): folder}``: each family, unconditional and
     class-conditional, named ``<family>-unconditional`` / ``<family>-conditional``. Latent diffusion is trained over
-    the unconditional VAE run (its latent is spatial); the hierarchical VAEs have the ``small`` preset's six latent
-    groups (``--groups_per_scale 0 2 2 2``), so that code written for that preset runs on them."""
+    the unconditional VAE run (its latent is spatial), and as ``ldm-hvae`` over the unconditional hierarchical VAE run
+    (the join); the hierarchical VAEs have the ``small`` preset's six latent groups (``--groups_per_scale 0 2 2 2``),
+    so that code written for that preset runs on them."""
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST_DIR}")
     import torch
@@ -69,9 +72,11 @@ def tiny_runs(tmp_path_factory):
             args = ["--output_dir", str(folder), *TINY_RUN] + (["--class_conditional"] if conditional else [])
             if family_name == "ldm":
                 args += ["--vae", str(folders[("vae", False)])]
+            if family_name == "ldm-hvae":
+                args += ["--vae", str(folders[("hvae", False)])]
             if family_name == "hvae":
                 args += ["--groups_per_scale", "0", "2", "2", "2"]
-            family = FAMILIES[family_name]()
+            family = FAMILIES[family_name.split("-")[0]]()
             train(family, build_parser(family).parse_args(args))
             reset_accelerate_state()
             folders[(family_name, conditional)] = folder

@@ -229,6 +229,25 @@ class ClassConditionalLatentDiffusionPipelineFastTests(LatentDiffusionPipelineFa
     num_classes = NUM_CLASSES
 
 
+class JoinedLatentDiffusionPipelineFastTests(LatentDiffusionPipelineFastTests):
+    """The join: the diffusion prior over a hierarchical VAE's top group (its prior noise), the rest drawn by the
+    hierarchical VAE."""
+
+    def get_dummy_components(self):
+        torch.manual_seed(0)
+        vae = _perturbed(HierarchicalVAEModel(in_channels=3, sample_size=8, block_out_channels=(4, 4),
+                                              groups_per_scale=(1, 1), latent_channels=2, decoder_blocks_per_group=1,
+                                              output_blocks=0))
+        unet = _unet(2, 4, self.num_classes + 1 if self.num_classes else None).eval()
+        return {"vae": vae, "unet": unet, "scheduler": DDPMScheduler()}
+
+
+class ClassConditionalJoinedLatentDiffusionPipelineFastTests(JoinedLatentDiffusionPipelineFastTests):
+    params = CLASS_CONDITIONED_IMAGE_GENERATION_PARAMS
+    batch_params = CLASS_CONDITIONED_IMAGE_GENERATION_BATCH_PARAMS
+    num_classes = NUM_CLASSES
+
+
 # ---------------------------------------------------------------------------------------------- beyond the mixins
 def _ldm(num_classes=NUM_CLASSES):
     test = (ClassConditionalLatentDiffusionPipelineFastTests if num_classes else LatentDiffusionPipelineFastTests)()

@@ -28,7 +28,8 @@ README = (ROOT / "README.md").read_text()
 #: the README's folders (and, in its Python, its example repo id) -> the tiny run that stands in for it (family,
 #: class-conditional)
 FOLDERS = {"runs/vae": ("vae", False), "runs/hvae": ("hvae", False), "runs/ddpm": ("ddpm", False),
-           "runs/ddpm-c": ("ddpm", True), "runs/ldm": ("ldm", True), "you/hfgen-vae-fmnist": ("vae", False)}
+           "runs/ddpm-c": ("ddpm", True), "runs/ldm": ("ldm", True), "runs/joined": ("ldm-hvae", False),
+           "you/hfgen-vae-fmnist": ("vae", False)}
 #: (in the README, as run here): sizes only
 SMALLER = (("batch_size=16", "batch_size=4"), ("batch_size=8", "batch_size=4"), ("importance_samples=64",
            "importance_samples=4"), ("num_steps=8", "num_steps=3"), ("--steps 20", "--steps 4"))

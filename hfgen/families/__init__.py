@@ -49,6 +49,7 @@ def load_pipeline(path_or_repo_id: str, device=None, revision: str | None = None
     pipeline = pipeline_class.from_pretrained(path, use_safetensors=True)
     if device is not None:
         pipeline.to(device)
+    family.model_of(pipeline)  # the family takes what it keeps beside the network (a scheduler, a first stage)
     return pipeline, family
 
 

@@ -1,39 +1,53 @@
 """The latent diffusion family: a DDPM prior (diffusers' ``UNet2DModel`` + ``DDPMScheduler``) over the latents of a
-frozen VAE with a spatial latent, trained in two stages as Stable Diffusion is (``hfgen train vae --preset
-small-spatial``, then ``hfgen train ldm --vae DIR``), with a likelihood bound in the field's units.
+frozen first stage, trained in two stages as Stable Diffusion is, with a likelihood bound in the field's units.
+The first stage is one of two kinds:
 
-Objective: each step encodes the batch with the frozen VAE, draws ``z ~ q(z | x)`` (a sample, not the mean),
-scales it by the VAE's ``scaling_factor`` s and trains the diffusion on ``s z`` exactly as the DDPM family trains
-on pixels (``DDPMFamily.diffusion_objective``: simple loss, Min-SNR, hybrid L_vlb for learned variances), the decoder
-term ``L_0`` a Gaussian density since latents are continuous.
+- a VAE with a spatial latent (``hfgen train vae --preset small-spatial``, then ``hfgen train ldm --vae DIR``): the
+  diffusion models its latent scaled by the VAE's ``scaling_factor`` s, ``u = s z``;
+- a hierarchical VAE (``hfgen train hvae``, then ``hfgen train ldm --vae DIR [--diffused_groups G]``), LSGM's join:
+  the diffusion replaces the prior of its top G latent groups (all at the top resolution), modelling their prior
+  noise ``u_i = (z_i - mu_p,i) / sigma_p,i``, stacked along channels; the lower groups keep their conditionals
+  ``p(z_i | z_<i)`` and the decoder its pixel passes. A new prior (zero output layer, v-prediction) is N(0, I) over u,
+  which is the hierarchical VAE's own prior exactly: the join starts at the hierarchical VAE's bound.
 
-Bound (the ELBO of a VAE whose prior is the diffusion; LSGM, Vahdat et al. 2021, eq. 2), per image in nats::
+Objective: each step encodes the batch with the frozen first stage, draws ``z ~ q(z | x)`` (a sample, not the mean)
+and trains the diffusion on u exactly as the DDPM family trains on pixels (``DDPMFamily.diffusion_objective``:
+simple loss, Min-SNR, hybrid L_vlb for learned variances), the decoder term ``L_0`` a Gaussian density since
+latents are continuous.
 
-    -log p(x) <= E_q(z|x)[ -log p(x | z) + log q(z | x) - log p(z) ]
-    -log p(z)  = -log p_s(s z) - d log s  <=  L_vlb(s z) - d log s
+Bound (the ELBO with the diffusion as the prior of the diffused latents; LSGM, Vahdat et al. 2021, eq. 2), per
+image in nats, the same z in every term::
 
-``L_vlb(s z)`` is the diffusion's bound on its density of scaled latents (``continuous_variational_bound``:
-``L_T`` and ``L_0`` exact, K stratified timesteps for the KL terms) and ``d log s`` the log-Jacobian of the scaling
-(d latent dimensions). One posterior sample per image estimates the expectation, unbiased, so the standard error
-over images includes it. There is no importance-weighted form (L_vlb is a stochastic bound on ``-log p(z)``, and a
-log-mean-exp of stochastic bounds is not a bound). Beside it ``bounds`` reports, with the same z, the same VAE's
-ELBO with its own N(0, I) prior and the prior's gain (their difference, paired per image).
+    -log p(x) <= E_q[ -log p(x | z) + sum_lower KL(q(z_i | z_<i, x) || p(z_i | z_<i)) + log q(z_d | x) - log p(z_d) ]
+    -log p(z_d) = -log p_u(u) - log |det du/dz_d|  <=  L_vlb(u) - log |det du/dz_d|
 
-A class-conditional prior (``--class_conditional``) conditions the UNet only (the VAE stays unconditional): the
-bound given y replaces ``p(z)`` by ``p(z | y)``; the null class gives ``-log p(x)``.
+with z_d the diffused latent (the VAE's z; the hierarchical VAE's top groups, the lower groups' KL analytic given
+the sampled groups above; a VAE has none). ``L_vlb(u)`` is the diffusion's bound on its density of u
+(``continuous_variational_bound``: ``L_T`` and ``L_0`` exact, K stratified timesteps for the KL terms) and the
+log-Jacobian is ``d log s`` for the scaling (d latent dimensions), ``-sum log sigma_p`` for the prior noise. One
+posterior sample per image estimates the expectation, unbiased, so the standard error over images includes it.
+There is no importance-weighted form (L_vlb is a stochastic bound on ``-log p(z_d)``, and a log-mean-exp of
+stochastic bounds is not a bound). Beside it ``bounds`` reports, with the same z, the first stage's own ELBO (the
+VAE's with N(0, I); the hierarchical VAE's with its own priors) and the prior's gain (their difference, paired per
+image).
+
+A class-conditional prior (``--class_conditional``) conditions the UNet only (the first stage stays
+unconditional): the bound given y replaces ``p(z_d)`` by ``p(z_d | y)``; the null class gives ``-log p(x)``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass
 
 import torch
 
 from ..models.ddpm import continuous_variational_bound, prior_nats
+from ..models.hvae import HierarchicalVAEModel
 from ..models.vae import VAEModel, standard_normal_log_density
-from ..pipelines import LatentDiffusionPipeline, VAEPipeline
-from ..pipelines.pipeline_ldm import check_first_stage, check_latent_components
+from ..pipelines import HierarchicalVAEPipeline, LatentDiffusionPipeline, VAEPipeline
+from ..pipelines.pipeline_ldm import check_first_stage, diffused_latent_shape, is_hierarchical
 from .base import Bounds, ModelFamily, Preset
 from .ddpm import DDPMFamily, sampler_settings
 
@@ -68,12 +82,35 @@ LDM_PRESETS = {
 }
 
 
+@dataclass
+class FirstStageDraw:
+    """One posterior sample z of a batch as the diffusion prior sees it; per-image tensors ``(batch,)`` in nats.
+
+    latents: u, what the diffusion models (``s z`` for a VAE, the top groups' prior noise for a hierarchical VAE).
+    log_jacobian: ``log |det du/dz_d|`` of the diffused latent z_d.
+    posterior_log_density: ``log q(z_d | x)`` at the sample.
+    own_prior_nll: ``-log p(z_d)`` under the first stage's own prior (N(0, I); the hierarchical VAE's priors).
+    reconstruction_nll, lower_kl: ``-log p(x | z)`` and the lower groups' KL (0 for a VAE) for the same z; None
+        unless asked for (a decoder pass).
+    """
+
+    latents: torch.Tensor
+    log_jacobian: torch.Tensor
+    posterior_log_density: torch.Tensor
+    own_prior_nll: torch.Tensor
+    reconstruction_nll: torch.Tensor | None = None
+    lower_kl: torch.Tensor | None = None
+
+
+FirstStage = VAEModel | HierarchicalVAEModel
+
+
 class LatentDiffusionFamily(DDPMFamily):
     name = "ldm"
-    summary = "latent diffusion: a DDPM prior over a frozen VAE's latents (--vae DIR)"
+    summary = "latent diffusion: a DDPM prior over a frozen VAE's or hierarchical VAE's latents (--vae DIR)"
     pipeline_class = LatentDiffusionPipeline
     presets = LDM_PRESETS
-    model_arguments = DDPMFamily.model_arguments + ("clip_sample",)
+    model_arguments = DDPMFamily.model_arguments + ("clip_sample", "diffused_groups")
     folder_arguments = ("vae",)
     # the bound scores what the frozen VAE scores (its own source_size, see scored_shape), and the pipeline crops
     # samples to that size: build_model keeps the loop's source_size out of the latent UNet's config
@@ -85,14 +122,19 @@ class LatentDiffusionFamily(DDPMFamily):
 
     def __init__(self):
         super().__init__()
-        self.vae: VAEModel | None = None
+        self.vae: FirstStage | None = None
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
         group = parser.add_argument_group("latent diffusion")
         group.add_argument("--vae", default=None,
-                           help="the frozen first stage: a VAE pipeline folder (or Hub repo id) with a spatial latent "
-                                "and a scaling_factor, e.g. written by `hfgen train vae --preset small-spatial`")
+                           help="the frozen first stage, a pipeline folder (or Hub repo id): a VAE with a spatial "
+                                "latent and a scaling_factor (hfgen train vae --preset small-spatial), or a "
+                                "hierarchical VAE (hfgen train hvae), whose top latent groups' prior the diffusion "
+                                "replaces")
+        group.add_argument("--diffused_groups", type=int, default=None,
+                           help="a hierarchical VAE first stage: how many of its top latent groups the diffusion "
+                                "models (all at its top resolution; default: all of those)")
         group.add_argument("--clip_sample", action=argparse.BooleanOptionalAction, default=None,
                            help="clip the sampler's x_0 predictions (default off: latents are not in [-1, 1])")
 
@@ -101,50 +143,78 @@ class LatentDiffusionFamily(DDPMFamily):
         """Load ``--vae`` and check that it can carry a diffusion prior and that the data are what it was trained on."""
         if not getattr(cfg, "vae", None):
             raise ValueError("--vae is required: the folder of a VAE with a spatial latent (hfgen train vae --preset "
-                             "small-spatial --output_dir DIR), whose latents the diffusion prior learns")
+                             "small-spatial --output_dir DIR) or of a hierarchical VAE (hfgen train hvae), whose "
+                             "latents the diffusion prior learns")
         self.set_vae(load_vae(cfg.vae))
         config = self.vae.config
         if cfg.sample_size != config.sample_size or (cfg.channels and cfg.channels != config.in_channels):
-            raise ValueError(f"the VAE at {cfg.vae} was trained on {config.in_channels}x{config.sample_size}x"
+            raise ValueError(f"the first stage at {cfg.vae} was trained on {config.in_channels}x{config.sample_size}x"
                              f"{config.sample_size} images; got --sample_size {cfg.sample_size}"
                              + (f" and --channels {cfg.channels}" if cfg.channels else "")
-                             + "; expected the VAE's own")
+                             + "; expected the first stage's own")
+        groups = getattr(cfg, "diffused_groups", None)
+        if groups is not None:
+            if not is_hierarchical(self.vae):
+                raise ValueError(f"--diffused_groups {groups} chooses the top latent groups of a hierarchical VAE; "
+                                 f"{cfg.vae} is a VAE with one latent")
+            self.vae.prior_noise_shape(groups)  # refuses a G the model does not have, by name
 
-    def set_vae(self, vae: VAEModel) -> None:
+    def set_vae(self, vae: FirstStage) -> None:
         """The frozen first stage: no gradients, evaluation mode."""
         vae.requires_grad_(False).eval()
         self.vae = vae
 
-    def _require_vae(self, device=None) -> VAEModel:
+    def _require_vae(self, device=None) -> FirstStage:
         if self.vae is None:
-            raise ValueError("the latent diffusion family has no VAE yet: configure it with --vae, or load a folder")
+            raise ValueError("the latent diffusion family has no first stage yet: configure it with --vae, or load a "
+                             "folder")
         if device is not None and self.vae.device != torch.device(device):
             self.vae.to(device)
         return self.vae
 
+    @property
+    def hierarchical(self) -> bool:
+        """Whether the first stage is a hierarchical VAE."""
+        return is_hierarchical(self._require_vae())
+
     def build_model(self, model_config, channels, sample_size):
-        """A ``UNet2DModel`` over the VAE's latents (its channels and size, not the images'), and the scheduler.
-        ``channels`` and ``sample_size`` (the images') must be the VAE's."""
+        """A ``UNet2DModel`` over the first stage's diffused latents (their channels and size, not the images'), and
+        the scheduler. ``channels`` and ``sample_size`` (the images') must be the first stage's."""
         vae = self._require_vae()
         if (channels, sample_size) != (vae.config.in_channels, vae.config.sample_size):
-            raise ValueError(f"the data are {channels}x{sample_size}x{sample_size} images but the VAE was trained on "
-                             f"{vae.config.in_channels}x{vae.config.sample_size}x{vae.config.sample_size}; expected "
-                             f"the VAE's own")
-        # the images' source_size is the VAE's (its pipeline crops to it), not the latent UNet's
-        config = {key: value for key, value in model_config.items() if key != "source_size"}
+            raise ValueError(f"the data are {channels}x{sample_size}x{sample_size} images but the first stage was "
+                             f"trained on {vae.config.in_channels}x{vae.config.sample_size}x{vae.config.sample_size}; "
+                             f"expected the first stage's own")
+        # the images' source_size is the VAE's (its pipeline crops to it), not the latent UNet's; the number of
+        # diffused groups is the UNet's in_channels over the groups' latent channels, not a UNet setting
+        config = {key: value for key, value in model_config.items() if key not in ("source_size", "diffused_groups")}
         config.setdefault("clip_sample", False)
-        latent_channels, latent_size, _ = vae.latent_shape
+        if is_hierarchical(vae):
+            groups = model_config.get("diffused_groups") or self.default_diffused_groups(vae)
+            latent_channels, latent_size, _ = vae.prior_noise_shape(groups)
+        elif model_config.get("diffused_groups") is not None:
+            raise ValueError("diffused_groups chooses the top latent groups of a hierarchical VAE; this first stage is "
+                             "a VAE with one latent")
+        else:
+            latent_channels, latent_size, _ = vae.latent_shape
         unet = super().build_model(config, latent_channels, latent_size)
-        check_latent_components(vae, unet)
+        diffused_latent_shape(vae, unet)
         # The output convolution starts at zero. With v-prediction a zero output is the exact denoiser of N(0, I)
         # data (E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x_0 | x_t] = 0), so a new prior is N(0, I)
-        # over the scaled latents s z, which is N(0, s^-2 I) over z: the VAE's own N(0, I) prior only when the
-        # scaling factor s is 1 (at s = 0.8 its "gain" over the VAE's prior starts at 0.058 nats per latent
-        # dimension of moment matching). Training learns the latents' departure from it: LSGM's mixed score, with a
-        # stock UNet2DModel (guided diffusion zero-initialises this layer too).
+        # over u: for a VAE, N(0, s^-2 I) over z, its own N(0, I) prior only when the scaling factor s is 1 (at
+        # s = 0.8 its "gain" over the VAE's prior starts at 0.058 nats per latent dimension of moment matching);
+        # for a hierarchical VAE, over the prior noise, its own priors exactly. Training learns the latents'
+        # departure from it: LSGM's mixed score, with a stock UNet2DModel (guided diffusion zero-initialises this
+        # layer too).
         torch.nn.init.zeros_(unet.conv_out.weight)
         torch.nn.init.zeros_(unet.conv_out.bias)
         return unet
+
+    @staticmethod
+    def default_diffused_groups(vae: HierarchicalVAEModel) -> int:
+        """The groups a diffusion over a hierarchical VAE models unless told: all those at its top resolution."""
+        shapes = vae.group_shapes()
+        return sum(shape[1:] == shapes[0][1:] for shape in shapes)
 
     def make_pipeline(self, model):
         return LatentDiffusionPipeline(vae=self._require_vae(), unet=model, scheduler=self._require_scheduler(),
@@ -154,38 +224,75 @@ class LatentDiffusionFamily(DDPMFamily):
         self.set_vae(pipeline.vae)
         return super().model_of(pipeline)
 
+    @property
+    def sampling_options(self) -> tuple[str, ...]:
+        """The DDPM's, and for a hierarchical VAE first stage its lower groups' ``temperature`` and
+        ``greedy_passes``."""
+        if self.vae is not None and is_hierarchical(self.vae):
+            return DDPMFamily.sampling_options + ("temperature", "greedy_passes")
+        return DDPMFamily.sampling_options
+
     def sample_kind(self, model_config, options):
-        """Latents drawn by the diffusion prior, decoded by the VAE's mean of p(x | z) (the pipeline's
-        ``decode_latents``; a VAE with pixel passes: its greedy chain)."""
+        """A VAE first stage: latents drawn by the diffusion prior, decoded by the VAE's mean of p(x | z) (a VAE with
+        pixel passes: its greedy chain). A hierarchical VAE, as its own family samples: draws from p(x | z) (pixel
+        passes: each drawn given the ones before), or with ``greedy_passes`` the greedy chain."""
         passes = int(self.vae.config.pixel_passes) if self.vae is not None else 1
+        if self.vae is not None and is_hierarchical(self.vae) and passes > 1:
+            return "greedy" if options.get("greedy_passes") else "draws"
         return "greedy" if passes > 1 else "mean"
 
     def image_shape(self, model):
-        """The VAE's images: the UNet's own shape is the latent's."""
+        """The first stage's images: the UNet's own shape is the latent's."""
         return ModelFamily.image_shape(self, self._require_vae())
 
     def scored_shape(self, model):
-        """What the frozen VAE's likelihood scores: the data's own pixels (its ``source_size``)."""
+        """What the frozen first stage's likelihood scores: the data's own pixels (its ``source_size``)."""
         return ModelFamily.scored_shape(self, self._require_vae())
 
     def likelihood_of(self, model):
-        return {"name": f"{self._require_vae().config.likelihood} decoder of a VAE with a latent diffusion prior",
-                "data": "8-bit" if self.vae.config.likelihood != "bernoulli" else "dynamically binarized"}
+        vae = self._require_vae()
+        stage = "hierarchical VAE" if is_hierarchical(vae) else "VAE"
+        return {"name": f"{vae.config.likelihood} decoder of a {stage} with a latent diffusion prior",
+                "data": "8-bit" if vae.config.likelihood != "bernoulli" else "dynamically binarized",
+                "first_stage": type(vae).__name__,
+                **({"diffused_groups": self.diffused_groups(model)} if is_hierarchical(vae) else {})}
 
     # ------------------------------------------------------------------ latents
-    def _encode(self, images: torch.Tensor, generator: torch.Generator):
-        """The VAE's view of ``uint8`` images: (prepared batch, posterior q(z | x))."""
+    def diffused_groups(self, model) -> int:
+        """G, the hierarchical VAE's top groups the UNet models (0: a VAE first stage)."""
+        vae = self._require_vae()
+        return model.config.in_channels // vae.config.latent_channels if is_hierarchical(vae) else 0
+
+    def draw_latents(self, model, images: torch.Tensor, generator: torch.Generator,
+                     bound_terms: bool = False) -> FirstStageDraw:
+        """One posterior sample z of ``uint8`` images through the frozen first stage (``FirstStageDraw``);
+        ``bound_terms`` adds ``-log p(x | z)`` and the lower groups' KL for the same z."""
         vae = self._require_vae(images.device)
+        if is_hierarchical(vae):
+            out = vae.encode_prior_noise(images, self.diffused_groups(model), generator, bound_terms=bound_terms)
+            return FirstStageDraw(out.prior_noise, -out.log_prior_scale, out.posterior_log_density,
+                                  -out.prior_log_density, out.reconstruction_nll, out.lower_kl)
         batch = vae.pixel_likelihood.prepare(vae.to_uint8(images), generator)
         posterior = vae.encode(batch.model_input.to(vae.dtype)).latent_dist
-        return batch, posterior
+        z = posterior.sample(generator=generator)
+        scale = float(vae.config.scaling_factor)
+        reconstruction = lower_kl = None
+        if bound_terms:
+            reconstruction = -vae.log_prob(vae.decode_parameters(z), batch.target)
+            lower_kl = torch.zeros_like(reconstruction)
+        log_jacobian = torch.full((z.shape[0],), z[0].numel() * math.log(scale), device=z.device)
+        return FirstStageDraw(scale * z, log_jacobian, -posterior.nll(z), -standard_normal_log_density(z),
+                              reconstruction, lower_kl)
 
-    #: the per-image figures ``bounds`` gives beside the bound (``Bounds.terms``), nats per image
+    #: the per-image figures ``bounds`` gives beside the bound (``Bounds.terms``), nats per image: over a VAE ...
     BOUND_TERMS = ("vae_standard_normal_prior_elbo", "prior_gain", "reconstruction", "latent_prior",
                    "posterior_log_density")
+    #: ... and over a hierarchical VAE (its own ELBO; the lower groups' KL; the rest of the diffused top groups)
+    HIERARCHICAL_BOUND_TERMS = ("hvae_elbo", "prior_gain", "reconstruction", "lower_groups_kl", "latent_prior",
+                                "posterior_log_density")
 
     def bound_terms(self, model):
-        return sorted(self.BOUND_TERMS)
+        return sorted(self.HIERARCHICAL_BOUND_TERMS if self.hierarchical else self.BOUND_TERMS)
 
     #: images of each training batch whose reconstruction term enters the logged ``bits_per_dim`` (a decoder pass
     #: over the whole batch would cost about a fifth of the step for a log)
@@ -193,22 +300,20 @@ class LatentDiffusionFamily(DDPMFamily):
 
     def loss(self, model, images, step, generator, config, class_labels=None):
         with torch.no_grad():
-            batch, posterior = self._encode(images, generator)
-            z = posterior.sample(generator=generator)
-            scale = self.vae.config.scaling_factor
-        loss, term_nats, logs = self.diffusion_objective(model, scale * z, generator, config, class_labels,
+            draw = self.draw_latents(model, images, generator)
+        loss, term_nats, logs = self.diffusion_objective(model, draw.latents, generator, config, class_labels,
                                                          decoder="continuous")
         with torch.no_grad():
-            # Unbiased estimates, per image: of -log p(z) <= L_vlb(s z) - d log s at this step's timesteps
-            # (importance weight T), and of the reconstruction term from the first few images of the batch; with
-            # log q(z | x) they make an unbiased, noisy estimate of the bound. The evaluation gives the figure to
-            # report.
+            # Unbiased estimates, per image: of -log p(z_d) <= L_vlb(u) - log |du/dz_d| at this step's timesteps
+            # (importance weight T), and of the reconstruction (and lower groups') terms from the first few images
+            # of the batch, drawn again; with log q(z_d | x) they make an unbiased, noisy estimate of the bound. The
+            # evaluation gives the figure to report.
             tables = self.tables(images.device)
-            latent_dims = z[0].numel()
-            prior = prior_nats(tables, scale * z) + tables.num_timesteps * term_nats - latent_dims * math.log(scale)
-            few = slice(0, self.reconstruction_log_images)
-            reconstruction = -self.vae.log_prob(self.vae.decode_parameters(z[few]), batch.target[few])
-            bound = reconstruction.mean() + (prior - posterior.nll(z)).mean()
+            latent_dims = draw.latents[0].numel()
+            prior = prior_nats(tables, draw.latents) + tables.num_timesteps * term_nats - draw.log_jacobian
+            few = self.draw_latents(model, images[: self.reconstruction_log_images], generator, bound_terms=True)
+            rest = (few.reconstruction_nll + few.lower_kl).mean()
+            bound = rest + (prior - draw.posterior_log_density).mean()
             logs["latent_prior_nats_per_dim"] = prior.mean() / latent_dims
             logs["bits_per_dim"] = bound / (self.num_dims(model) * math.log(2.0))
         return loss, logs
@@ -217,43 +322,50 @@ class LatentDiffusionFamily(DDPMFamily):
     def bounds(self, model, images, importance_samples, generator, class_labels=None):
         """The latent diffusion's ELBO on ``-log p(x)`` (``-log p(x | y)`` given class indices) per image, nats, with
         ``importance_samples`` stratified timesteps for L_vlb and one posterior sample; ``terms`` holds, for the same
-        z, the VAE's own N(0, I)-prior ELBO, the prior's gain over it and the parts of the bound."""
+        z, the first stage's own ELBO, the prior's gain over it and the parts of the bound."""
         num_classes = self.num_classes(model)
         if num_classes == 0 and class_labels is not None:
             raise ValueError("class_labels were given, but this latent diffusion prior was trained without classes")
         if num_classes and class_labels is None:
             class_labels = torch.full((images.shape[0],), num_classes, dtype=torch.int64, device=images.device)
-        batch, posterior = self._encode(images, generator)
-        z = posterior.sample(generator=generator)
-        vae = self.vae
-        reconstruction_nll = -vae.log_prob(vae.decode_parameters(z), batch.target)
-        log_q = -posterior.nll(z)
-        latent_prior_nll = self.latent_prior_nats(model, z, float(vae.config.scaling_factor), importance_samples,
-                                                  generator, class_labels)
-        standard_normal_nll = -standard_normal_log_density(z)
-        bound = reconstruction_nll + log_q + latent_prior_nll
-        vae_elbo = reconstruction_nll + log_q + standard_normal_nll
-        terms = {"vae_standard_normal_prior_elbo": vae_elbo, "prior_gain": vae_elbo - bound,
-                 "reconstruction": reconstruction_nll, "latent_prior": latent_prior_nll, "posterior_log_density": log_q}
+        draw = self.draw_latents(model, images, generator, bound_terms=True)
+        latent_prior_nll = self.diffused_prior_nats(model, draw.latents, draw.log_jacobian, importance_samples,
+                                                    generator, class_labels)
+        rest = draw.reconstruction_nll + draw.lower_kl + draw.posterior_log_density
+        bound = rest + latent_prior_nll
+        own_elbo = rest + draw.own_prior_nll
+        terms = {"prior_gain": own_elbo - bound, "reconstruction": draw.reconstruction_nll,
+                 "latent_prior": latent_prior_nll, "posterior_log_density": draw.posterior_log_density}
+        if self.hierarchical:
+            terms.update(hvae_elbo=own_elbo, lower_groups_kl=draw.lower_kl)
+        else:
+            terms.update(vae_standard_normal_prior_elbo=own_elbo)
         return Bounds(bound, bound, terms=terms)
 
     def bound_estimator(self, model, importance_samples):
         return f"one posterior sample z per image; the prior's {super().bound_estimator(model, importance_samples)}"
 
+    def diffused_prior_nats(self, model, latents: torch.Tensor, log_jacobian: torch.Tensor | float, timesteps: int,
+                            generator: torch.Generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """An upper bound on ``-log p(z_d)`` per image (nats) under the diffusion prior over ``latents`` u:
+        ``L_vlb(u) - log |du/dz_d|``, ``timesteps`` stratified timesteps for L_vlb."""
+        estimate = continuous_variational_bound(model, self._require_scheduler(), latents, timesteps, generator,
+                                                tables=self.tables(latents.device), class_labels=class_labels)
+        return estimate.nats_per_image - log_jacobian
+
     def latent_prior_nats(self, model, z: torch.Tensor, scaling_factor: float, timesteps: int,
                           generator: torch.Generator, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """An upper bound on ``-log p(z)`` per latent (nats) under the diffusion prior over scaled latents:
-        ``L_vlb(s z) - d log s``, the log-Jacobian of ``z -> s z`` over its d dimensions counted, ``timesteps``
-        stratified timesteps for L_vlb."""
-        estimate = continuous_variational_bound(model, self._require_scheduler(), scaling_factor * z, timesteps,
-                                                generator, tables=self.tables(z.device), class_labels=class_labels)
-        return estimate.nats_per_image - z[0].numel() * math.log(scaling_factor)
+        """A VAE first stage: ``-log p(z) <= L_vlb(s z) - d log s`` per latent (nats), the log-Jacobian of
+        ``z -> s z`` over its d dimensions counted."""
+        return self.diffused_prior_nats(model, scaling_factor * z, z[0].numel() * math.log(scaling_factor),
+                                        timesteps, generator, class_labels)
 
     # ------------------------------------------------------------------ sampling
     def sample_images(self, pipeline, num_images, generator, class_labels=None, crop_to_source=True, **kwargs):
         """PIL images through a ``LatentDiffusionPipeline`` on the folder's networks with the sampler asked for
         (``scheduler``: ``ddpm``, ``ddim`` or ``dpm-solver++``; ``steps``; ``clip_sample``, ``timestep_spacing``;
-        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior). ``pipeline`` is left unchanged.
+        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior; a hierarchical VAE first stage:
+        ``temperature`` of its lower groups and ``greedy_passes``). ``pipeline`` is left unchanged.
         ``crop_to_source``: the images at the data's own size (the VAE's ``source_size``), False: the padded square."""
         self.check_sampling_options(kwargs)
         guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
@@ -261,6 +373,11 @@ class LatentDiffusionFamily(DDPMFamily):
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in guidance.items())} was given, but this latent "
                              f"diffusion prior was trained without class labels; classifier-free guidance needs a "
                              f"prior trained with --class_conditional")
+        decoding = {}
+        if is_hierarchical(pipeline.vae):  # as the hierarchical VAE family samples: draws unless greedy_passes
+            passes = int(pipeline.vae.config.pixel_passes)
+            decoding = {"sample_pixels": passes > 1 and not kwargs.get("greedy_passes"),
+                        "temperature": kwargs.get("temperature", 1.0)}
         config = pipeline.scheduler.config
         # latents are not images: no clipping unless asked for (DPM-Solver++'s default clips x_0 to [-1, 1])
         name, steps, scheduler_class, extra = sampler_settings(config, kwargs, clip_sample=bool(config.clip_sample))
@@ -270,20 +387,23 @@ class LatentDiffusionFamily(DDPMFamily):
                                           class_names=pipeline.config.class_names)
         sampler.set_progress_bar_config(**getattr(pipeline, "_progress_bar_config", {}))
         return sampler(batch_size=num_images, class_labels=class_labels, generator=generator,
-                       num_inference_steps=steps, crop_to_source=crop_to_source, **guidance).images
+                       num_inference_steps=steps, crop_to_source=crop_to_source, **guidance, **decoding).images
 
 
-def load_vae(path_or_repo_id: str) -> VAEModel:
-    """The ``VAEModel`` of a VAE pipeline folder or Hub repo id, refused with a message naming what was expected when
-    the folder holds another family's pipeline or a VAE without a spatial latent or ``scaling_factor``."""
+def load_vae(path_or_repo_id: str) -> FirstStage:
+    """The first stage of a VAE or hierarchical VAE pipeline folder or Hub repo id, refused with a message naming
+    what was expected when the folder holds another family's pipeline, or a model no diffusion prior can sit on
+    (``check_first_stage``)."""
     from ..remote_code import pipeline_class_name, read_model_index, resolve_folder
 
     folder = resolve_folder(path_or_repo_id)
     found = pipeline_class_name(read_model_index(folder))
-    if found != VAEPipeline.__name__:
+    pipeline_classes = {cls.__name__: cls for cls in (VAEPipeline, HierarchicalVAEPipeline)}
+    if found not in pipeline_classes:
         raise ValueError(f"{path_or_repo_id} holds a {found} (model_index.json); --vae expects a VAEPipeline folder "
-                         f"(hfgen train vae --preset small-spatial)")
-    vae = VAEPipeline.from_pretrained(folder).vae
+                         f"(hfgen train vae --preset small-spatial) or a HierarchicalVAEPipeline folder (hfgen train "
+                         f"hvae)")
+    vae = pipeline_classes[found].from_pretrained(folder).vae
     try:
         check_first_stage(vae)
     except ValueError as error:

@@ -86,6 +86,31 @@ class HierarchicalVAEEncoderOutput(BaseOutput):
 
 
 @dataclass
+class HierarchicalVAEPriorNoiseOutput(BaseOutput):
+    """Output of ``HierarchicalVAEModel.encode_prior_noise``: the top groups of one posterior sample z seen through
+    the model's own priors, as a diffusion prior over them models them (the latent diffusion family's join; LSGM).
+    Per-image tensors have shape ``(batch,)``, in nats.
+
+    prior_noise: ``(batch, *prior_noise_shape(num_groups))``: ``eps_i = (z_i - mu_p,i) / sigma_p,i`` of each top group
+        i (its prior ``p(z_i | z_<i) = N(mu_p,i, sigma_p,i^2)`` given the sampled groups above it), the groups
+        stacked along channels, top first. Under the model's own prior, eps ~ N(0, I).
+    log_prior_scale: the sum of ``log sigma_p,i`` over the top groups' units: ``-log |det d eps / d z_top|``.
+    posterior_log_density: ``log q(z_top | x)`` at the sample.
+    prior_log_density: ``log p(z_top)`` under the model's own priors at the same sample.
+    lower_kl: the sum over the groups below of the analytic ``KL(q(z_i | z_<i, x) || p(z_i | z_<i))`` given the
+        sampled groups above (None unless ``bound_terms``).
+    reconstruction_nll: ``-log p(x | z)`` for the same z (None unless ``bound_terms``).
+    """
+
+    prior_noise: torch.Tensor = None
+    log_prior_scale: torch.Tensor = None
+    posterior_log_density: torch.Tensor = None
+    prior_log_density: torch.Tensor = None
+    lower_kl: torch.Tensor = None
+    reconstruction_nll: torch.Tensor = None
+
+
+@dataclass
 class _GroupStats:
     """What one pass records for one latent group (per image unless said otherwise)."""
 
@@ -324,6 +349,28 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         size = self.config.sample_size
         return [(self.config.latent_channels, size // 2**s, size // 2**s) for s in self.group_scale]
 
+    def prior_noise_shape(self, num_groups: int) -> tuple[int, int, int]:
+        """(channels, height, width) of the prior noise of the top ``num_groups`` groups stacked along channels
+        (``encode_prior_noise``): what a diffusion prior over them models. They must share one resolution."""
+        shapes = self.group_shapes()
+        top = [i for i, shape in enumerate(shapes) if shape[1:] == shapes[0][1:]]
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= len(top):
+            raise ValueError(f"the top {num_groups} latent groups cannot carry one diffusion prior: this hierarchical "
+                             f"VAE has {len(top)} group(s) at its top resolution {shapes[0][1]}x{shapes[0][2]} "
+                             f"(groups_per_scale={list(self.config.groups_per_scale)}); expected 1 to {len(top)}")
+        return (num_groups * self.config.latent_channels, *shapes[0][1:])
+
+    def split_prior_noise(self, prior_noise: torch.Tensor) -> list[torch.Tensor]:
+        """Stacked prior noise ``(batch, num_groups * latent_channels, h, w)`` as one tensor per group, top first."""
+        channels = self.config.latent_channels
+        if prior_noise.ndim != 4 or prior_noise.shape[1] % channels:
+            raise ValueError(f"prior_noise must have shape (batch, num_groups * {channels}, h, w) (latent_channels="
+                             f"{channels}), got {tuple(prior_noise.shape)}")
+        expected = self.prior_noise_shape(prior_noise.shape[1] // channels)
+        if tuple(prior_noise.shape[1:]) != expected:
+            raise ValueError(f"prior_noise must have shape (batch, *{expected}), got {tuple(prior_noise.shape)}")
+        return list(prior_noise.split(channels, dim=1))
+
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
         """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded) at the
         model's ``sample_size`` (with ``source_size``, images at the data's own size are zero-padded as the data
@@ -365,11 +412,14 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         return mean, -0.5 * torch.log(precision)
 
     def _top_down(self, batch_size, activations=None, generator=None, temperatures=None, latents=(),
-                  use_mean=False, want_log_ratio=False, want_kl_per_unit=False, record=None, class_embedding=None):
+                  use_mean=False, want_log_ratio=False, want_kl_per_unit=False, record=None, class_embedding=None,
+                  prior_noise=(), num_groups_to_run=None):
         """Run the top-down path: with ``activations`` (inference) z_i ~ q, else z_i ~ p at ``temperatures`` except
-        for the first ``len(latents)`` groups, which take the given ``latents``. ``record``, a list, receives each
-        group's z (inference: with the posterior's mean and log-scale, as ``(z, mean, log_scale)``).
-        ``class_embedding`` ``(batch_size, embed_dim)``: a conditional model's class. Returns the likelihood
+        for the first ``len(latents)`` groups, which take the given ``latents``, or the first ``len(prior_noise)``
+        groups, which take ``mu_p + sigma_p * prior_noise[i]``. ``record``, a list, receives each group's z
+        (inference: with the posterior's and the prior's mean and log-scale, as ``(z, mean, log_scale, prior_mean,
+        prior_log_scale)``). ``class_embedding`` ``(batch_size, embed_dim)``: a conditional model's class.
+        ``num_groups_to_run`` stops after that many groups (no likelihood parameters: None). Returns the likelihood
         parameters and one ``_GroupStats`` per group (inference only)."""
         h = self.top_state.expand(batch_size, -1, -1, -1).to(self.dtype)
         stats: list[_GroupStats] = []
@@ -398,9 +448,12 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
                 stats.append(_GroupStats(kl=kl_per_unit.flatten(1).sum(1), log_q_minus_log_p=log_ratio,
                                          kl_per_unit=kl_per_unit if want_kl_per_unit else None))
                 if record is not None:
-                    record.append((z, mean, log_scale))
+                    record.append((z, mean, log_scale, prior_mean, prior_log_scale))
             elif i < len(latents):
                 z = latents[i].to(device=prior_mean.device, dtype=prior_mean.dtype)
+            elif i < len(prior_noise):
+                eps = prior_noise[i].to(device=prior_mean.device, dtype=prior_mean.dtype)
+                z = prior_mean + torch.exp(prior_log_scale) * eps
             else:
                 z = prior_mean
                 if temperatures[i] > 0:
@@ -409,6 +462,8 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
                     z = prior_mean + temperatures[i] * torch.exp(prior_log_scale) * eps
             if record is not None and activations is None:
                 record.append(z)
+            if num_groups_to_run is not None and i + 1 == num_groups_to_run:
+                return None, stats
             h = h + group.z_proj(z.to(h.dtype))
         for rest in up:  # scales below the last group's
             h = rest(h)
@@ -533,22 +588,30 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
     @torch.no_grad()
     @apply_forward_hook
     def generate_parameters(self, batch_size: int, generator=None, temperature=1.0, top_latent=None, latents=None,
-                            return_latents: bool = False, class_labels: torch.Tensor | None = None):
+                            return_latents: bool = False, class_labels: torch.Tensor | None = None,
+                            prior_noise: torch.Tensor | None = None):
         """The pixel likelihood's parameters for ``batch_size`` images drawn from the prior; ``temperature``
         scales each group's prior standard deviation (one number, or a list with one per group, top first).
         ``latents`` fixes the first groups (a list of tensors, one per group, any prefix; ``top_latent`` is the
         same as ``latents=[top_latent]``): with temperature 0 for the rest the result is deterministic. With a list
         of generators (one per image) image i's draws are ``generator[i]``'s alone. ``return_latents`` also returns
         every group's z (a list, top first). ``class_labels``: class indices ``(batch_size,)`` of a conditional
-        model (None: the null class)."""
-        if top_latent is not None and latents is not None:
-            raise ValueError("give either top_latent or latents (a list, one tensor per group), not both")
+        model (None: the null class). ``prior_noise`` ``(batch_size, *prior_noise_shape(G))`` sets the top G
+        groups to ``mu_p + sigma_p * eps`` given the groups above (``encode_prior_noise``'s inverse: what a diffusion
+        prior over them drew); their temperatures are not used."""
+        if sum(x is not None for x in (top_latent, latents, prior_noise)) > 1:
+            raise ValueError("give one of top_latent, latents (a list, one tensor per group) or prior_noise")
         check_generator_list(generator, batch_size)
         given = self.check_latents([top_latent] if top_latent is not None else latents, batch_size)
+        noise = []
+        if prior_noise is not None:
+            noise = self.split_prior_noise(prior_noise)
+            if prior_noise.shape[0] != batch_size:
+                raise ValueError(f"prior_noise holds {prior_noise.shape[0]} images, expected batch_size={batch_size}")
         emb = self._class_embedding(class_labels, batch_size, execution_device(self))
         drawn: list[torch.Tensor] = []
         params = self._top_down(batch_size, temperatures=self._temperatures(temperature), generator=generator,
-                                latents=given, record=drawn, class_embedding=emb)[0]
+                                latents=given, record=drawn, class_embedding=emb, prior_noise=noise)[0]
         return (params, drawn) if return_latents else params
 
     @torch.no_grad()
@@ -572,6 +635,37 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         out = HierarchicalVAEEncoderOutput(latent_means=[m[0] for m in means], latents=[z[0] for z in samples],
                                            latent_log_scales=[z[2] for z in samples])
         return out if return_dict else out.to_tuple()
+
+    @torch.no_grad()
+    @apply_forward_hook
+    def encode_prior_noise(self, sample: torch.Tensor, num_groups: int, generator=None, bound_terms: bool = False,
+                           class_labels: torch.Tensor | None = None) -> HierarchicalVAEPriorNoiseOutput:
+        """One posterior sample z of images (``uint8`` or [-1, 1]) seen through the model's own priors: the prior
+        noise of the top ``num_groups`` groups and the densities a bound with another prior over it needs (see
+        ``HierarchicalVAEPriorNoiseOutput``). ``bound_terms`` also runs the rest of the top-down path with the same
+        z for the lower groups' KL and ``-log p(x | z)``; without it only the top groups are computed. The images
+        are prepared as ``forward`` prepares them (the likelihood's own rounding or binarization, from
+        ``generator``)."""
+        shape = self.prior_noise_shape(num_groups)
+        batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
+        x = batch.model_input.to(self.dtype)
+        emb = self._class_embedding(class_labels, x.shape[0], x.device)
+        record: list = []
+        params, stats = self._top_down(x.shape[0], self.bottom_up(x, emb), generator, record=record,
+                                       class_embedding=emb, num_groups_to_run=None if bound_terms else num_groups)
+        top = record[:num_groups]
+        noise = torch.cat([(z - prior_mean) * torch.exp(-prior_log_scale) for z, _, _, prior_mean, prior_log_scale
+                           in top], dim=1)
+        lower_kl = reconstruction_nll = None
+        if bound_terms:
+            lower_kl = sum((s.kl for s in stats[num_groups:]), torch.zeros(x.shape[0], device=x.device))
+            reconstruction_nll = -self.log_prob(params, batch.target)
+        return HierarchicalVAEPriorNoiseOutput(
+            prior_noise=noise.reshape(x.shape[0], *shape),
+            log_prior_scale=sum(r[4].flatten(1).sum(1) for r in top),
+            posterior_log_density=sum(_gaussian_log_density(z, mean, log_scale) for z, mean, log_scale, _, _ in top),
+            prior_log_density=sum(_gaussian_log_density(z, m, s) for z, _, _, m, s in top),
+            lower_kl=lower_kl, reconstruction_nll=reconstruction_nll)
 
     def _model_input(self, sample: torch.Tensor) -> torch.Tensor:
         """Images (``uint8`` or [-1, 1]) checked, rounded to the 8-bit grid and put in [-1, 1] on the device the

@@ -1,0 +1,316 @@
+"""The join of the latent diffusion and the hierarchical VAE (LSGM): a diffusion prior over the prior noise of a
+frozen hierarchical VAE's top latent groups, its bound, its pipeline and its folder.
+
+Tiny configs on a CPU. The change of variables is checked against its closed form, a new (zero-output) prior
+against the hierarchical VAE's own ELBO, and a two-stage run (hierarchical VAE, then prior) goes end to end:
+folder, `hfgen evaluate`, `hfgen sample`, resume after a crash, plain diffusers without hfgen, refusals.
+"""
+
+import json
+import math
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from safetensors.torch import load_file
+
+from hfgen.cli import main as hfgen_main
+from hfgen.families import HVAEFamily, LatentDiffusionFamily, load_pipeline
+from hfgen.hub import publish_files
+from hfgen.models import HierarchicalVAEModel
+from hfgen.models.ddpm import build_scheduler
+from hfgen.pipelines import LatentDiffusionPipeline
+from hfgen.training import build_parser, list_checkpoints, train
+
+from conftest import PYTHON, requires_fashion_mnist, reset_accelerate_state
+from test_hub import BLOCK_HFGEN, _env
+
+TINY = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "256", "--eval_max_samples", "32",
+        "--final_eval_max_samples", "32", "--report_to", "none"]
+# two groups at the top resolution (4x4), one at 8x8
+HVAE_GROUPS = ["--groups_per_scale", "0", "0", "1", "2"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _hvae(seed=0, num_classes=0):
+    """A tiny hierarchical VAE with two groups at its top resolution and weights everywhere (a new one's priors and
+    posteriors start at zero)."""
+    torch.manual_seed(seed)
+    model = HierarchicalVAEModel(block_out_channels=[8, 8, 8, 8], groups_per_scale=[0, 0, 1, 2], latent_channels=2,
+                                 decoder_blocks_per_group=0, output_blocks=0, source_size=[28, 28],
+                                 num_classes=num_classes, pixel_passes=2, pixel_pass_layers=1)
+    for parameter in model.parameters():
+        if parameter.abs().sum() == 0:
+            torch.nn.init.normal_(parameter, std=0.1)
+    return model.eval()
+
+
+def _images(n=6, seed=0):
+    return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _joined(num_groups=2, num_classes=0, as_if_trained=True):
+    family = LatentDiffusionFamily()
+    family.set_vae(_hvae())
+    config = dict(family.presets["tiny"].model, diffused_groups=num_groups)
+    if num_classes:
+        config.update(num_classes=num_classes, class_names=["shirt", "sneaker", "bag"])
+    pipeline = family.make_pipeline(family.build_model(config, 1, 32))
+    if as_if_trained:
+        torch.nn.init.normal_(pipeline.unet.conv_out.weight, std=0.05)
+    pipeline.set_progress_bar_config(disable=True)
+    return family, pipeline
+
+
+# ---------------------------------------------------------------------------------------------- the bound
+@pytest.mark.parametrize("num_groups", [1, 2])
+def test_prior_noise_is_a_change_of_variables_with_its_log_jacobian(num_groups):
+    """u_i = (z_i - mu_p,i) / sigma_p,i group by group: log p(z_top) = log N(u; 0, I) - sum log sigma_p (the
+    triangular Jacobian's log-determinant), and the top-down path run from u gives back the same z."""
+    model = _hvae()
+    out = model.encode_prior_noise(_images(), num_groups, torch.Generator().manual_seed(0))
+    assert out.prior_noise.shape == (6, 2 * num_groups, 4, 4) and out.lower_kl is None  # top groups only
+    u = out.prior_noise
+    standard_normal = (-0.5 * u.pow(2) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+    torch.testing.assert_close(out.prior_log_density, standard_normal - out.log_prior_scale, rtol=0, atol=1e-3)
+    posterior = model.encode(_images(), generator=torch.Generator().manual_seed(0)).latents
+    _, drawn = model.generate_parameters(6, prior_noise=u, temperature=0.0, return_latents=True)
+    for i in range(num_groups):
+        torch.testing.assert_close(drawn[i], posterior[i], rtol=0, atol=1e-4)
+
+
+def test_own_prior_terms_are_the_hierarchical_vae_elbo():
+    """With the same z, reconstruction + lower groups' KL + log q - log p of the top groups is the hierarchical VAE's
+    one-sample ELBO (its top groups' KL estimated at the sample instead of in closed form): equal in expectation."""
+    model = _hvae()
+    images = _images(200)
+    out = model.encode_prior_noise(images, 2, torch.Generator().manual_seed(1), bound_terms=True)
+    joined = out.reconstruction_nll + out.lower_kl + out.posterior_log_density - out.prior_log_density
+    elbo = model.log_likelihood_bounds(images, generator=torch.Generator().manual_seed(2)).nats_per_image_elbo
+    difference = joined - elbo
+    stderr = difference.std().item() / math.sqrt(len(difference))
+    assert abs(difference.mean().item()) < 4 * stderr + 1e-3
+
+
+def test_a_new_prior_over_the_top_groups_is_the_hierarchical_vaes_own():
+    """A zero output layer with v-prediction and beta_t variances is the exact reverse process of N(0, I) data, and
+    the hierarchical VAE's own prior makes the prior noise N(0, I): before any training the joined model's bound is
+    the hierarchical VAE's ELBO, paired per image with the same z (the gain is 0 up to the timestep sampling)."""
+    family, pipeline = _joined(as_if_trained=False)
+    family.scheduler = build_scheduler(dict(num_train_timesteps=100, prediction_type="v_prediction",
+                                            variance_type="fixed_large", clip_sample=False))
+    family._tables = {}
+    assert pipeline.unet.conv_out.weight.abs().max() == 0
+    bounds = family.bounds(pipeline.unet, _images(300), 99, torch.Generator().manual_seed(0))
+    gain = bounds.terms["prior_gain"]
+    assert abs(gain.mean().item()) < 4 * gain.std().item() / math.sqrt(len(gain)) + 1e-3
+    # every part is there and they add up, image by image
+    terms = bounds.terms
+    torch.testing.assert_close(bounds.nats_per_image_elbo, terms["reconstruction"] + terms["lower_groups_kl"]
+                               + terms["posterior_log_density"] + terms["latent_prior"])
+    torch.testing.assert_close(terms["prior_gain"], terms["hvae_elbo"] - bounds.nats_per_image_elbo)
+    assert sorted(terms) == family.bound_terms(pipeline.unet)
+
+
+# ---------------------------------------------------------------------------------------------- the pipeline
+def _draw(pipeline, seed=0, **kwargs):
+    kwargs = {"num_inference_steps": 3, "output_type": "np", **kwargs}
+    return pipeline(generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_pipeline_draws_the_top_groups_then_the_rest_at_their_temperature():
+    _, pipeline = _joined(num_groups=1)
+    assert pipeline.latent_shape == (2, 4, 4) and pipeline.diffused_groups == 1
+    out = _draw(pipeline, batch_size=3)
+    assert out.images.shape == (3, 28, 28, 1) and out.latents.shape == (3, 2, 4, 4)
+    # the same initial noise through a deterministic sampler, and every lower group at temperature 0: the same
+    # images, whatever the generator
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    cold = [_draw(pipeline, seed, latents=out.latents, temperature=0.0).images for seed in (1, 2)]
+    np.testing.assert_allclose(cold[0], cold[1], atol=1e-6)
+    warm = _draw(pipeline, 1, latents=out.latents).images
+    assert np.abs(warm - cold[0]).max() > 1e-3  # temperature 1 draws the lower groups
+    assert _draw(pipeline, batch_size=2, temperature=[0.5, 0.0]).images.shape == (2, 28, 28, 1)
+    with pytest.raises(ValueError, match=r"a list of 2 \(one per latent group below the 1 the diffusion draws\)"):
+        _draw(pipeline, batch_size=2, temperature=[1.0])
+    # generator lists: image i depends on generator[i] alone, pixel draws included
+    generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    pair = pipeline(batch_size=2, generator=generators, num_inference_steps=3, output_type="np",
+                    sample_pixels=True).images
+    alone = pipeline(batch_size=1, generator=[torch.Generator().manual_seed(6)], num_inference_steps=3,
+                     output_type="np", sample_pixels=True).images
+    np.testing.assert_allclose(pair[1:], alone, atol=1e-5)
+
+
+def test_class_conditional_prior_with_guidance_and_class_names():
+    _, pipeline = _joined(num_classes=3)
+    out = _draw(pipeline, class_labels=["sneaker", 2], guidance_scale=2.0)
+    assert out.images.shape == (2, 28, 28, 1)
+    assert pipeline.get_label_ids(["Bag"]) == [2]
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    assert _draw(pipeline, class_labels=0, batch_size=2, output_type="latent").images.shape == (2, 4, 4, 4)
+
+
+def test_components_that_do_not_fit_are_refused_by_name():
+    family, pipeline = _joined(num_groups=2)
+    with pytest.raises(ValueError, match=r"this hierarchical VAE has 2 group\(s\) at its top resolution 4x4"):
+        LatentDiffusionFamily.build_model(family, dict(family.presets["tiny"].model, diffused_groups=3), 1, 32)
+    conditional = _hvae(num_classes=3)
+    with pytest.raises(ValueError, match="the hierarchical VAE is class-conditional"):
+        LatentDiffusionPipeline(vae=conditional, unet=pipeline.unet, scheduler=pipeline.scheduler)
+    other = HierarchicalVAEModel(block_out_channels=[8, 8, 8], groups_per_scale=[0, 1, 1], latent_channels=2)
+    with pytest.raises(ValueError, match=r"expected G \* 2 channels at 8x8"):
+        LatentDiffusionPipeline(vae=other, unet=pipeline.unet, scheduler=pipeline.scheduler)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def hvae_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("joined") / "hvae"
+    train(HVAEFamily(), build_parser(HVAEFamily()).parse_args(["--output_dir", str(folder), *TINY, *HVAE_GROUPS,
+                                                               "--max_train_steps", "6"]))
+    reset_accelerate_state()
+    return folder
+
+
+def _joined_args(hvae_folder, output_dir, *extra):
+    return build_parser(LatentDiffusionFamily()).parse_args(
+        ["--vae", str(hvae_folder), "--output_dir", str(output_dir), *TINY, *extra])
+
+
+COMMON = ("--max_train_steps", "8", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3")
+
+
+@pytest.fixture(scope="module")
+def joined_folder(hvae_folder):
+    folder = hvae_folder.parent / "joined"
+    train(LatentDiffusionFamily(), _joined_args(hvae_folder, folder, *COMMON))
+    reset_accelerate_state()
+    return folder
+
+
+@requires_fashion_mnist
+def test_two_stage_run_writes_a_joined_folder(joined_folder):
+    index = json.loads((joined_folder / "model_index.json").read_text())
+    assert index["_class_name"] == ["pipeline_ldm", "LatentDiffusionPipeline"]
+    assert index["vae"] == ["modeling_hvae", "HierarchicalVAEModel"] and index["unet"] == ["diffusers", "UNet2DModel"]
+    assert "vae/modeling_hvae.py" in publish_files(joined_folder)
+    unet = json.loads((joined_folder / "unet" / "config.json").read_text())
+    assert unet["in_channels"] == 4 and unet["sample_size"] == 4  # both top groups by default: 2 x 2 channels, 4x4
+    metrics = json.loads((joined_folder / "metrics.json").read_text())
+    assert metrics["num_dims"] == 784 and metrics["vlb_timesteps"] == 16
+    assert metrics["likelihood"]["first_stage"] == "HierarchicalVAEModel"
+    assert metrics["likelihood"]["diffused_groups"] == 2
+    terms = metrics["bound_terms"]
+    assert set(terms) == set(LatentDiffusionFamily.HIERARCHICAL_BOUND_TERMS)
+    assert terms["prior_gain"]["nats_per_image"] == pytest.approx(
+        terms["hvae_elbo"]["nats_per_image"] - metrics["nats_per_image_elbo"], rel=1e-6)
+    card = (joined_folder / "README.md").read_text()
+    assert "HierarchicalVAEModel" in card and "vae/modeling_hvae.py" in card
+    assert "hierarchical VAE with its own priors (ELBO)" in card
+
+
+@requires_fashion_mnist
+def test_the_joined_folder_evaluates_and_samples_from_the_command_line(joined_folder, capsys):
+    assert hfgen_main(["evaluate", str(joined_folder), "--split", "test", "--max-samples", "16"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["num_samples"] == 16 and result["vlb_timesteps"] == 16 and result["num_dims"] == 784
+    assert set(result["bound_terms"]) == set(LatentDiffusionFamily.HIERARCHICAL_BOUND_TERMS)
+    assert result["bits_per_dim_elbo"] == pytest.approx(result["nats_per_image_elbo"] / (784 * math.log(2)), rel=1e-6)
+    out = joined_folder.parent / "grid.png"
+    assert hfgen_main(["sample", str(joined_folder), "--num-images", "4", "--scheduler", "ddim", "--steps", "3",
+                       "--temperature", "0.7", "--out", str(out)]) == 0
+    assert out.is_file()
+    assert hfgen_main(["evaluate", str(joined_folder), "--split", "test", "--max-samples", "50", "--metrics", "fd",
+                       "--num-samples", "10", "--scheduler", "ddim", "--steps", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["num_generated"] == 10 and result["fd_fmnist"] > 0
+    assert result["sampled_images"] == "mean"  # the tiny hierarchical VAE decodes in one pass: the mean of p(x | z)
+
+
+@requires_fashion_mnist
+def test_resume_after_a_crash_is_exact(hvae_folder, joined_folder):
+    class Crashing(LatentDiffusionFamily):
+        def loss(self, model, images, step, generator, config, class_labels=None):
+            if step == 6:
+                raise RuntimeError("simulated crash")
+            return super().loss(model, images, step, generator, config, class_labels)
+
+    crashed = joined_folder.parent / "crashed"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(Crashing(), _joined_args(hvae_folder, crashed, *COMMON))
+    reset_accelerate_state()
+    assert [p.name for p in list_checkpoints(crashed)] == ["checkpoint-4"]
+    train(LatentDiffusionFamily(), _joined_args(hvae_folder, crashed, *COMMON, "--resume_from_checkpoint", "latest"))
+    reset_accelerate_state()
+    a = load_file(joined_folder / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(crashed / "unet" / "diffusion_pytorch_model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@requires_fashion_mnist
+def test_bad_first_stages_are_refused_and_nothing_is_written(hvae_folder, joined_folder, tmp_path):
+    family = LatentDiffusionFamily()
+    conditional = tmp_path / "conditional-hvae"
+    HVAEFamily().make_pipeline(_hvae(num_classes=3)).save_pretrained(conditional)
+    cases = [
+        ((conditional,), "the hierarchical VAE is class-conditional"),
+        ((hvae_folder, "--diffused_groups", "3"), r"this hierarchical VAE has 2 group\(s\) at its top resolution"),
+        ((joined_folder,), "holds a LatentDiffusionPipeline"),
+        ((hvae_folder, "--sample_size", "64"), "trained on 1x32x32 images; got --sample_size 64"),
+    ]
+    for i, ((folder, *extra), message) in enumerate(cases):
+        out = tmp_path / f"out-{i}"
+        with pytest.raises(ValueError, match=message):
+            train(family, build_parser(family).parse_args(["--vae", str(folder), "--output_dir", str(out), *TINY,
+                                                           *extra]))
+        reset_accelerate_state()
+        assert not out.exists(), f"{out} was written"
+
+
+PLAIN_DIFFUSERS = BLOCK_HFGEN + textwrap.dedent("""
+    import json, sys
+    import numpy as np, torch
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+
+    folder, out = json.loads(sys.argv[1])
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    result = pipe(batch_size=2, num_inference_steps=4, temperature=0.8, generator=torch.Generator().manual_seed(0),
+                  output_type="np")
+    np.save(out, result.images)
+    print(json.dumps([type(pipe).__name__, type(pipe.vae).__name__, list(result.images.shape),
+                      list(result.latents.shape)]))
+""")
+
+
+@requires_fashion_mnist
+def test_plain_diffusers_samples_the_joined_folder_without_hfgen(joined_folder, tmp_path):
+    out = tmp_path / "plain.npy"
+    result = subprocess.run([PYTHON, "-c", PLAIN_DIFFUSERS, json.dumps([str(joined_folder), str(out)])],
+                            env=_env(tmp_path, HF_HUB_OFFLINE="1"), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    name, vae_name, shape, latent_shape = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (name, vae_name) == ("LatentDiffusionPipeline", "HierarchicalVAEModel")
+    assert shape == [2, 28, 28, 1] and latent_shape == [2, 4, 4, 4]
+    pipeline, _ = load_pipeline(str(joined_folder))
+    pipeline.set_progress_bar_config(disable=True)
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+    expected = pipeline(batch_size=2, num_inference_steps=4, temperature=0.8, generator=torch.Generator().manual_seed(0),
+                        output_type="np").images
+    np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
