@@ -7,7 +7,8 @@ The first stage is hfgen's ``VAEModel`` with a spatial latent (the UNet models i
 ``vae.config.scaling_factor``, unit variance on training data, as in diffusers' own latent pipelines), or hfgen's
 ``HierarchicalVAEModel``, whose top latent groups' prior the diffusion replaces (LSGM's join of a score model and an
 NVAE-class hierarchical VAE): the UNet models their prior noise ``(z_i - mu_p,i) / sigma_p,i``, and the top-down path
-draws the lower groups and decodes. Both are unconditional. A class-conditional UNet holds K + 1 class embeddings,
+draws the lower groups and decodes. A VAE is unconditional; a hierarchical VAE may be class-conditional with the
+prior's classes (it then draws and decodes given the same class). A class-conditional UNet holds K + 1 class embeddings,
 the last the null class (trained with label dropout); guidance follows diffusers' convention
 ``eps_null + s * (eps_y - eps_null)``.
 
@@ -53,17 +54,17 @@ def is_hierarchical(vae: ModelMixin) -> bool:
 
 
 def check_first_stage(vae: ModelMixin) -> None:
-    """Refuse a first stage that a diffusion prior cannot sit on (a VAE with a vector latent or without
-    ``scaling_factor``; a class-conditional VAE or hierarchical VAE), each with a message naming what was expected.
-    A hierarchical VAE needs no scaling factor: the diffusion models its top groups' prior noise
-    ``(z - mu_p) / sigma_p``, which its own prior already puts at unit scale (see ``LatentDiffusionPipeline``)."""
+    """Refuse a first stage that a diffusion prior cannot sit on (a VAE with a vector latent, without
+    ``scaling_factor`` or class-conditional), each with a message naming what was expected. A hierarchical VAE needs
+    no scaling factor: the diffusion models its top groups' prior noise ``(z - mu_p) / sigma_p``, which its own prior
+    already puts at unit scale (see ``LatentDiffusionPipeline``); a class-conditional one takes a prior with the same
+    classes (``diffused_latent_shape``)."""
     config = vae.config
-    kind = "hierarchical VAE" if is_hierarchical(vae) else "VAE"
-    if getattr(config, "num_classes", 0):
-        raise ValueError(f"the {kind} is class-conditional (num_classes={config.num_classes}); a latent diffusion "
-                         f"takes a {kind} trained without labels, and the prior carries the classes")
     if is_hierarchical(vae):
         return
+    if getattr(config, "num_classes", 0):
+        raise ValueError(f"the VAE is class-conditional (num_classes={config.num_classes}); a latent diffusion takes "
+                         f"a VAE trained without labels, and the prior carries the classes")
     if getattr(config, "latent_dim", None):
         raise ValueError(f"the VAE has a vector latent (latent_dim={config.latent_dim}); a latent diffusion needs a "
                          f"spatial latent (latent_dim None), e.g. a VAE trained with --preset small-spatial (or "
@@ -82,6 +83,12 @@ def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int,
     size = unet.config.sample_size
     unet_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
     if is_hierarchical(vae):
+        num_classes = int(vae.config.num_classes or 0)
+        embeddings = unet.config.num_class_embeds or 0
+        if num_classes and embeddings != num_classes + 1:
+            raise ValueError(f"the hierarchical VAE is class-conditional with {num_classes} classes, but the UNet has "
+                             f"num_class_embeds={unet.config.num_class_embeds}; expected a class-conditional prior "
+                             f"with the same classes ({num_classes + 1} embeddings, the last the null class)")
         channels = vae.config.latent_channels
         top_shape = vae.group_shapes()[0]
         if unet_shape[0] % channels or unet_shape[1:] != top_shape[1:]:
@@ -125,7 +132,8 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
 
     Parameters:
         vae ([`ModelMixin`]): the frozen first stage: hfgen's ``VAEModel`` with a spatial latent and a
-            ``scaling_factor`` in its config, or hfgen's ``HierarchicalVAEModel``; both unconditional.
+            ``scaling_factor`` in its config (unconditional), or hfgen's ``HierarchicalVAEModel`` (unconditional, or
+            class-conditional with the prior's classes).
         unet ([`UNet2DModel`]): the denoiser over the diffused latents (``latent_shape``); ``num_class_embeds =
             K + 1`` for a class-conditional prior (index K: the null class). Its output is the scheduler's prediction, followed by the variance channels when the
             scheduler's ``variance_type`` is ``learned_range``.
@@ -208,25 +216,30 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         return [1.0] * num_groups + [float(t) for t in given]
 
     def decode_latents(self, latents: torch.Tensor, temperature: float | list[float] = 1.0,
-                       sample_pixels: bool = False, generator=None) -> torch.Tensor:
+                       sample_pixels: bool = False, generator=None, class_ids: torch.Tensor | None = None
+                       ) -> torch.Tensor:
         """Images in [-1, 1] for diffused latents: a VAE's ``vae.decode(latents / scaling_factor).sample``; a
         hierarchical VAE's top-down path from the prior noise of its top groups, the groups below drawn at
         ``temperature`` (``group_temperatures``). ``sample_pixels``: one draw of p(x | z) instead of its mean
-        (``generator``: one, or one per image)."""
+        (``generator``: one, or one per image). ``class_ids`` ``(batch,)``: a class-conditional hierarchical VAE's
+        classes (K: the null class; None: the null class for every image)."""
         temperatures = self.group_temperatures(temperature)
         vae = self.vae
+        conditional = bool(getattr(vae.config, "num_classes", 0)) and class_ids is not None
+        if class_ids is None:  # a stand-in, so that a generator list slices one tensor per image either way
+            class_ids = torch.zeros(latents.shape[0], dtype=torch.int64, device=latents.device)
         if temperatures is None:
-            def decode(z, image_generator):
+            def decode(z, ids, image_generator):
                 return vae.decode(z / vae.config.scaling_factor, sample_pixels=sample_pixels,
                                   generator=image_generator).sample
         else:
-            def decode(noise, image_generator):
+            def decode(noise, ids, image_generator):
                 params = vae.generate_parameters(noise.shape[0], generator=image_generator, temperature=temperatures,
-                                                 prior_noise=noise)
+                                                 prior_noise=noise, class_labels=ids if conditional else None)
                 return vae.decode_image(params, sample_pixels=sample_pixels, generator=image_generator)
         # a generator list: image by image, where a draw is made (lower groups, pixels); else the whole batch
         drawn = sample_pixels or temperatures is not None
-        return _per_image(decode, generator if drawn else None, latents)
+        return _per_image(decode, generator if drawn else None, latents, class_ids)
 
     def _step_output(self, output: torch.Tensor, channels: int) -> torch.Tensor:
         """The network output as the scheduler takes it: with variance channels for a DDPM scheduler that learns
@@ -343,7 +356,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            images = self.decode_latents(latents, temperature, sample_pixels, generator).float()
+            images = self.decode_latents(latents, temperature, sample_pixels, generator, class_ids).float()
             region = self.vae.source_region  # where the data's own images lie in the square (None: all of it)
             if crop_to_source and region is not None:
                 images = region.crop(images)

@@ -59,9 +59,9 @@ def _images(n=6, seed=0):
     return torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
 
 
-def _joined(num_groups=2, num_classes=0, as_if_trained=True):
+def _joined(num_groups=2, num_classes=0, as_if_trained=True, conditional_first_stage=False):
     family = LatentDiffusionFamily()
-    family.set_vae(_hvae())
+    family.set_vae(_hvae(num_classes=num_classes if conditional_first_stage else 0))
     config = dict(family.presets["tiny"].model, diffused_groups=num_groups)
     if num_classes:
         config.update(num_classes=num_classes, class_names=["shirt", "sneaker", "bag"])
@@ -161,12 +161,33 @@ def test_class_conditional_prior_with_guidance_and_class_names():
     assert _draw(pipeline, class_labels=0, batch_size=2, output_type="latent").images.shape == (2, 4, 4, 4)
 
 
+def test_a_class_conditional_hierarchical_vae_takes_the_class_in_both_stages():
+    """The class goes to the prior and to the hierarchical VAE (its lower groups, its decoder, the prior noise it
+    defines); without labels both take the null class, which gives -log p(x)."""
+    family, pipeline = _joined(num_classes=3, conditional_first_stage=True)
+    images = _images(8)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    given = family.bounds(pipeline.unet, images, 4, torch.Generator().manual_seed(0), class_labels=labels)
+    null = family.bounds(pipeline.unet, images, 4, torch.Generator().manual_seed(0))
+    noise_given = pipeline.vae.encode_prior_noise(images, 2, torch.Generator().manual_seed(0), class_labels=labels)
+    noise_null = pipeline.vae.encode_prior_noise(images, 2, torch.Generator().manual_seed(0))
+    assert not torch.allclose(noise_given.prior_noise, noise_null.prior_noise)
+    assert not torch.allclose(given.terms["hvae_elbo"], null.terms["hvae_elbo"])
+    # the class reaches the decoder: the same initial noise, other classes, other images
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    first = _draw(pipeline, class_labels=[0, 0], guidance_scale=1.0)
+    again = _draw(pipeline, latents=first.latents, class_labels=["sneaker", "bag"], guidance_scale=1.0)
+    assert np.abs(first.images - again.images).max() > 1e-3
+    assert _draw(pipeline, batch_size=2).images.shape == (2, 28, 28, 1)  # the null class of both
+
+
 def test_components_that_do_not_fit_are_refused_by_name():
     family, pipeline = _joined(num_groups=2)
     with pytest.raises(ValueError, match=r"this hierarchical VAE has 2 group\(s\) at its top resolution 4x4"):
         LatentDiffusionFamily.build_model(family, dict(family.presets["tiny"].model, diffused_groups=3), 1, 32)
     conditional = _hvae(num_classes=3)
-    with pytest.raises(ValueError, match="the hierarchical VAE is class-conditional"):
+    with pytest.raises(ValueError, match=r"the hierarchical VAE is class-conditional with 3 classes, but the UNet has "
+                                         r"num_class_embeds=None; expected a class-conditional prior"):
         LatentDiffusionPipeline(vae=conditional, unet=pipeline.unet, scheduler=pipeline.scheduler)
     other = HierarchicalVAEModel(block_out_channels=[8, 8, 8], groups_per_scale=[0, 1, 1], latent_channels=2)
     with pytest.raises(ValueError, match=r"expected G \* 2 channels at 8x8"):
@@ -265,7 +286,7 @@ def test_bad_first_stages_are_refused_and_nothing_is_written(hvae_folder, joined
     conditional = tmp_path / "conditional-hvae"
     HVAEFamily().make_pipeline(_hvae(num_classes=3)).save_pretrained(conditional)
     cases = [
-        ((conditional,), "the hierarchical VAE is class-conditional"),
+        ((conditional,), r"is class-conditional \(3 classes\).*expected --class_conditional"),
         ((hvae_folder, "--diffused_groups", "3"), r"this hierarchical VAE has 2 group\(s\) at its top resolution"),
         ((joined_folder,), "holds a LatentDiffusionPipeline"),
         ((hvae_folder, "--sample_size", "64"), "trained on 1x32x32 images; got --sample_size 64"),

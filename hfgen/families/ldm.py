@@ -31,8 +31,10 @@ stochastic bounds is not a bound). Beside it ``bounds`` reports, with the same z
 VAE's with N(0, I); the hierarchical VAE's with its own priors) and the prior's gain (their difference, paired per
 image).
 
-A class-conditional prior (``--class_conditional``) conditions the UNet only (the first stage stays
-unconditional): the bound given y replaces ``p(z_d)`` by ``p(z_d | y)``; the null class gives ``-log p(x)``.
+A class-conditional prior (``--class_conditional``) conditions the UNet; a VAE first stage stays unconditional, a
+class-conditional hierarchical VAE (the same classes) takes the class too, for its lower groups, its decoder and the
+prior noise it defines: the bound given y replaces every term by its conditional on y; the null class (of both
+stages, dropped together during training) gives ``-log p(x)``.
 """
 
 from __future__ import annotations
@@ -152,6 +154,11 @@ class LatentDiffusionFamily(DDPMFamily):
                              f"{config.sample_size} images; got --sample_size {cfg.sample_size}"
                              + (f" and --channels {cfg.channels}" if cfg.channels else "")
                              + "; expected the first stage's own")
+        first_stage_classes = int(getattr(config, "num_classes", 0) or 0)
+        if first_stage_classes and not getattr(cfg, "class_conditional", False):
+            raise ValueError(f"the hierarchical VAE at {cfg.vae} is class-conditional ({first_stage_classes} classes): "
+                             f"its prior over the top groups depends on the class, so the diffusion prior must too; "
+                             f"expected --class_conditional")
         groups = getattr(cfg, "diffused_groups", None)
         if groups is not None:
             if not is_hierarchical(self.vae):
@@ -190,6 +197,11 @@ class LatentDiffusionFamily(DDPMFamily):
         config = {key: value for key, value in model_config.items() if key not in ("source_size", "diffused_groups")}
         config.setdefault("clip_sample", False)
         if is_hierarchical(vae):
+            classes = int(vae.config.num_classes or 0)
+            if classes and int(model_config.get("num_classes") or 0) != classes:
+                raise ValueError(f"the hierarchical VAE has {classes} classes but the prior would have "
+                                 f"{model_config.get('num_classes') or 0}; expected a prior trained on the same classes "
+                                 f"(--class_conditional on the data the hierarchical VAE was trained on)")
             groups = model_config.get("diffused_groups") or self.default_diffused_groups(vae)
             latent_channels, latent_size, _ = vae.prior_noise_shape(groups)
         elif model_config.get("diffused_groups") is not None:
@@ -263,13 +275,17 @@ class LatentDiffusionFamily(DDPMFamily):
         vae = self._require_vae()
         return model.config.in_channels // vae.config.latent_channels if is_hierarchical(vae) else 0
 
-    def draw_latents(self, model, images: torch.Tensor, generator: torch.Generator,
-                     bound_terms: bool = False) -> FirstStageDraw:
+    def draw_latents(self, model, images: torch.Tensor, generator: torch.Generator, bound_terms: bool = False,
+                     class_labels: torch.Tensor | None = None) -> FirstStageDraw:
         """One posterior sample z of ``uint8`` images through the frozen first stage (``FirstStageDraw``);
-        ``bound_terms`` adds ``-log p(x | z)`` and the lower groups' KL for the same z."""
+        ``bound_terms`` adds ``-log p(x | z)`` and the lower groups' KL for the same z. ``class_labels``: the class
+        indices a class-conditional hierarchical VAE encodes and scores with (K, or None: the null class); an
+        unconditional first stage does not take them."""
         vae = self._require_vae(images.device)
         if is_hierarchical(vae):
-            out = vae.encode_prior_noise(images, self.diffused_groups(model), generator, bound_terms=bound_terms)
+            labels = class_labels if vae.config.num_classes else None
+            out = vae.encode_prior_noise(images, self.diffused_groups(model), generator, bound_terms=bound_terms,
+                                         class_labels=labels)
             return FirstStageDraw(out.prior_noise, -out.log_prior_scale, out.posterior_log_density,
                                   -out.prior_log_density, out.reconstruction_nll, out.lower_kl)
         batch = vae.pixel_likelihood.prepare(vae.to_uint8(images), generator)
@@ -299,8 +315,8 @@ class LatentDiffusionFamily(DDPMFamily):
     reconstruction_log_images = 8
 
     def loss(self, model, images, step, generator, config, class_labels=None):
-        with torch.no_grad():
-            draw = self.draw_latents(model, images, generator)
+        with torch.no_grad():  # the class (dropped to the null class at the loop's rate) for both stages
+            draw = self.draw_latents(model, images, generator, class_labels=class_labels)
         loss, term_nats, logs = self.diffusion_objective(model, draw.latents, generator, config, class_labels,
                                                          decoder="continuous")
         with torch.no_grad():
@@ -311,7 +327,9 @@ class LatentDiffusionFamily(DDPMFamily):
             tables = self.tables(images.device)
             latent_dims = draw.latents[0].numel()
             prior = prior_nats(tables, draw.latents) + tables.num_timesteps * term_nats - draw.log_jacobian
-            few = self.draw_latents(model, images[: self.reconstruction_log_images], generator, bound_terms=True)
+            n = self.reconstruction_log_images
+            few = self.draw_latents(model, images[:n], generator, bound_terms=True,
+                                    class_labels=None if class_labels is None else class_labels[:n])
             rest = (few.reconstruction_nll + few.lower_kl).mean()
             bound = rest + (prior - draw.posterior_log_density).mean()
             logs["latent_prior_nats_per_dim"] = prior.mean() / latent_dims
@@ -328,7 +346,7 @@ class LatentDiffusionFamily(DDPMFamily):
             raise ValueError("class_labels were given, but this latent diffusion prior was trained without classes")
         if num_classes and class_labels is None:
             class_labels = torch.full((images.shape[0],), num_classes, dtype=torch.int64, device=images.device)
-        draw = self.draw_latents(model, images, generator, bound_terms=True)
+        draw = self.draw_latents(model, images, generator, bound_terms=True, class_labels=class_labels)
         latent_prior_nll = self.diffused_prior_nats(model, draw.latents, draw.log_jacobian, importance_samples,
                                                     generator, class_labels)
         rest = draw.reconstruction_nll + draw.lower_kl + draw.posterior_log_density
