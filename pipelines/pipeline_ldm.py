@@ -103,9 +103,10 @@ def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int,
     return latent_shape
 
 
-def check_latent_components(vae: ModelMixin, unet: UNet2DModel) -> None:
-    """Refuse a first stage and a UNet that do not fit together (``diffused_latent_shape``)."""
-    diffused_latent_shape(vae, unet)
+def diffused_groups(vae: ModelMixin, unet: UNet2DModel) -> int:
+    """G, the hierarchical VAE's top groups the UNet models (its ``in_channels`` over their latent channels; 0: a VAE
+    first stage)."""
+    return unet.config.in_channels // vae.config.latent_channels if is_hierarchical(vae) else 0
 
 
 def _per_image(function, generator, *tensors):
@@ -164,7 +165,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
     def __init__(self, vae: ModelMixin, unet: UNet2DModel, scheduler: SchedulerMixin,
                  class_names: list[str] | None = None):
         super().__init__()
-        check_latent_components(vae, unet)
+        diffused_latent_shape(vae, unet)  # refuses a first stage and a UNet that do not fit together
         num_classes = (unet.config.num_class_embeds or 1) - 1
         if class_names is not None:
             class_names = [str(name) for name in class_names]
@@ -190,7 +191,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
     @property
     def diffused_groups(self) -> int:
         """G, the hierarchical VAE's top groups the diffusion models (0: a VAE first stage)."""
-        return self.unet.config.in_channels // self.vae.config.latent_channels if is_hierarchical(self.vae) else 0
+        return diffused_groups(self.vae, self.unet)
 
     def get_label_ids(self, label: str | list[str]) -> list[int]:
         r"""The class indices of class names, as ``class_labels`` takes them (a name is matched exactly, else

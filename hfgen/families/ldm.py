@@ -49,7 +49,7 @@ from ..models.ddpm import continuous_variational_bound, prior_nats
 from ..models.hvae import HierarchicalVAEModel
 from ..models.vae import VAEModel, standard_normal_log_density
 from ..pipelines import HierarchicalVAEPipeline, LatentDiffusionPipeline, VAEPipeline
-from ..pipelines.pipeline_ldm import check_first_stage, diffused_latent_shape, is_hierarchical
+from ..pipelines.pipeline_ldm import check_first_stage, diffused_groups, diffused_latent_shape, is_hierarchical
 from .base import Bounds, ModelFamily, Preset
 from .ddpm import DDPMFamily, sampler_settings
 
@@ -202,7 +202,7 @@ class LatentDiffusionFamily(DDPMFamily):
                 raise ValueError(f"the hierarchical VAE has {classes} classes but the prior would have "
                                  f"{model_config.get('num_classes') or 0}; expected a prior trained on the same classes "
                                  f"(--class_conditional on the data the hierarchical VAE was trained on)")
-            groups = model_config.get("diffused_groups") or self.default_diffused_groups(vae)
+            groups = model_config.get("diffused_groups") or vae.top_resolution_groups  # default: all of them
             latent_channels, latent_size, _ = vae.prior_noise_shape(groups)
         elif model_config.get("diffused_groups") is not None:
             raise ValueError("diffused_groups chooses the top latent groups of a hierarchical VAE; this first stage is "
@@ -221,12 +221,6 @@ class LatentDiffusionFamily(DDPMFamily):
         torch.nn.init.zeros_(unet.conv_out.weight)
         torch.nn.init.zeros_(unet.conv_out.bias)
         return unet
-
-    @staticmethod
-    def default_diffused_groups(vae: HierarchicalVAEModel) -> int:
-        """The groups a diffusion over a hierarchical VAE models unless told: all those at its top resolution."""
-        shapes = vae.group_shapes()
-        return sum(shape[1:] == shapes[0][1:] for shape in shapes)
 
     def make_pipeline(self, model):
         return LatentDiffusionPipeline(vae=self._require_vae(), unet=model, scheduler=self._require_scheduler(),
@@ -267,13 +261,9 @@ class LatentDiffusionFamily(DDPMFamily):
         return {"name": f"{vae.config.likelihood} decoder of a {stage} with a latent diffusion prior",
                 "data": "8-bit" if vae.config.likelihood != "bernoulli" else "dynamically binarized",
                 "first_stage": type(vae).__name__,
-                **({"diffused_groups": self.diffused_groups(model)} if is_hierarchical(vae) else {})}
+                **({"diffused_groups": diffused_groups(vae, model)} if is_hierarchical(vae) else {})}
 
     # ------------------------------------------------------------------ latents
-    def diffused_groups(self, model) -> int:
-        """G, the hierarchical VAE's top groups the UNet models (0: a VAE first stage)."""
-        vae = self._require_vae()
-        return model.config.in_channels // vae.config.latent_channels if is_hierarchical(vae) else 0
 
     def draw_latents(self, model, images: torch.Tensor, generator: torch.Generator, bound_terms: bool = False,
                      class_labels: torch.Tensor | None = None) -> FirstStageDraw:
@@ -284,7 +274,7 @@ class LatentDiffusionFamily(DDPMFamily):
         vae = self._require_vae(images.device)
         if is_hierarchical(vae):
             labels = class_labels if vae.config.num_classes else None
-            out = vae.encode_prior_noise(images, self.diffused_groups(model), generator, bound_terms=bound_terms,
+            out = vae.encode_prior_noise(images, diffused_groups(vae, model), generator, bound_terms=bound_terms,
                                          class_labels=labels)
             return FirstStageDraw(out.prior_noise, -out.log_prior_scale, out.posterior_log_density,
                                   -out.prior_log_density, out.reconstruction_nll, out.lower_kl)

@@ -349,16 +349,21 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         size = self.config.sample_size
         return [(self.config.latent_channels, size // 2**s, size // 2**s) for s in self.group_scale]
 
+    @property
+    def top_resolution_groups(self) -> int:
+        """How many latent groups lie at the top (lowest) resolution: the most that ``prior_noise_shape`` stacks."""
+        return self.group_scale.count(self.group_scale[0])
+
     def prior_noise_shape(self, num_groups: int) -> tuple[int, int, int]:
         """(channels, height, width) of the prior noise of the top ``num_groups`` groups stacked along channels
         (``encode_prior_noise``): what a diffusion prior over them models. They must share one resolution."""
-        shapes = self.group_shapes()
-        top = [i for i, shape in enumerate(shapes) if shape[1:] == shapes[0][1:]]
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= len(top):
+        top_shape = self.group_shapes()[0]
+        most = self.top_resolution_groups
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= most:
             raise ValueError(f"the top {num_groups} latent groups cannot carry one diffusion prior: this hierarchical "
-                             f"VAE has {len(top)} group(s) at its top resolution {shapes[0][1]}x{shapes[0][2]} "
-                             f"(groups_per_scale={list(self.config.groups_per_scale)}); expected 1 to {len(top)}")
-        return (num_groups * self.config.latent_channels, *shapes[0][1:])
+                             f"VAE has {most} group(s) at its top resolution {top_shape[1]}x{top_shape[2]} "
+                             f"(groups_per_scale={list(self.config.groups_per_scale)}); expected 1 to {most}")
+        return (num_groups * self.config.latent_channels, *top_shape[1:])
 
     def split_prior_noise(self, prior_noise: torch.Tensor) -> list[torch.Tensor]:
         """Stacked prior noise ``(batch, num_groups * latent_channels, h, w)`` as one tensor per group, top first."""
