@@ -1,3 +1,4 @@
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,27 @@ def reset_accelerate_state():
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Compute on one torch thread, restored afterwards: tiny networks gain nothing from several, and on a shared
+    machine the threads of one process spin waiting for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """``one_torch_thread`` for a whole test module: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -57,16 +79,12 @@ def tiny_runs(tmp_path_factory):
     so that code written for that preset runs on them."""
     if not FASHION_MNIST_DIR.is_dir():
         pytest.skip(f"Fashion-MNIST IDX files not found in {FASHION_MNIST_DIR}")
-    import torch
-
     from hfgen.families import FAMILIES
     from hfgen.training import build_parser, train
 
     root = tmp_path_factory.mktemp("tiny-runs")
     folders = {}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         for family_name, conditional in TINY_RUNS:
             folder = root / f"{family_name}-{'conditional' if conditional else 'unconditional'}"
             args = ["--output_dir", str(folder), *TINY_RUN] + (["--class_conditional"] if conditional else [])
@@ -80,8 +98,6 @@ def tiny_runs(tmp_path_factory):
             train(family, build_parser(family).parse_args(args))
             reset_accelerate_state()
             folders[(family_name, conditional)] = folder
-    finally:
-        torch.set_num_threads(threads)
     return folders
 
 

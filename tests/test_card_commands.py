@@ -12,28 +12,19 @@ import re
 import shlex
 
 import pytest
-import torch
 
 from hfgen.cli import main
 from hfgen.families import FAMILIES
 
 from conftest import ROOT, TINY_RUNS, requires_fashion_mnist
 
-pytestmark = requires_fashion_mnist
+pytestmark = [requires_fashion_mnist, pytest.mark.usefixtures("one_thread")]
 ROOT_CARDS = ROOT / "docs" / "model_cards"
 
 #: (in the card, as run here): sizes only
 SMALLER = (("batch_size=16", "batch_size=2"), ("] * 8", "] * 2"), ("batch_size=8", "batch_size=2"),
            ("--num-images 64", "--num-images 4"), ("--num-images 8", "--num-images 2"), ("num_inference_steps=50", "num_inference_steps=4"),
            ("num_inference_steps=20", "num_inference_steps=4"), ("--steps 20", "--steps 4"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def card_code(card: str) -> tuple[list[str], list[str]]:

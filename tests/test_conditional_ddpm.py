@@ -27,16 +27,10 @@ from hfgen.pipelines import pipeline_ddpm_conditional as published
 from conftest import PYTHON
 from test_hub import BLOCK_HFGEN, _env
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CLASS_NAMES = ["shirt", "sneaker", "bag"]
 STEPS = 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _conditional(variance_type="fixed_small", seed=0):

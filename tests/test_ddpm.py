@@ -19,19 +19,11 @@ from hfgen.training import build_parser, train
 
 from conftest import PYTHON, ROOT, requires_fashion_mnist, reset_accelerate_state
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY_ARGS = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "256", "--report_to", "none"]
 #: the script's folder in these tests has learned variances (Nichol & Dhariwal 2021) on the cosine schedule
 LEARNED = ["--variance_type", "learned_range", "--beta_schedule", "squaredcos_cap_v2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks gain nothing from several threads, and on a shared machine the threads of one process spin
-    waiting for each other: the in-process runs here use one (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _args(output_dir, *extra):

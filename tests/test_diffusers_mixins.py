@@ -41,6 +41,7 @@ from hfgen import (
     VAEPipeline,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: a second thread only adds its spinning
 NUM_CLASSES = 3
 #: hfgen's VAEs sample in one decoder pass (no steps) and no hfgen pipeline takes a prompt
 NO_STEPS_NO_PROMPTS = PipelineTesterMixin.required_optional_params - {"num_inference_steps", "num_images_per_prompt"}
@@ -57,15 +58,6 @@ GUIDANCE_WITHOUT_LABELS_REASON = (
 KARRAS_DEPENDENCIES_REASON = (
     "LMSDiscreteScheduler needs scipy and DPMSolverSDEScheduler needs torchsde (pip install -e '.[dev]' installs "
     "both)")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second thread only adds its spinning to the CPU time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _generator(device, seed):

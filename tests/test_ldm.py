@@ -27,16 +27,10 @@ from hfgen.training import build_parser, list_checkpoints, train
 from conftest import PYTHON, requires_fashion_mnist, reset_accelerate_state
 from test_hub import BLOCK_HFGEN, _env
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TINY = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "256", "--eval_max_samples", "32",
         "--final_eval_max_samples", "32", "--report_to", "none"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------- the bound
@@ -289,6 +283,10 @@ def vae_folder(tmp_path_factory):
     return folder
 
 
+#: a run of 8 steps with a checkpoint every 4: long enough to crash and resume
+RESUMABLE = ("--max_train_steps", "8", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3")
+
+
 def _ldm_args(vae_folder, output_dir, *extra):
     return build_parser(LatentDiffusionFamily()).parse_args(
         ["--vae", str(vae_folder), "--output_dir", str(output_dir), *TINY, "--class_conditional", *extra])
@@ -297,8 +295,7 @@ def _ldm_args(vae_folder, output_dir, *extra):
 @pytest.fixture(scope="module")
 def ldm_folder(vae_folder):
     folder = vae_folder.parent / "ldm"
-    train(LatentDiffusionFamily(), _ldm_args(vae_folder, folder, "--max_train_steps", "8", "--checkpointing_steps",
-                                             "4", "--checkpoints_total_limit", "3"))
+    train(LatentDiffusionFamily(), _ldm_args(vae_folder, folder, *RESUMABLE))
     reset_accelerate_state()
     return folder
 
@@ -365,26 +362,31 @@ def test_the_folder_reloads_samples_and_evaluates(ldm_folder, capsys):
     assert out.is_file()
 
 
-@requires_fashion_mnist
-def test_resume_after_a_crash_is_exact(vae_folder, ldm_folder):
+def assert_resume_after_a_crash_is_exact(args, finished, crashed) -> None:
+    """A latent diffusion run with ``args(output_dir, *extra)`` and ``RESUMABLE`` that crashes at step 6 and resumes
+    from its step-4 checkpoint in ``crashed`` ends with the UNet of the uninterrupted run in ``finished``."""
     class Crashing(LatentDiffusionFamily):
         def loss(self, model, images, step, generator, config, class_labels=None):
             if step == 6:
                 raise RuntimeError("simulated crash")
             return super().loss(model, images, step, generator, config, class_labels)
 
-    crashed = ldm_folder.parent / "crashed"
-    common = ("--max_train_steps", "8", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(Crashing(), _ldm_args(vae_folder, crashed, *common))
+        train(Crashing(), args(crashed, *RESUMABLE))
     reset_accelerate_state()
     assert [p.name for p in list_checkpoints(crashed)] == ["checkpoint-4"]
-    train(LatentDiffusionFamily(), _ldm_args(vae_folder, crashed, *common, "--resume_from_checkpoint", "latest"))
+    train(LatentDiffusionFamily(), args(crashed, *RESUMABLE, "--resume_from_checkpoint", "latest"))
     reset_accelerate_state()
-    a = load_file(ldm_folder / "unet" / "diffusion_pytorch_model.safetensors")
+    a = load_file(finished / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(crashed / "unet" / "diffusion_pytorch_model.safetensors")
     assert a.keys() == b.keys()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+
+
+@requires_fashion_mnist
+def test_resume_after_a_crash_is_exact(vae_folder, ldm_folder):
+    assert_resume_after_a_crash_is_exact(lambda out, *extra: _ldm_args(vae_folder, out, *extra), ldm_folder,
+                                         ldm_folder.parent / "crashed")
 
 
 @requires_fashion_mnist

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
-from safetensors.torch import load_file
 
 from hfgen.cli import main as hfgen_main
 from hfgen.families import HVAEFamily, LatentDiffusionFamily, load_pipeline
@@ -23,23 +22,18 @@ from hfgen.hub import publish_files
 from hfgen.models import HierarchicalVAEModel
 from hfgen.models.ddpm import build_scheduler
 from hfgen.pipelines import LatentDiffusionPipeline
-from hfgen.training import build_parser, list_checkpoints, train
+from hfgen.training import build_parser, train
 
 from conftest import PYTHON, requires_fashion_mnist, reset_accelerate_state
 from test_hub import BLOCK_HFGEN, _env
+from test_ldm import RESUMABLE, assert_resume_after_a_crash_is_exact
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--preset", "tiny", "--dataset", "fashion_mnist", "--max_train_samples", "256", "--eval_max_samples", "32",
         "--final_eval_max_samples", "32", "--report_to", "none"]
 # two groups at the top resolution (4x4), one at 8x8
 HVAE_GROUPS = ["--groups_per_scale", "0", "0", "1", "2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _hvae(seed=0, num_classes=0):
@@ -209,13 +203,10 @@ def _joined_args(hvae_folder, output_dir, *extra):
         ["--vae", str(hvae_folder), "--output_dir", str(output_dir), *TINY, *extra])
 
 
-COMMON = ("--max_train_steps", "8", "--checkpointing_steps", "4", "--checkpoints_total_limit", "3")
-
-
 @pytest.fixture(scope="module")
 def joined_folder(hvae_folder):
     folder = hvae_folder.parent / "joined"
-    train(LatentDiffusionFamily(), _joined_args(hvae_folder, folder, *COMMON))
+    train(LatentDiffusionFamily(), _joined_args(hvae_folder, folder, *RESUMABLE))
     reset_accelerate_state()
     return folder
 
@@ -261,23 +252,8 @@ def test_the_joined_folder_evaluates_and_samples_from_the_command_line(joined_fo
 
 @requires_fashion_mnist
 def test_resume_after_a_crash_is_exact(hvae_folder, joined_folder):
-    class Crashing(LatentDiffusionFamily):
-        def loss(self, model, images, step, generator, config, class_labels=None):
-            if step == 6:
-                raise RuntimeError("simulated crash")
-            return super().loss(model, images, step, generator, config, class_labels)
-
-    crashed = joined_folder.parent / "crashed"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(Crashing(), _joined_args(hvae_folder, crashed, *COMMON))
-    reset_accelerate_state()
-    assert [p.name for p in list_checkpoints(crashed)] == ["checkpoint-4"]
-    train(LatentDiffusionFamily(), _joined_args(hvae_folder, crashed, *COMMON, "--resume_from_checkpoint", "latest"))
-    reset_accelerate_state()
-    a = load_file(joined_folder / "unet" / "diffusion_pytorch_model.safetensors")
-    b = load_file(crashed / "unet" / "diffusion_pytorch_model.safetensors")
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert_resume_after_a_crash_is_exact(lambda out, *extra: _joined_args(hvae_folder, out, *extra), joined_folder,
+                                         joined_folder.parent / "crashed")
 
 
 @requires_fashion_mnist

@@ -16,13 +16,14 @@ import shlex
 from pathlib import Path
 
 import pytest
-import torch
 
 from hfgen.cli import main
 from hfgen.families import FAMILIES
 from hfgen.training import build_parser
 
 from conftest import ROOT, requires_fashion_mnist
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 README = (ROOT / "README.md").read_text()
 #: the README's folders (and, in its Python, its example repo id) -> the tiny run that stands in for it (family,
@@ -34,14 +35,6 @@ FOLDERS = {"runs/vae": ("vae", False), "runs/hvae": ("hvae", False), "runs/ddpm"
 SMALLER = (("batch_size=16", "batch_size=4"), ("batch_size=8", "batch_size=4"), ("importance_samples=64",
            "importance_samples=4"), ("num_steps=8", "num_steps=3"), ("--steps 20", "--steps 4"))
 EXPENSIVE = re.compile(r"--metrics \S*(fd|kid|pr|classes)|--inception-weights")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _blocks(language: str) -> list[str]:
