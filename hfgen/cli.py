@@ -22,6 +22,10 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only
+    import torch
 
 # torch, diffusers and the rest of hfgen are imported by the commands that need them, so that the parser (and
 # `hfgen --help`) starts in a fraction of a second
@@ -367,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a class-conditional model: a row of this class (a name, e.g. sneaker, or an index); "
                              "repeat for more rows (default: one row per class)")
     sample.add_argument("--guidance-scale", type=float, default=None,
-                        help="classifier-free guidance scale of a class-conditional DDPM (1: the conditional model, "
-                             "0: the unconditional one, above 1: guided)")
+                        help="classifier-free guidance scale of a class-conditional DDPM, latent diffusion or "
+                             "hierarchical VAE (1: the conditional model, 0: the unconditional one, above 1: guided)")
     sample.add_argument("--guidance-rescale", type=float, default=None,
                         help="0..1: scale the guided prediction back to the conditional one's spread against the "
                              "over-brightening of large guidance scales (Lin et al. 2023; default 0)")
@@ -413,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples-per-class", type=int, default=200,
                           help="--metrics classes: images generated per class (and for the null-class histogram)")
     evaluate.add_argument("--guidance-scale", type=float, default=None,
-                          help="classifier-free guidance scale of a class-conditional DDPM's samples")
+                          help="classifier-free guidance scale of a class-conditional DDPM's, latent diffusion's or "
+                               "hierarchical VAE's samples")
     evaluate.add_argument("--guidance-rescale", type=float, default=None,
                           help="0..1: guidance rescale of a class-conditional DDPM's samples (Lin et al. 2023)")
     evaluate.add_argument("--class-balanced", action="store_true",

@@ -126,6 +126,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
         images: ImageInput | None = None,
         keep_groups: int | None = None,
         class_labels: ClassLabels = None,
+        guidance_scale: float = 1.0,
         sample_pixels: bool = False,
         decode_batch_size: int = 256,
         output_type: str = "pil",
@@ -155,6 +156,10 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
                 or a list with one per image (``batch_size`` then left unset, or equal to its length); with
                 ``images``, one for all of them or one per given image (used to encode them and to generate). None:
                 the null class, the model's unconditional samples. A name that is not one of the model's is refused.
+            guidance_scale (`float`, defaults to 1): classifier-free guidance of a class-conditional model's priors:
+                every drawn group's prior mean becomes ``mu_null + s * (mu_y - mu_null)`` given the same groups
+                above (the class's scale kept); 1 draws from p(x | y), 0 from the null class's p(x), s > 1 moves each
+                group towards its class. Needs ``class_labels``; a model trained without classes takes only 1.
             sample_pixels (`bool`, defaults to False): show one draw from p(x | z) instead of its mean.
             decode_batch_size (`int`, defaults to 256): images generated at a time (bounds memory).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"`.
@@ -194,9 +199,10 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             labels = self.vae.resolve_class_labels(class_labels, batch_size or 1)
             batch_size = (batch_size or 1) if labels is None else labels.shape[0]
         _check_generators(generator, batch_size)
+        self.vae.check_guidance_scale(guidance_scale, labels)  # refused before any work
         given = [z.to(device) for z in self.vae.check_latents(latents, batch_size)]
         if not given:
-            mean, log_scale = self.vae.top_prior(labels)
+            mean, log_scale = self.vae.guided_top_prior(labels, guidance_scale)
             top_shape = (batch_size, *self.vae.group_shapes()[0])
             eps = randn_tensor(top_shape, generator=generator, device=device, dtype=torch.float32)
             given = [mean + temperatures[0] * torch.exp(log_scale) * eps]
@@ -209,7 +215,7 @@ class HierarchicalVAEPipeline(DiffusionPipeline):
             params, chunk_latents = self.vae.generate_parameters(
                 stop - start, generator=chunk_generator, temperature=temperatures,
                 latents=[z[start:stop] for z in given], return_latents=True,
-                class_labels=None if labels is None else labels[start:stop])
+                class_labels=None if labels is None else labels[start:stop], guidance_scale=guidance_scale)
             drawn.append(chunk_latents)
             if sample_pixels:
                 chunks.append(_per_image(lambda p, g: self.vae.decode_image(p, sample_pixels=True, generator=g),

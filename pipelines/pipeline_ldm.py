@@ -217,13 +217,14 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         return [1.0] * num_groups + [float(t) for t in given]
 
     def decode_latents(self, latents: torch.Tensor, temperature: float | list[float] = 1.0,
-                       sample_pixels: bool = False, generator=None, class_ids: torch.Tensor | None = None
-                       ) -> torch.Tensor:
+                       sample_pixels: bool = False, generator=None, class_ids: torch.Tensor | None = None,
+                       guidance_scale: float = 1.0) -> torch.Tensor:
         """Images in [-1, 1] for diffused latents: a VAE's ``vae.decode(latents / scaling_factor).sample``; a
         hierarchical VAE's top-down path from the prior noise of its top groups, the groups below drawn at
         ``temperature`` (``group_temperatures``). ``sample_pixels``: one draw of p(x | z) instead of its mean
         (``generator``: one, or one per image). ``class_ids`` ``(batch,)``: a class-conditional hierarchical VAE's
-        classes (K: the null class; None: the null class for every image)."""
+        classes (K: the null class; None: the null class for every image), whose lower groups' prior means are
+        guided at ``guidance_scale`` (``HierarchicalVAEModel.generate_parameters``)."""
         temperatures = self.group_temperatures(temperature)
         vae = self.vae
         conditional = bool(getattr(vae.config, "num_classes", 0)) and class_ids is not None
@@ -236,7 +237,8 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         else:
             def decode(noise, ids, image_generator):
                 params = vae.generate_parameters(noise.shape[0], generator=image_generator, temperature=temperatures,
-                                                 prior_noise=noise, class_labels=ids if conditional else None)
+                                                 prior_noise=noise, class_labels=ids if conditional else None,
+                                                 guidance_scale=guidance_scale if conditional else 1.0)
                 return vae.decode_image(params, sample_pixels=sample_pixels, generator=image_generator)
         # a generator list: image by image, where a draw is made (lower groups, pixels); else the whole batch
         drawn = sample_pixels or temperatures is not None
@@ -283,7 +285,9 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
                 image, or a list of them (one image each; nested lists and tensors are flattened, as ``DiTPipeline``
                 takes them). None: the null class (unconditional samples).
             guidance_scale (`float`, defaults to 1): ``s >= 0`` in ``eps_null + s * (eps_y - eps_null)``; 1 is the
-                conditional prior (one pass), 0 the unconditional one; other values need ``class_labels``.
+                conditional prior (one pass), 0 the unconditional one; other values need ``class_labels``. A
+                class-conditional hierarchical VAE first stage guides its lower groups' prior means at the same
+                scale (``mu_null + s * (mu_y - mu_null)``).
             guidance_rescale (`float`, defaults to 0): Lin et al. (2023)'s rescale ``phi`` in [0, 1].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image (image i
                 then depends on ``generator[i]`` alone).
@@ -357,7 +361,10 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            images = self.decode_latents(latents, temperature, sample_pixels, generator, class_ids).float()
+            # a class-conditional hierarchical VAE: its lower groups guided at the prior's scale
+            images = self.decode_latents(latents, temperature, sample_pixels, generator,
+                                         class_ids if guided else None,
+                                         float(guidance_scale) if guided else 1.0).float()
             region = self.vae.source_region  # where the data's own images lie in the square (None: all of it)
             if crop_to_source and region is not None:
                 images = region.crop(images)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from hfgen import HierarchicalVAEModel, HierarchicalVAEPipeline, VAEModel, VAEPipeline
+from hfgen import HierarchicalVAEPipeline, VAEPipeline
 from hfgen.families import HVAEFamily, VAEFamily
 
 from test_hub import BLOCK_HFGEN, _env, _run
@@ -289,3 +289,59 @@ def test_plain_diffusers_loads_a_conditional_folder_and_samples_a_class_by_name(
         assert module == f"diffusers_modules.local.modeling_{name}"  # the folder's own code, not hfgen's
         assert num_classes == K and names == NAMES and trouser == [1]
         np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), expected[name], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- guidance
+def _prior_means_given_the_groups_above(model, latents, labels):
+    """Group i's prior mean given the groups above it fixed to ``latents[:i]``, for class indices ``labels`` (None:
+    the null class): the z a temperature-0 draw takes for group i."""
+    batch = latents[0].shape[0]
+    means = []
+    for i in range(model.num_groups):
+        _, drawn = model.generate_parameters(batch, temperature=0.0, latents=latents[:i] or None,
+                                             return_latents=True, class_labels=labels)
+        means.append(drawn[i])
+    return means
+
+
+@pytest.mark.parametrize("scale", [0.0, 2.5])
+def test_hvae_guidance_extrapolates_every_groups_prior_mean_given_the_same_groups_above(scale):
+    """generate_parameters(guidance_scale=s): each group's prior mean is mu_null + s (mu_y - mu_null), both given the
+    same (guided) groups above; the likelihood parameters are the class's given those groups."""
+    _, model = _build("hvae")
+    labels = torch.tensor([0, 2, 1])
+    params, guided = model.generate_parameters(3, temperature=0.0, return_latents=True, class_labels=labels,
+                                               guidance_scale=scale)
+    for i in range(model.num_groups):
+        given_y = _prior_means_given_the_groups_above(model, guided[:i] + [guided[i]], labels)[i]
+        given_null = _prior_means_given_the_groups_above(model, guided[:i] + [guided[i]], None)[i]
+        torch.testing.assert_close(guided[i], given_null + scale * (given_y - given_null), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(params, model.generate_parameters(3, temperature=0.0, latents=guided,
+                                                                 class_labels=labels))
+    # s = 1 is the class's own prior, draws included; with the null class there is nothing to guide
+    plain = model.generate_parameters(3, generator=_gen(4), class_labels=labels)
+    torch.testing.assert_close(model.generate_parameters(3, generator=_gen(4), class_labels=labels,
+                                                         guidance_scale=1.0), plain)
+    torch.testing.assert_close(model.generate_parameters(3, generator=_gen(4), guidance_scale=3.0),
+                               model.generate_parameters(3, generator=_gen(4)))
+
+
+def test_hvae_pipeline_guidance_reaches_the_top_group_and_is_refused_where_it_cannot_apply():
+    family, model = _build("hvae")
+    pipe = _pipeline("hvae", model)
+    scale = 3.0
+    out = pipe(class_labels=["Bag", "Trouser"], guidance_scale=scale, temperature=0.0, output_type="pt")
+    labels = torch.tensor([2, 1])
+    mean_y, mean_null = model.top_prior(labels)[0], model.top_prior(None)[0]
+    torch.testing.assert_close(out.latents[0], mean_null + scale * (mean_y - mean_null))
+    assert not torch.allclose(out.images, pipe(class_labels=["Bag", "Trouser"], temperature=0.0,
+                                               output_type="pt").images)
+    # the family's sampler and the command line's option
+    images = family.sample_images(pipe, 2, _gen(1), class_labels=["Bag", "Bag"], guidance_scale=scale)
+    assert len(images) == 2 and "guidance_scale" in family.sampling_options
+    with pytest.raises(ValueError, match=r"guidance_scale must be a finite number >= 0, got -1"):
+        pipe(class_labels="Bag", guidance_scale=-1)
+    unconditional = _pipeline("hvae", _build("hvae", num_classes=0)[1])
+    with pytest.raises(ValueError, match=r"guidance_scale=2.0 guides a class-conditional model, but this one was "
+                                         r"trained without class labels"):
+        unconditional(batch_size=2, guidance_scale=2.0)

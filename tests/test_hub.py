@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 import urllib.error
@@ -29,7 +28,7 @@ from huggingface_hub import ModelCard
 from hfgen import HierarchicalVAEPipeline, VAEPipeline
 from hfgen.cli import main
 from hfgen.families import FAMILIES as FAMILY_CLASSES, load_pipeline
-from hfgen.families import DDPMFamily, HVAEFamily, VAEFamily, family_for_pipeline_class
+from hfgen.families import DDPMFamily, HVAEFamily, VAEFamily
 from hfgen.hub import card_metrics, conditional_metrics_layout, publish_files, render_model_card
 from hfgen.remote_code import bundle_modules
 from hfgen.training import build_parser, train

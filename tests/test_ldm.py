@@ -364,7 +364,8 @@ def test_the_folder_reloads_samples_and_evaluates(ldm_folder, capsys):
 
 def assert_resume_after_a_crash_is_exact(args, finished, crashed) -> None:
     """A latent diffusion run with ``args(output_dir, *extra)`` and ``RESUMABLE`` that crashes at step 6 and resumes
-    from its step-4 checkpoint in ``crashed`` ends with the UNet of the uninterrupted run in ``finished``."""
+    from its step-4 checkpoint in ``crashed`` ends with the weights of the uninterrupted run in ``finished`` (the
+    UNet's, and the first stage's: frozen, or trained with ``--train_first_stage``)."""
     class Crashing(LatentDiffusionFamily):
         def loss(self, model, images, step, generator, config, class_labels=None):
             if step == 6:
@@ -377,16 +378,28 @@ def assert_resume_after_a_crash_is_exact(args, finished, crashed) -> None:
     assert [p.name for p in list_checkpoints(crashed)] == ["checkpoint-4"]
     train(LatentDiffusionFamily(), args(crashed, *RESUMABLE, "--resume_from_checkpoint", "latest"))
     reset_accelerate_state()
-    a = load_file(finished / "unet" / "diffusion_pytorch_model.safetensors")
-    b = load_file(crashed / "unet" / "diffusion_pytorch_model.safetensors")
-    assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    for weights in sorted(finished.glob("*/*.safetensors")):  # the UNet; a first stage trained with it too
+        a, b = load_file(weights), load_file(crashed / weights.relative_to(finished))
+        assert a.keys() == b.keys()
+        assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6, weights.relative_to(finished)
 
 
 @requires_fashion_mnist
 def test_resume_after_a_crash_is_exact(vae_folder, ldm_folder):
     assert_resume_after_a_crash_is_exact(lambda out, *extra: _ldm_args(vae_folder, out, *extra), ldm_folder,
                                          ldm_folder.parent / "crashed")
+
+
+@requires_fashion_mnist
+def test_end_to_end_training_of_a_vae_first_stage_is_refused(vae_folder, tmp_path):
+    family = LatentDiffusionFamily()
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"--train_first_stage trains a hierarchical VAE first stage with its prior; "
+                                         r".* is a VAE with one latent"):
+        train(family, build_parser(family).parse_args(["--vae", str(vae_folder), "--output_dir", str(out), *TINY,
+                                                       "--train_first_stage"]))
+    reset_accelerate_state()
+    assert not out.exists()
 
 
 @requires_fashion_mnist

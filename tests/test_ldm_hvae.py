@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from safetensors.torch import load_file
 
 from hfgen.cli import main as hfgen_main
 from hfgen.families import HVAEFamily, LatentDiffusionFamily, load_pipeline
@@ -256,6 +257,64 @@ def test_resume_after_a_crash_is_exact(hvae_folder, joined_folder):
                                          joined_folder.parent / "crashed")
 
 
+# ---------------------------------------------------------------------------------------------- end-to-end training
+def test_the_end_to_end_loss_is_the_bound_and_trains_both_networks():
+    """--train_first_stage: the loss (nats per pixel dimension) is an unbiased estimate of the joined bound that
+    ``bounds`` computes with every timestep, and its gradient reaches the encoder, the decoder and the UNet."""
+    family, pipeline = _joined(num_groups=2)
+    family.train_first_stage = True
+    family.set_vae(pipeline.vae)
+    unet = pipeline.unet
+    images = _images(8)
+    estimates = []
+    for seed in range(200):
+        loss, logs = family.end_to_end_loss(unet, images, torch.Generator().manual_seed(seed))
+        estimates.append(loss.item())
+    estimates = torch.tensor(estimates) * 784
+    exact = torch.stack([family.bounds(unet, images, 99, torch.Generator().manual_seed(seed)).nats_per_image_elbo.mean()
+                         for seed in range(40)])
+    standard_error = (estimates.var() / estimates.numel() + exact.var() / exact.numel()).sqrt()
+    assert abs(estimates.mean() - exact.mean()) < 4 * standard_error, (estimates.mean(), exact.mean(), standard_error)
+    assert logs["bits_per_dim"] == pytest.approx(loss.item() / math.log(2), rel=1e-5)
+    loss.backward()
+    vae = pipeline.vae
+    for name, parameter in [("encoder", next(vae.bottom_up.parameters())), ("decoder", vae.conv_out.weight),
+                            ("UNet", unet.conv_out.weight)]:
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+@pytest.fixture(scope="module")
+def end_to_end_folder(hvae_folder):
+    folder = hvae_folder.parent / "end-to-end"
+    train(LatentDiffusionFamily(), _joined_args(hvae_folder, folder, "--train_first_stage", *RESUMABLE))
+    reset_accelerate_state()
+    return folder
+
+
+@requires_fashion_mnist
+def test_end_to_end_training_writes_the_trained_first_stage_and_a_plain_unet(hvae_folder, end_to_end_folder, capsys):
+    frozen = load_file(hvae_folder / "vae" / "diffusion_pytorch_model.safetensors")
+    trained = load_file(end_to_end_folder / "vae" / "diffusion_pytorch_model.safetensors")
+    assert frozen.keys() == trained.keys()
+    assert max((frozen[k] - trained[k]).abs().max().item() for k in frozen) > 1e-4  # the first stage was trained
+    unet = load_file(end_to_end_folder / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not any(key.startswith(LatentDiffusionFamily.TRAINED_FIRST_STAGE) for key in unet)
+    config = json.loads((end_to_end_folder / "training_config.json").read_text())
+    assert config["train_first_stage"] is True
+    pipeline = LatentDiffusionPipeline.from_pretrained(end_to_end_folder)
+    assert type(pipeline.vae).__name__ == "HierarchicalVAEModel" and pipeline.diffused_groups == 2
+    assert hfgen_main(["evaluate", str(end_to_end_folder), "--split", "test", "--max-samples", "16"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["num_dims"] == 784 and math.isfinite(result["bits_per_dim_elbo"])
+
+
+@requires_fashion_mnist
+def test_end_to_end_resume_after_a_crash_is_exact(hvae_folder, end_to_end_folder):
+    assert_resume_after_a_crash_is_exact(
+        lambda out, *extra: _joined_args(hvae_folder, out, "--train_first_stage", *extra), end_to_end_folder,
+        end_to_end_folder.parent / "end-to-end-crashed")
+
+
 @requires_fashion_mnist
 def test_bad_first_stages_are_refused_and_nothing_is_written(hvae_folder, joined_folder, tmp_path):
     family = LatentDiffusionFamily()
@@ -311,3 +370,21 @@ def test_plain_diffusers_samples_the_joined_folder_without_hfgen(joined_folder, 
     expected = pipeline(batch_size=2, num_inference_steps=4, temperature=0.8, generator=torch.Generator().manual_seed(0),
                         output_type="np").images
     np.testing.assert_allclose(np.load(out), expected, atol=1e-5)
+
+
+def test_guidance_reaches_a_class_conditional_hierarchical_vaes_lower_groups():
+    """The joined pipeline's guidance_scale guides the prior and, at the same scale, the lower groups' prior means
+    of a class-conditional first stage (HierarchicalVAEModel.generate_parameters(guidance_scale=...))."""
+    _, pipeline = _joined(num_groups=1, num_classes=3, conditional_first_stage=True)
+    pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    labels = ["sneaker", "bag"]
+    noise = _draw(pipeline, class_labels=labels, guidance_scale=3.0, output_type="latent").images
+    images = _draw(pipeline, class_labels=labels, guidance_scale=3.0, temperature=0.0, output_type="pt").images
+    vae = pipeline.vae
+    ids = torch.tensor([1, 2])
+    expected = vae.decode_image(vae.generate_parameters(2, temperature=[1.0, 0.0, 0.0], prior_noise=noise,
+                                                        class_labels=ids, guidance_scale=3.0))
+    torch.testing.assert_close(images, (vae.source_region.crop(expected) / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=1e-4)
+    unguided = vae.decode_image(vae.generate_parameters(2, temperature=[1.0, 0.0, 0.0], prior_noise=noise,
+                                                        class_labels=ids))
+    assert not torch.allclose(expected, unguided)

@@ -1,7 +1,6 @@
 """The shared training core, exercised through the VAE family on tiny configs (CPU)."""
 
 import json
-import shutil
 import subprocess
 
 import pytest

@@ -103,6 +103,8 @@ class HVAEFamily(PixelPassSampling, ModelFamily):
     summary = "hierarchical VAE: latent groups at several scales, per-group KL"
     pipeline_class = HierarchicalVAEPipeline
     presets = HVAE_PRESETS
+    #: a class-conditional model also takes classifier-free guidance of its groups' prior means
+    sampling_options = PixelPassSampling.sampling_options + ("guidance_scale",)
     model_arguments = ("block_out_channels", "encoder_blocks_per_scale", "groups_per_scale", "decoder_blocks_per_group",
                        "output_blocks", "latent_channels", "posterior", "use_squeeze_excitation", "log_scale_bound",
                        "likelihood", "num_mixtures", "cell_type", "pixel_passes", "pixel_pass_layers")

@@ -31,6 +31,16 @@ stochastic bounds is not a bound). Beside it ``bounds`` reports, with the same z
 VAE's with N(0, I); the hierarchical VAE's with its own priors) and the prior's gain (their difference, paired per
 image).
 
+End-to-end training (``--train_first_stage``, a hierarchical VAE first stage; LSGM's end-to-end stage): the first
+stage is trained together with the prior, on the bound itself. Each step draws one z per image with gradients
+(``HierarchicalVAEModel.prior_noise_terms``) and minimises, per image and divided by the 784 pixel dimensions,
+``-log p(x | z) + sum_lower KL + log q(z_d | x) + L_T(u) + L_0(u) + (T - 1) L_t(u) + sum log sigma_p`` with t
+uniform in 1 .. T-1: an unbiased estimate of the bound above whose gradient reaches the encoder, the decoder, the
+lower groups and the UNet (the likelihood weighting of every diffusion term, LSGM's choice for the encoder; the
+prior's KL is the diffusion's cross-entropy instead of the Gaussian's). The first stage is then part of the trained
+model: it shares the optimiser, the EMA weights and the checkpoints with the UNet, and the folder holds it as
+trained.
+
 A class-conditional prior (``--class_conditional``) conditions the UNet; a VAE first stage stays unconditional, a
 class-conditional hierarchical VAE (the same classes) takes the class too, for its lower groups, its decoder and the
 prior noise it defines: the bound given y replaces every term by its conditional on y; the null class (of both
@@ -40,12 +50,13 @@ stages, dropped together during training) gives ``-log p(x)``.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
-from ..models.ddpm import continuous_variational_bound, prior_nats
+from ..models.ddpm import add_noise, continuous_variational_bound, prior_nats, vlb_term_nats
 from ..models.hvae import HierarchicalVAEModel
 from ..models.vae import VAEModel, standard_normal_log_density
 from ..pipelines import HierarchicalVAEPipeline, LatentDiffusionPipeline, VAEPipeline
@@ -122,9 +133,14 @@ class LatentDiffusionFamily(DDPMFamily):
     # terms, where L_vlb's mass is, into a few images: the mean over a validation subset then mostly falls below
     # the bound, 3.27 against 3.55 with 16 timesteps on the same model)
 
+    #: the name under which the UNet carries a first stage trained with it (``--train_first_stage``), so that the
+    #: loop's optimiser, EMA, gradient clipping, checkpoints and process groups see both networks as one model
+    TRAINED_FIRST_STAGE = "first_stage"
+
     def __init__(self):
         super().__init__()
         self.vae: FirstStage | None = None
+        self.train_first_stage = False
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         super().add_arguments(parser)
@@ -137,6 +153,10 @@ class LatentDiffusionFamily(DDPMFamily):
         group.add_argument("--diffused_groups", type=int, default=None,
                            help="a hierarchical VAE first stage: how many of its top latent groups the diffusion "
                                 "models (all at its top resolution; default: all of those)")
+        group.add_argument("--train_first_stage", action="store_true",
+                           help="LSGM's end-to-end training: train the hierarchical VAE first stage with the prior, "
+                                "on the bound (its top groups' Gaussian prior replaced by the diffusion); the folder "
+                                "holds the first stage as trained. Default: the first stage is frozen")
         group.add_argument("--clip_sample", action=argparse.BooleanOptionalAction, default=None,
                            help="clip the sampler's x_0 predictions (default off: latents are not in [-1, 1])")
 
@@ -147,7 +167,11 @@ class LatentDiffusionFamily(DDPMFamily):
             raise ValueError("--vae is required: the folder of a VAE with a spatial latent (hfgen train vae --preset "
                              "small-spatial --output_dir DIR) or of a hierarchical VAE (hfgen train hvae), whose "
                              "latents the diffusion prior learns")
+        self.train_first_stage = bool(getattr(cfg, "train_first_stage", False))
         self.set_vae(load_vae(cfg.vae))
+        if self.train_first_stage and not is_hierarchical(self.vae):
+            raise ValueError(f"--train_first_stage trains a hierarchical VAE first stage with its prior; {cfg.vae} is "
+                             f"a VAE with one latent, expected a HierarchicalVAEPipeline folder (hfgen train hvae)")
         config = self.vae.config
         if cfg.sample_size != config.sample_size or (cfg.channels and cfg.channels != config.in_channels):
             raise ValueError(f"the first stage at {cfg.vae} was trained on {config.in_channels}x{config.sample_size}x"
@@ -167,8 +191,9 @@ class LatentDiffusionFamily(DDPMFamily):
             self.vae.prior_noise_shape(groups)  # refuses a G the model does not have, by name
 
     def set_vae(self, vae: FirstStage) -> None:
-        """The frozen first stage: no gradients, evaluation mode."""
-        vae.requires_grad_(False).eval()
+        """The first stage: frozen (no gradients, evaluation mode), or trained with the prior
+        (``--train_first_stage``)."""
+        vae.requires_grad_(self.train_first_stage).train(self.train_first_stage)
         self.vae = vae
 
     def _require_vae(self, device=None) -> FirstStage:
@@ -220,11 +245,23 @@ class LatentDiffusionFamily(DDPMFamily):
         # layer too).
         torch.nn.init.zeros_(unet.conv_out.weight)
         torch.nn.init.zeros_(unet.conv_out.bias)
+        if self.train_first_stage:
+            unet.add_module(self.TRAINED_FIRST_STAGE, vae)
+        return unet
+
+    def _unet_alone(self, model):
+        """The UNet without a first stage it carries in training (``TRAINED_FIRST_STAGE``): the same parameters,
+        saved and loaded as a plain ``UNet2DModel``."""
+        if self.TRAINED_FIRST_STAGE not in model._modules:
+            return model
+        unet = copy.copy(model)
+        unet._modules = {name: module for name, module in model._modules.items() if name != self.TRAINED_FIRST_STAGE}
         return unet
 
     def make_pipeline(self, model):
-        return LatentDiffusionPipeline(vae=self._require_vae(), unet=model, scheduler=self._require_scheduler(),
-                                       class_names=self._class_names_for(model) if self.num_classes(model) else None)
+        unet = self._unet_alone(model)
+        return LatentDiffusionPipeline(vae=self._require_vae(), unet=unet, scheduler=self._require_scheduler(),
+                                       class_names=self._class_names_for(unet) if self.num_classes(unet) else None)
 
     def model_of(self, pipeline):
         self.set_vae(pipeline.vae)
@@ -305,6 +342,8 @@ class LatentDiffusionFamily(DDPMFamily):
     reconstruction_log_images = 8
 
     def loss(self, model, images, step, generator, config, class_labels=None):
+        if self.train_first_stage:
+            return self.end_to_end_loss(model, images, generator, class_labels)
         with torch.no_grad():  # the class (dropped to the null class at the loop's rate) for both stages
             draw = self.draw_latents(model, images, generator, class_labels=class_labels)
         loss, term_nats, logs = self.diffusion_objective(model, draw.latents, generator, config, class_labels,
@@ -325,6 +364,35 @@ class LatentDiffusionFamily(DDPMFamily):
             logs["latent_prior_nats_per_dim"] = prior.mean() / latent_dims
             logs["bits_per_dim"] = bound / (self.num_dims(model) * math.log(2.0))
         return loss, logs
+
+    def end_to_end_loss(self, model, images, generator, class_labels=None):
+        """``--train_first_stage``: the bound per image as the module docstring gives it, with one z and one
+        timestep t >= 1 per image (``L_T`` and ``L_0`` exact), differentiable in both networks; the loss is its mean
+        over the batch in nats per pixel dimension, ``bits_per_dim`` the same figure in bits."""
+        vae = self._require_vae(images.device)
+        labels = class_labels if vae.config.num_classes else None
+        draw = vae.prior_noise_terms(images, diffused_groups(vae, model), generator, bound_terms=True,
+                                     class_labels=labels)
+        u = draw.prior_noise.float()
+        tables = self.tables(u.device)
+        steps = tables.num_timesteps
+        t = torch.randint(1, steps, (u.shape[0],), generator=generator, device=u.device)
+        t = torch.cat([torch.zeros_like(t), t])  # L_0 and one KL term per image, in one UNet pass
+        both = torch.cat([u, u])
+        noise = torch.randn(both.shape, generator=generator, device=u.device, dtype=u.dtype)
+        x_t = add_noise(tables, both, noise, t)
+        output = model(x_t, t, class_labels=None if class_labels is None else torch.cat([class_labels] * 2)).sample
+        decoder_nll, kl_term = vlb_term_nats(tables, both, x_t, t, output, decoder="continuous").chunk(2)
+        # -log p(z_d) <= L_vlb(u) - log |du/dz_d|, and log |du/dz_d| = -sum log sigma_p
+        latent_prior = prior_nats(tables, u) + decoder_nll + (steps - 1) * kl_term + draw.log_prior_scale
+        bound = draw.reconstruction_nll + draw.lower_kl + draw.posterior_log_density + latent_prior
+        num_dims = self.num_dims(model)
+        logs = {"bits_per_dim": bound.mean().detach() / (num_dims * math.log(2.0)),
+                "reconstruction_nll": draw.reconstruction_nll.mean().detach(),
+                "lower_groups_kl": draw.lower_kl.mean().detach(),
+                "diffused_groups_nats": (draw.posterior_log_density + latent_prior).mean().detach(),
+                "latent_prior_nats_per_dim": latent_prior.mean().detach() / u[0].numel()}
+        return bound.mean() / num_dims, logs
 
     @torch.no_grad()
     def bounds(self, model, images, importance_samples, generator, class_labels=None):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..models.likelihoods import LIKELIHOODS
 from ..models.vae import VAEModel
 from ..pipelines import VAEPipeline

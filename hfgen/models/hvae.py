@@ -418,15 +418,20 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
 
     def _top_down(self, batch_size, activations=None, generator=None, temperatures=None, latents=(),
                   use_mean=False, want_log_ratio=False, want_kl_per_unit=False, record=None, class_embedding=None,
-                  prior_noise=(), num_groups_to_run=None):
+                  prior_noise=(), num_groups_to_run=None, guidance_scale=None):
         """Run the top-down path: with ``activations`` (inference) z_i ~ q, else z_i ~ p at ``temperatures`` except
         for the first ``len(latents)`` groups, which take the given ``latents``, or the first ``len(prior_noise)``
         groups, which take ``mu_p + sigma_p * prior_noise[i]``. ``record``, a list, receives each group's z
         (inference: with the posterior's and the prior's mean and log-scale, as ``(z, mean, log_scale, prior_mean,
         prior_log_scale)``). ``class_embedding`` ``(batch_size, embed_dim)``: a conditional model's class.
-        ``num_groups_to_run`` stops after that many groups (no likelihood parameters: None). Returns the likelihood
-        parameters and one ``_GroupStats`` per group (inference only)."""
-        h = self.top_state.expand(batch_size, -1, -1, -1).to(self.dtype)
+        ``num_groups_to_run`` stops after that many groups (no likelihood parameters: None). ``guidance_scale`` s
+        (generation only; ``class_embedding`` then holds the classes' embeddings, then the null class's, ``2 *
+        batch_size`` rows): two top-down states, given y and given the null class, share every z, and each group's
+        prior mean is ``mu_null + s * (mu_y - mu_null)`` with the scale of p(z_i | z_<i, y); the likelihood
+        parameters are those given y. Returns the likelihood parameters and one ``_GroupStats`` per group
+        (inference only)."""
+        guided = guidance_scale is not None
+        h = self.top_state.expand(2 * batch_size if guided else batch_size, -1, -1, -1).to(self.dtype)
         stats: list[_GroupStats] = []
         up = iter(self.upsample)
         scale = self.group_scale[0]
@@ -438,6 +443,10 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
                 h = group.film(h, class_embedding)
             h = group.cells(h)
             prior_mean, prior_log_scale = self._split(group.prior_parameters(h))
+            if guided:  # classifier-free guidance of the group's prior mean; the class's own scale
+                mean_y, mean_null = prior_mean.chunk(2)
+                prior_mean = mean_null + guidance_scale * (mean_y - mean_null)
+                prior_log_scale = prior_log_scale.chunk(2)[0]
             if activations is not None:
                 mean, log_scale = self._posterior(group, h, activations[scale], prior_mean, prior_log_scale)
                 if use_mean:
@@ -469,7 +478,9 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
                 record.append(z)
             if num_groups_to_run is not None and i + 1 == num_groups_to_run:
                 return None, stats
-            h = h + group.z_proj(z.to(h.dtype))
+            h = h + group.z_proj((torch.cat([z, z]) if guided else z).to(h.dtype))
+        if guided:
+            h = h[:batch_size]  # the state given y decodes
         for rest in up:  # scales below the last group's
             h = rest(h)
         h = self.output_cells(h)
@@ -572,6 +583,30 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         eps = randn_tensor((batch_size, *mean.shape[1:]), generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + temperature * torch.exp(log_scale) * eps
 
+    def check_guidance_scale(self, guidance_scale: float, class_labels) -> float | None:
+        """The classifier-free guidance scale ``generate_parameters`` applies: None where there is nothing to guide
+        (s = 1, or no class labels: the null class); refused for a model trained without classes or a negative or
+        non-finite s."""
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+                or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if guidance_scale == 1:
+            return None
+        if not self.config.num_classes:
+            raise ValueError(f"guidance_scale={guidance_scale} guides a class-conditional model, but this one was "
+                             f"trained without class labels; use guidance_scale=1, or train with --class_conditional")
+        return None if class_labels is None else float(guidance_scale)
+
+    def guided_top_prior(self, class_labels, guidance_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``top_prior`` with its mean guided as ``generate_parameters`` guides the groups below (``guidance_scale``
+        s: ``mu_null + s * (mu_y - mu_null)``, the class's scale)."""
+        mean, log_scale = self.top_prior(class_labels)
+        guidance = self.check_guidance_scale(guidance_scale, class_labels)
+        if guidance is not None:
+            null_mean = self.top_prior(None)[0]
+            mean = null_mean + guidance * (mean - null_mean)
+        return mean, log_scale
+
     def check_latents(self, latents, batch_size: int) -> list[torch.Tensor]:
         """``latents`` (a tensor for the top group, or a list with one tensor per group for any prefix of the groups,
         top first) as a list, each checked against ``(batch_size, *group_shapes()[i])``."""
@@ -594,7 +629,7 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
     @apply_forward_hook
     def generate_parameters(self, batch_size: int, generator=None, temperature=1.0, top_latent=None, latents=None,
                             return_latents: bool = False, class_labels: torch.Tensor | None = None,
-                            prior_noise: torch.Tensor | None = None):
+                            prior_noise: torch.Tensor | None = None, guidance_scale: float = 1.0):
         """The pixel likelihood's parameters for ``batch_size`` images drawn from the prior; ``temperature``
         scales each group's prior standard deviation (one number, or a list with one per group, top first).
         ``latents`` fixes the first groups (a list of tensors, one per group, any prefix; ``top_latent`` is the
@@ -603,7 +638,10 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         every group's z (a list, top first). ``class_labels``: class indices ``(batch_size,)`` of a conditional
         model (None: the null class). ``prior_noise`` ``(batch_size, *prior_noise_shape(G))`` sets the top G
         groups to ``mu_p + sigma_p * eps`` given the groups above (``encode_prior_noise``'s inverse: what a diffusion
-        prior over them drew); their temperatures are not used."""
+        prior over them drew); their temperatures are not used. ``guidance_scale`` s (a class-conditional model
+        given ``class_labels``): classifier-free guidance of every drawn group's prior mean, ``mu_null + s * (mu_y -
+        mu_null)`` (the null class's and the class's, each given the same z above; the scale stays the class's):
+        1 is p(z | y), 0 the null class's p(z), s > 1 moves each group further towards its class."""
         if sum(x is not None for x in (top_latent, latents, prior_noise)) > 1:
             raise ValueError("give one of top_latent, latents (a list, one tensor per group) or prior_noise")
         check_generator_list(generator, batch_size)
@@ -614,9 +652,13 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
             if prior_noise.shape[0] != batch_size:
                 raise ValueError(f"prior_noise holds {prior_noise.shape[0]} images, expected batch_size={batch_size}")
         emb = self._class_embedding(class_labels, batch_size, execution_device(self))
+        guidance = self.check_guidance_scale(guidance_scale, class_labels)
+        if guidance is not None:  # the null class's state beside the class's
+            emb = torch.cat([emb, self._class_embedding(None, batch_size, emb.device)])
         drawn: list[torch.Tensor] = []
         params = self._top_down(batch_size, temperatures=self._temperatures(temperature), generator=generator,
-                                latents=given, record=drawn, class_embedding=emb, prior_noise=noise)[0]
+                                latents=given, record=drawn, class_embedding=emb, prior_noise=noise,
+                                guidance_scale=guidance)[0]
         return (params, drawn) if return_latents else params
 
     @torch.no_grad()
@@ -650,7 +692,14 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         ``HierarchicalVAEPriorNoiseOutput``). ``bound_terms`` also runs the rest of the top-down path with the same
         z for the lower groups' KL and ``-log p(x | z)``; without it only the top groups are computed. The images
         are prepared as ``forward`` prepares them (the likelihood's own rounding or binarization, from
-        ``generator``)."""
+        ``generator``). Without gradients; ``prior_noise_terms`` computes the same with them (training the model
+        together with a prior over its top groups)."""
+        return self.prior_noise_terms(sample, num_groups, generator, bound_terms, class_labels)
+
+    def prior_noise_terms(self, sample: torch.Tensor, num_groups: int, generator=None, bound_terms: bool = False,
+                          class_labels: torch.Tensor | None = None) -> HierarchicalVAEPriorNoiseOutput:
+        """``encode_prior_noise`` with gradients: every output is differentiable in the model's parameters through
+        the reparameterised sample."""
         shape = self.prior_noise_shape(num_groups)
         batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
         x = batch.model_input.to(self.dtype)
