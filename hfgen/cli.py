@@ -129,6 +129,7 @@ def _sampling_options(args: argparse.Namespace, family) -> dict:
     given = {"temperature": args.temperature, "scheduler": args.scheduler, "steps": args.steps,
              "clip_sample": args.clip_sample, "timestep_spacing": args.timestep_spacing,
              "guidance_scale": args.guidance_scale, "guidance_rescale": args.guidance_rescale,
+             "first_stage_guidance_scale": args.first_stage_guidance_scale,
              "greedy_passes": args.greedy_passes or None}
     options = {key: value for key, value in given.items() if value is not None}
     refused = [_flag(key) for key in options if key not in family.sampling_options]
@@ -344,15 +345,20 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+FIRST_STAGE_GUIDANCE_HELP = ("a latent diffusion over a class-conditional hierarchical VAE: the guidance scale of the "
+                             "hierarchical VAE's lower groups (default: --guidance-scale's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hfgen", description="Sample from, evaluate and publish hfgen models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sample = sub.add_parser("sample", help="write a grid of samples to a PNG file")
     sample.add_argument("model", help="a pipeline folder written by an hfgen training script, or a Hub repo id")
-    sample.add_argument("--num-images", type=int, default=64)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", default="samples.png")
+    sample.add_argument("--num-images", type=int, default=64,
+                        help="images in the grid (a class-conditional model: shared evenly among its class rows)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the sampler's generator (same seed, same grid)")
+    sample.add_argument("--out", default="samples.png", help="the PNG file to write")
     sample.add_argument("--temperature", type=float, default=None, help=TEMPERATURE_HELP)
     sample.add_argument("--greedy-passes", action="store_true", help=GREEDY_PASSES_HELP)
     sample.add_argument("--scheduler", choices=("ddpm", "ddim", "dpm-solver++"), default=None,
@@ -373,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance-scale", type=float, default=None,
                         help="classifier-free guidance scale of a class-conditional DDPM, latent diffusion or "
                              "hierarchical VAE (1: the conditional model, 0: the unconditional one, above 1: guided)")
+    sample.add_argument("--first-stage-guidance-scale", type=float, default=None, help=FIRST_STAGE_GUIDANCE_HELP)
     sample.add_argument("--guidance-rescale", type=float, default=None,
                         help="0..1: scale the guided prediction back to the conditional one's spread against the "
                              "over-brightening of large guidance scales (Lin et al. 2023; default 0)")
@@ -383,10 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="likelihood bounds and sample quality on a data set split, as JSON")
     evaluate.add_argument("model", help="a pipeline folder written by an hfgen training script, or a Hub repo id")
-    evaluate.add_argument("--dataset", default="fashion_mnist")
-    evaluate.add_argument("--dataset-config-name", default=None)
-    evaluate.add_argument("--image-column", default=None)
-    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--dataset", default="fashion_mnist",
+                          help="the data to score, as the training scripts' --dataset: 'fashion_mnist', a Hub dataset "
+                               "id, a folder of images, or a folder of parquet/arrow files")
+    evaluate.add_argument("--dataset-config-name", default=None, help="the Hub data set's configuration name")
+    evaluate.add_argument("--image-column", default=None, help="the column of images (default: 'image', else 'img', else the first column of images)")
+    evaluate.add_argument("--split", default="test",
+                          help="the split to score (fashion_mnist: test, validation or train; bounds are reported "
+                               "on test, choices are made on validation)")
     evaluate.add_argument("--max-samples", type=int, default=0,
                           help="evaluate the first N images (0: all); also the reference images of fd, kid and pr")
     evaluate.add_argument("--importance-samples", type=int, default=None,
@@ -395,16 +406,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--vlb-timesteps", type=int, default=None,
                           help="DDPM and latent diffusion: stratified timesteps per image of L_vlb (default 16; "
                                "T - 1 or more: every term summed)")
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--batch-size", type=int, default=256, help="images per forward pass (bounds memory)")
     evaluate.add_argument("--progress-file", default=None,
                           help="save the likelihood sums after every batch to this JSON file and resume from it "
                                "when run again: a long evaluation (e.g. K=1000) survives being stopped")
     evaluate.add_argument("--write-metrics", action="store_true",
                           help="also merge the figures into the folder's metrics.json and re-render its model card "
                                "(README.md), so that `hfgen publish` shows them (a local folder only)")
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--resize-mode", choices=("auto", "pad", "resize"), default="auto")
-    evaluate.add_argument("--convert-channels", action="store_true")
+    evaluate.add_argument("--seed", type=int, default=0,
+                          help="seed of the posterior samples, timesteps and generated images (same seed, same figures)")
+    evaluate.add_argument("--resize-mode", choices=("auto", "pad", "resize"), default="auto",
+                          help="images of another size than the model's: as the training scripts' --resize_mode")
+    evaluate.add_argument("--convert-channels", action="store_true",
+                          help="convert images with other channels to the model's (as the training scripts' "
+                               "--convert_channels); default: refuse them")
     evaluate.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     evaluate.add_argument("--metrics", default="bpd",
                           help="comma-separated: bpd (likelihood bounds; of log p(x|y) and log p(x) for a "
@@ -419,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--guidance-scale", type=float, default=None,
                           help="classifier-free guidance scale of a class-conditional DDPM's, latent diffusion's or "
                                "hierarchical VAE's samples")
+    evaluate.add_argument("--first-stage-guidance-scale", type=float, default=None, help=FIRST_STAGE_GUIDANCE_HELP)
     evaluate.add_argument("--guidance-rescale", type=float, default=None,
                           help="0..1: guidance rescale of a class-conditional DDPM's samples (Lin et al. 2023)")
     evaluate.add_argument("--class-balanced", action="store_true",

@@ -273,6 +273,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         crop_to_source: bool = True,
         temperature: float | list[float] = 1.0,
         sample_pixels: bool = False,
+        first_stage_guidance_scale: float | None = None,
         callback_on_step_end: Callable[[DiffusionPipeline, int, int, dict], dict] | PipelineCallback
         | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
@@ -287,7 +288,7 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
             guidance_scale (`float`, defaults to 1): ``s >= 0`` in ``eps_null + s * (eps_y - eps_null)``; 1 is the
                 conditional prior (one pass), 0 the unconditional one; other values need ``class_labels``. A
                 class-conditional hierarchical VAE first stage guides its lower groups' prior means at the same
-                scale (``mu_null + s * (mu_y - mu_null)``).
+                scale (``mu_null + s * (mu_y - mu_null)``), or at ``first_stage_guidance_scale``.
             guidance_rescale (`float`, defaults to 0): Lin et al. (2023)'s rescale ``phi`` in [0, 1].
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*): one, or one per image (image i
                 then depends on ``generator[i]`` alone).
@@ -307,6 +308,9 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
                 1 draws them from the model.
             sample_pixels (`bool`, defaults to False): decode one draw of p(x | z) instead of its mean (a decoder
                 in pixel passes: each pass drawn given the ones before, rather than the greedy chain of pass means).
+            first_stage_guidance_scale (`float`, *optional*): a class-conditional hierarchical VAE first stage only:
+                the guidance scale of its lower groups' prior means, when it should differ from ``guidance_scale``
+                (None: the same).
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
                 after each step as ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` with the
                 tensors named in ``callback_on_step_end_tensor_inputs``; the dict it returns may replace them.
@@ -317,6 +321,13 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
             [`LatentDiffusionPipelineOutput`] or `tuple`: ``(images, latents)``.
         """
         self.group_temperatures(temperature)  # refused before any step, not after the last
+        first_stage_scale = guidance_scale if first_stage_guidance_scale is None else first_stage_guidance_scale
+        if first_stage_guidance_scale is not None and not getattr(self.vae.config, "num_classes", 0):
+            raise ValueError(f"first_stage_guidance_scale={first_stage_guidance_scale!r} guides a class-conditional "
+                             f"hierarchical VAE first stage; this one takes no class (guidance_scale guides the "
+                             f"prior)")
+        if is_hierarchical(self.vae) and self.vae.config.num_classes:
+            self.vae.check_guidance_scale(first_stage_scale, None)  # a bad scale refused before any step
         num_inference_steps, tensor_names = self._check_call(
             batch_size, num_inference_steps, class_labels, guidance_scale, guidance_rescale, output_type,
             callback_on_step_end, callback_on_step_end_tensor_inputs)
@@ -361,10 +372,10 @@ class LatentDiffusionPipeline(StepCallbackMixin, DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            # a class-conditional hierarchical VAE: its lower groups guided at the prior's scale
+            # a class-conditional hierarchical VAE: its lower groups guided at the prior's scale, or their own
             images = self.decode_latents(latents, temperature, sample_pixels, generator,
                                          class_ids if guided else None,
-                                         float(guidance_scale) if guided else 1.0).float()
+                                         float(first_stage_scale) if guided else 1.0).float()
             region = self.vae.source_region  # where the data's own images lie in the square (None: all of it)
             if crop_to_source and region is not None:
                 images = region.crop(images)

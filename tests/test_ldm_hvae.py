@@ -388,3 +388,11 @@ def test_guidance_reaches_a_class_conditional_hierarchical_vaes_lower_groups():
     unguided = vae.decode_image(vae.generate_parameters(2, temperature=[1.0, 0.0, 0.0], prior_noise=noise,
                                                         class_labels=ids))
     assert not torch.allclose(expected, unguided)
+    # a scale of its own for the first stage: the prior guided at 3, the lower groups at 1
+    apart = _draw(pipeline, class_labels=labels, guidance_scale=3.0, first_stage_guidance_scale=1.0, temperature=0.0,
+                  output_type="pt").images
+    torch.testing.assert_close(apart, (vae.source_region.crop(unguided) / 2 + 0.5).clamp(0, 1), atol=1e-5, rtol=1e-4)
+    _, unconditional_first_stage = _joined(num_groups=1, num_classes=3)
+    with pytest.raises(ValueError, match=r"first_stage_guidance_scale=2.0 guides a class-conditional hierarchical VAE "
+                                         r"first stage; this one takes no class"):
+        _draw(unconditional_first_stage, class_labels=labels, first_stage_guidance_scale=2.0)

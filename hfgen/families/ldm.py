@@ -269,10 +269,10 @@ class LatentDiffusionFamily(DDPMFamily):
 
     @property
     def sampling_options(self) -> tuple[str, ...]:
-        """The DDPM's, and for a hierarchical VAE first stage its lower groups' ``temperature`` and
-        ``greedy_passes``."""
+        """The DDPM's, and for a hierarchical VAE first stage its lower groups' ``temperature``,
+        ``greedy_passes`` and ``first_stage_guidance_scale``."""
         if self.vae is not None and is_hierarchical(self.vae):
-            return DDPMFamily.sampling_options + ("temperature", "greedy_passes")
+            return DDPMFamily.sampling_options + ("temperature", "greedy_passes", "first_stage_guidance_scale")
         return DDPMFamily.sampling_options
 
     def sample_kind(self, model_config, options):
@@ -440,11 +440,13 @@ class LatentDiffusionFamily(DDPMFamily):
     def sample_images(self, pipeline, num_images, generator, class_labels=None, crop_to_source=True, **kwargs):
         """PIL images through a ``LatentDiffusionPipeline`` on the folder's networks with the sampler asked for
         (``scheduler``: ``ddpm``, ``ddim`` or ``dpm-solver++``; ``steps``; ``clip_sample``, ``timestep_spacing``;
-        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior; a hierarchical VAE first stage:
+        ``guidance_scale`` and ``guidance_rescale`` for a class-conditional prior, ``first_stage_guidance_scale``
+        for a class-conditional hierarchical VAE's lower groups; a hierarchical VAE first stage:
         ``temperature`` of its lower groups and ``greedy_passes``). ``pipeline`` is left unchanged.
         ``crop_to_source``: the images at the data's own size (the VAE's ``source_size``), False: the padded square."""
         self.check_sampling_options(kwargs)
-        guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale") if kwargs.get(key) is not None}
+        guidance = {key: kwargs[key] for key in ("guidance_scale", "guidance_rescale", "first_stage_guidance_scale")
+                    if kwargs.get(key) is not None}
         if not self.num_classes(pipeline.unet) and guidance:
             raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in guidance.items())} was given, but this latent "
                              f"diffusion prior was trained without class labels; classifier-free guidance needs a "

@@ -88,7 +88,8 @@ def class_conditional_quality(
                                       show_progress=show_progress, channels=net.config.in_channels,
                                       sample_size=net.config.sample_size,
                                       **{key: value for key, value in options.items()
-                                         if key not in ("guidance_scale", "guidance_rescale")})
+                                         if key not in ("guidance_scale", "guidance_rescale",
+                                                        "first_stage_guidance_scale")})
         histogram = torch.bincount(classify(net, null_samples), minlength=num_classes).double() / null_class_samples
         figures["null_class_histogram"] = dict(zip(class_names, histogram.tolist()))
         figures["null_class_samples"] = null_class_samples
