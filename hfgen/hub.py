@@ -234,6 +234,7 @@ def render_model_card(family: ModelFamily, metrics: dict, training_config: dict 
         evaluate_command=_evaluate_command(family.name, metrics, location, dataset),
         num_train_timesteps=model_config.get("num_train_timesteps", 1000),
         first_stage=_first_stage(training_config),
+        first_stage_trained_with_prior=bool(training_config.get("train_first_stage")),
         dataset=dataset,
         split=_split(metrics)[0],
         split_text=_split_text(metrics),

@@ -301,6 +301,9 @@ def test_end_to_end_training_writes_the_trained_first_stage_and_a_plain_unet(hva
     assert not any(key.startswith(LatentDiffusionFamily.TRAINED_FIRST_STAGE) for key in unet)
     config = json.loads((end_to_end_folder / "training_config.json").read_text())
     assert config["train_first_stage"] is True
+    card = (end_to_end_folder / "README.md").read_text()
+    assert "hierarchical VAE trained together with it" in card and "end to end on the bound" in card
+    assert "is frozen" not in card
     pipeline = LatentDiffusionPipeline.from_pretrained(end_to_end_folder)
     assert type(pipeline.vae).__name__ == "HierarchicalVAEModel" and pipeline.diffused_groups == 2
     assert hfgen_main(["evaluate", str(end_to_end_folder), "--split", "test", "--max-samples", "16"]) == 0
