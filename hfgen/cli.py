@@ -394,7 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the data to score, as the training scripts' --dataset: 'fashion_mnist', a Hub dataset "
                                "id, a folder of images, or a folder of parquet/arrow files")
     evaluate.add_argument("--dataset-config-name", default=None, help="the Hub data set's configuration name")
-    evaluate.add_argument("--image-column", default=None, help="the column of images (default: 'image', else 'img', else the first column of images)")
+    evaluate.add_argument("--image-column", default=None,
+                          help="the column of images (default: 'image', else 'img', else the first column of images)")
     evaluate.add_argument("--split", default="test",
                           help="the split to score (fashion_mnist: test, validation or train; bounds are reported "
                                "on test, choices are made on validation)")

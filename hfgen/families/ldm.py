@@ -304,15 +304,17 @@ class LatentDiffusionFamily(DDPMFamily):
 
     def draw_latents(self, model, images: torch.Tensor, generator: torch.Generator, bound_terms: bool = False,
                      class_labels: torch.Tensor | None = None) -> FirstStageDraw:
-        """One posterior sample z of ``uint8`` images through the frozen first stage (``FirstStageDraw``);
+        """One posterior sample z of ``uint8`` images through the first stage (``FirstStageDraw``; a hierarchical
+        VAE's with gradients unless called under ``torch.no_grad``, as ``loss`` and ``bounds`` call it);
         ``bound_terms`` adds ``-log p(x | z)`` and the lower groups' KL for the same z. ``class_labels``: the class
         indices a class-conditional hierarchical VAE encodes and scores with (K, or None: the null class); an
         unconditional first stage does not take them."""
         vae = self._require_vae(images.device)
         if is_hierarchical(vae):
             labels = class_labels if vae.config.num_classes else None
-            out = vae.encode_prior_noise(images, diffused_groups(vae, model), generator, bound_terms=bound_terms,
-                                         class_labels=labels)
+            # with gradients where the caller allows them (end_to_end_loss); loss and bounds call it without
+            out = vae.prior_noise_terms(images, diffused_groups(vae, model), generator, bound_terms=bound_terms,
+                                        class_labels=labels)
             return FirstStageDraw(out.prior_noise, -out.log_prior_scale, out.posterior_log_density,
                                   -out.prior_log_density, out.reconstruction_nll, out.lower_kl)
         batch = vae.pixel_likelihood.prepare(vae.to_uint8(images), generator)
@@ -369,11 +371,8 @@ class LatentDiffusionFamily(DDPMFamily):
         """``--train_first_stage``: the bound per image as the module docstring gives it, with one z and one
         timestep t >= 1 per image (``L_T`` and ``L_0`` exact), differentiable in both networks; the loss is its mean
         over the batch in nats per pixel dimension, ``bits_per_dim`` the same figure in bits."""
-        vae = self._require_vae(images.device)
-        labels = class_labels if vae.config.num_classes else None
-        draw = vae.prior_noise_terms(images, diffused_groups(vae, model), generator, bound_terms=True,
-                                     class_labels=labels)
-        u = draw.prior_noise.float()
+        draw = self.draw_latents(model, images, generator, bound_terms=True, class_labels=class_labels)
+        u = draw.latents.float()
         tables = self.tables(u.device)
         steps = tables.num_timesteps
         t = torch.randint(1, steps, (u.shape[0],), generator=generator, device=u.device)
@@ -383,8 +382,8 @@ class LatentDiffusionFamily(DDPMFamily):
         x_t = add_noise(tables, both, noise, t)
         output = model(x_t, t, class_labels=None if class_labels is None else torch.cat([class_labels] * 2)).sample
         decoder_nll, kl_term = vlb_term_nats(tables, both, x_t, t, output, decoder="continuous").chunk(2)
-        # -log p(z_d) <= L_vlb(u) - log |du/dz_d|, and log |du/dz_d| = -sum log sigma_p
-        latent_prior = prior_nats(tables, u) + decoder_nll + (steps - 1) * kl_term + draw.log_prior_scale
+        # -log p(z_d) <= L_vlb(u) - log |du/dz_d|
+        latent_prior = prior_nats(tables, u) + decoder_nll + (steps - 1) * kl_term - draw.log_jacobian
         bound = draw.reconstruction_nll + draw.lower_kl + draw.posterior_log_density + latent_prior
         num_dims = self.num_dims(model)
         logs = {"bits_per_dim": bound.mean().detach() / (num_dims * math.log(2.0)),

@@ -110,6 +110,11 @@ class HierarchicalVAEPriorNoiseOutput(BaseOutput):
     reconstruction_nll: torch.Tensor = None
 
 
+def _guided_mean(mean_y: torch.Tensor, mean_null: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    """Classifier-free guidance of a Gaussian prior's mean: ``mu_null + s * (mu_y - mu_null)``."""
+    return mean_null + guidance_scale * (mean_y - mean_null)
+
+
 @dataclass
 class _GroupStats:
     """What one pass records for one latent group (per image unless said otherwise)."""
@@ -444,8 +449,7 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
             h = group.cells(h)
             prior_mean, prior_log_scale = self._split(group.prior_parameters(h))
             if guided:  # classifier-free guidance of the group's prior mean; the class's own scale
-                mean_y, mean_null = prior_mean.chunk(2)
-                prior_mean = mean_null + guidance_scale * (mean_y - mean_null)
+                prior_mean = _guided_mean(*prior_mean.chunk(2), guidance_scale)
                 prior_log_scale = prior_log_scale.chunk(2)[0]
             if activations is not None:
                 mean, log_scale = self._posterior(group, h, activations[scale], prior_mean, prior_log_scale)
@@ -603,8 +607,7 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         mean, log_scale = self.top_prior(class_labels)
         guidance = self.check_guidance_scale(guidance_scale, class_labels)
         if guidance is not None:
-            null_mean = self.top_prior(None)[0]
-            mean = null_mean + guidance * (mean - null_mean)
+            mean = _guided_mean(mean, self.top_prior(None)[0], guidance)
         return mean, log_scale
 
     def check_latents(self, latents, batch_size: int) -> list[torch.Tensor]:
