@@ -78,7 +78,7 @@ def check_first_stage(vae: ModelMixin) -> None:
 def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int, int]:
     """``check_first_stage``, and the shape of one image's latent the UNet models, refusing a UNet whose input is
     not the first stage's latent: a VAE's latent, or the prior noise of a hierarchical VAE's top G groups stacked
-    along channels (G = ``in_channels / latent_channels``, the groups at its top resolution at most)."""
+    along channels on one grid (``prior_noise_shape(G)``; G is the one whose shape the UNet takes)."""
     check_first_stage(vae)
     size = unet.config.sample_size
     unet_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
@@ -89,13 +89,11 @@ def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int,
             raise ValueError(f"the hierarchical VAE is class-conditional with {num_classes} classes, but the UNet has "
                              f"num_class_embeds={unet.config.num_class_embeds}; expected a class-conditional prior "
                              f"with the same classes ({num_classes + 1} embeddings, the last the null class)")
-        channels = vae.config.latent_channels
-        top_shape = vae.group_shapes()[0]
-        if unet_shape[0] % channels or unet_shape[1:] != top_shape[1:]:
-            raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size) but the "
-                             f"hierarchical VAE's top groups are {top_shape} each; expected G * {channels} channels "
-                             f"at {top_shape[1]}x{top_shape[2]}, a prior trained on this model's top G groups")
-        return vae.prior_noise_shape(unet_shape[0] // channels)
+        try:
+            return vae.prior_noise_shape(vae.prior_noise_groups(unet_shape))
+        except ValueError as error:
+            raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size), which is not a "
+                             f"prior trained on this hierarchical VAE's top groups: {error}") from None
     latent_shape = tuple(vae.latent_shape)
     if unet_shape != latent_shape:
         raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size) but the VAE's latent "
@@ -104,9 +102,11 @@ def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int,
 
 
 def diffused_groups(vae: ModelMixin, unet: UNet2DModel) -> int:
-    """G, the hierarchical VAE's top groups the UNet models (its ``in_channels`` over their latent channels; 0: a VAE
-    first stage)."""
-    return unet.config.in_channels // vae.config.latent_channels if is_hierarchical(vae) else 0
+    """G, the hierarchical VAE's top groups the UNet models (those whose stacked prior noise has the UNet's input
+    shape; 0: a VAE first stage)."""
+    if not is_hierarchical(vae):
+        return 0
+    return vae.prior_noise_groups((unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
 
 
 def _per_image(function, generator, *tensors):

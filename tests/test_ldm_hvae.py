@@ -68,13 +68,14 @@ def _joined(num_groups=2, num_classes=0, as_if_trained=True, conditional_first_s
 
 
 # ---------------------------------------------------------------------------------------------- the bound
-@pytest.mark.parametrize("num_groups", [1, 2])
-def test_prior_noise_is_a_change_of_variables_with_its_log_jacobian(num_groups):
+@pytest.mark.parametrize("num_groups, channels", [(1, 2), (2, 4), (3, 12)])
+def test_prior_noise_is_a_change_of_variables_with_its_log_jacobian(num_groups, channels):
     """u_i = (z_i - mu_p,i) / sigma_p,i group by group: log p(z_top) = log N(u; 0, I) - sum log sigma_p (the
-    triangular Jacobian's log-determinant), and the top-down path run from u gives back the same z."""
+    triangular Jacobian's log-determinant), and the top-down path run from u gives back the same z. With all three
+    groups the 8x8 group folds onto the 4x4 grid (space-to-depth, 2 -> 8 channels)."""
     model = _hvae()
     out = model.encode_prior_noise(_images(), num_groups, torch.Generator().manual_seed(0))
-    assert out.prior_noise.shape == (6, 2 * num_groups, 4, 4) and out.lower_kl is None  # top groups only
+    assert out.prior_noise.shape == (6, channels, 4, 4) and out.lower_kl is None  # the diffused groups only
     u = out.prior_noise
     standard_normal = (-0.5 * u.pow(2) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
     torch.testing.assert_close(out.prior_log_density, standard_normal - out.log_prior_scale, rtol=0, atol=1e-3)
@@ -82,6 +83,24 @@ def test_prior_noise_is_a_change_of_variables_with_its_log_jacobian(num_groups):
     _, drawn = model.generate_parameters(6, prior_noise=u, temperature=0.0, return_latents=True)
     for i in range(num_groups):
         torch.testing.assert_close(drawn[i], posterior[i], rtol=0, atol=1e-4)
+
+
+def test_groups_at_several_resolutions_stack_on_the_finest_grid_they_fold_onto_exactly():
+    """With 4 latent channels the 4x4 groups unfold onto the 8x8 grid (depth-to-space, 4 -> 1 channel) and the
+    16x16 group folds onto it (space-to-depth, 4 -> 16): every unit once, split gives back each group; with 2 latent
+    channels a 4x4 group cannot unfold, so the grid is the top one."""
+    model = HierarchicalVAEModel(block_out_channels=[4, 4, 4, 4], groups_per_scale=[0, 1, 1, 2], latent_channels=4)
+    assert [model.prior_noise_shape(g) for g in (1, 2, 3, 4)] == [(4, 4, 4), (8, 4, 4), (6, 8, 8), (22, 8, 8)]
+    groups = [torch.randn(3, *shape) for shape in model.group_shapes()]
+    stacked = model.stack_prior_noise(groups)
+    assert stacked.shape == (3, 22, 8, 8) and model.prior_noise_groups(stacked.shape[1:]) == 4
+    assert torch.equal(stacked.flatten(1).sort(1).values, torch.cat([g.flatten(1) for g in groups], 1).sort(1).values)
+    for original, back in zip(groups, model.split_prior_noise(stacked)):
+        assert torch.equal(original, back)
+    narrow = HierarchicalVAEModel(block_out_channels=[4, 4, 4, 4], groups_per_scale=[0, 1, 1, 2], latent_channels=2)
+    assert narrow.prior_noise_shape(4) == (2 + 2 + 8 + 32, 4, 4)  # sample_size 32: groups at 4, 4, 8, 16
+    with pytest.raises(ValueError, match=r"no top groups of this hierarchical VAE stack to shape \(5, 8, 8\)"):
+        model.split_prior_noise(torch.zeros(1, 5, 8, 8))
 
 
 def test_own_prior_terms_are_the_hierarchical_vae_elbo():
@@ -97,11 +116,13 @@ def test_own_prior_terms_are_the_hierarchical_vae_elbo():
     assert abs(difference.mean().item()) < 4 * stderr + 1e-3
 
 
-def test_a_new_prior_over_the_top_groups_is_the_hierarchical_vaes_own():
+@pytest.mark.parametrize("num_groups", [2, 3])
+def test_a_new_prior_over_the_top_groups_is_the_hierarchical_vaes_own(num_groups):
     """A zero output layer with v-prediction and beta_t variances is the exact reverse process of N(0, I) data, and
     the hierarchical VAE's own prior makes the prior noise N(0, I): before any training the joined model's bound is
-    the hierarchical VAE's ELBO, paired per image with the same z (the gain is 0 up to the timestep sampling)."""
-    family, pipeline = _joined(as_if_trained=False)
+    the hierarchical VAE's ELBO, paired per image with the same z (the gain is 0 up to the timestep sampling); over
+    all three groups too, on one grid."""
+    family, pipeline = _joined(num_groups=num_groups, as_if_trained=False)
     family.scheduler = build_scheduler(dict(num_train_timesteps=100, prediction_type="v_prediction",
                                             variance_type="fixed_large", clip_sample=False))
     family._tables = {}
@@ -178,14 +199,15 @@ def test_a_class_conditional_hierarchical_vae_takes_the_class_in_both_stages():
 
 def test_components_that_do_not_fit_are_refused_by_name():
     family, pipeline = _joined(num_groups=2)
-    with pytest.raises(ValueError, match=r"this hierarchical VAE has 2 group\(s\) at its top resolution 4x4"):
-        LatentDiffusionFamily.build_model(family, dict(family.presets["tiny"].model, diffused_groups=3), 1, 32)
+    with pytest.raises(ValueError, match=r"this hierarchical VAE has 3 group\(s\), 2 at its top resolution 4x4 "
+                                         r".*expected 1 to 3"):
+        LatentDiffusionFamily.build_model(family, dict(family.presets["tiny"].model, diffused_groups=4), 1, 32)
     conditional = _hvae(num_classes=3)
     with pytest.raises(ValueError, match=r"the hierarchical VAE is class-conditional with 3 classes, but the UNet has "
                                          r"num_class_embeds=None; expected a class-conditional prior"):
         LatentDiffusionPipeline(vae=conditional, unet=pipeline.unet, scheduler=pipeline.scheduler)
     other = HierarchicalVAEModel(block_out_channels=[8, 8, 8], groups_per_scale=[0, 1, 1], latent_channels=2)
-    with pytest.raises(ValueError, match=r"expected G \* 2 channels at 8x8"):
+    with pytest.raises(ValueError, match=r"not a prior trained on this hierarchical VAE's top groups: .*G=1: \(2, 8, 8\)"):
         LatentDiffusionPipeline(vae=other, unet=pipeline.unet, scheduler=pipeline.scheduler)
 
 
@@ -325,7 +347,7 @@ def test_bad_first_stages_are_refused_and_nothing_is_written(hvae_folder, joined
     HVAEFamily().make_pipeline(_hvae(num_classes=3)).save_pretrained(conditional)
     cases = [
         ((conditional,), r"is class-conditional \(3 classes\).*expected --class_conditional"),
-        ((hvae_folder, "--diffused_groups", "3"), r"this hierarchical VAE has 2 group\(s\) at its top resolution"),
+        ((hvae_folder, "--diffused_groups", "4"), r"this hierarchical VAE has 3 group\(s\), 2 at its top resolution"),
         ((joined_folder,), "holds a LatentDiffusionPipeline"),
         ((hvae_folder, "--sample_size", "64"), "trained on 1x32x32 images; got --sample_size 64"),
     ]

@@ -152,7 +152,8 @@ class LatentDiffusionFamily(DDPMFamily):
                                 "replaces")
         group.add_argument("--diffused_groups", type=int, default=None,
                            help="a hierarchical VAE first stage: how many of its top latent groups the diffusion "
-                                "models (all at its top resolution; default: all of those)")
+                                "models (default: those at its top resolution; more are resampled to one grid, "
+                                "up to all of them)")
         group.add_argument("--train_first_stage", action="store_true",
                            help="LSGM's end-to-end training: train the hierarchical VAE first stage with the prior, "
                                 "on the bound (its top groups' Gaussian prior replaced by the diffusion); the folder "
@@ -227,7 +228,7 @@ class LatentDiffusionFamily(DDPMFamily):
                 raise ValueError(f"the hierarchical VAE has {classes} classes but the prior would have "
                                  f"{model_config.get('num_classes') or 0}; expected a prior trained on the same classes "
                                  f"(--class_conditional on the data the hierarchical VAE was trained on)")
-            groups = model_config.get("diffused_groups") or vae.top_resolution_groups  # default: all of them
+            groups = model_config.get("diffused_groups") or vae.top_resolution_groups  # default: the top grid's
             latent_channels, latent_size, _ = vae.prior_noise_shape(groups)
         elif model_config.get("diffused_groups") is not None:
             raise ValueError("diffused_groups chooses the top latent groups of a hierarchical VAE; this first stage is "

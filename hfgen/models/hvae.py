@@ -93,7 +93,8 @@ class HierarchicalVAEPriorNoiseOutput(BaseOutput):
 
     prior_noise: ``(batch, *prior_noise_shape(num_groups))``: ``eps_i = (z_i - mu_p,i) / sigma_p,i`` of each top group
         i (its prior ``p(z_i | z_<i) = N(mu_p,i, sigma_p,i^2)`` given the sampled groups above it), the groups
-        stacked along channels, top first. Under the model's own prior, eps ~ N(0, I).
+        stacked along channels on one grid, top first (``stack_prior_noise``). Under the model's own prior, eps ~
+        N(0, I).
     log_prior_scale: the sum of ``log sigma_p,i`` over the top groups' units: ``-log |det d eps / d z_top|``.
     posterior_log_density: ``log q(z_top | x)`` at the sample.
     prior_log_density: ``log p(z_top)`` under the model's own priors at the same sample.
@@ -356,30 +357,80 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
 
     @property
     def top_resolution_groups(self) -> int:
-        """How many latent groups lie at the top (lowest) resolution: the most that ``prior_noise_shape`` stacks."""
+        """How many latent groups lie at the top (lowest) resolution: the groups ``prior_noise_shape`` stacks as
+        they are, without resampling."""
         return self.group_scale.count(self.group_scale[0])
+
+    def _prior_noise_grid(self, num_groups: int) -> int:
+        """The scale index of the grid the top ``num_groups`` groups are stacked on: the finest of their own scales
+        to which every coarser group folds out exactly (depth-to-space needs its channels to divide by 4 per
+        halving); groups finer than it fold in (space-to-depth, always exact). The top scale always qualifies."""
+        most = self.num_groups
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= most:
+            top_shape = self.group_shapes()[0]
+            raise ValueError(f"the top {num_groups} latent groups cannot carry one diffusion prior: this hierarchical "
+                             f"VAE has {most} group(s), {self.top_resolution_groups} at its top resolution "
+                             f"{top_shape[1]}x{top_shape[2]} (groups_per_scale={list(self.config.groups_per_scale)}); "
+                             f"expected 1 to {most}")
+        scales = self.group_scale[:num_groups]
+        channels = self.config.latent_channels
+        return next(grid for grid in sorted(set(scales))
+                    if all(channels % 4 ** (s - grid) == 0 for s in scales if s > grid))
+
+    def _prior_noise_channels(self, num_groups: int) -> list[int]:
+        """Channels each of the top ``num_groups`` groups takes on the stacking grid, top first."""
+        grid = self._prior_noise_grid(num_groups)
+        channels = self.config.latent_channels
+        return [channels * 4 ** (grid - s) if s <= grid else channels // 4 ** (s - grid)
+                for s in self.group_scale[:num_groups]]
 
     def prior_noise_shape(self, num_groups: int) -> tuple[int, int, int]:
         """(channels, height, width) of the prior noise of the top ``num_groups`` groups stacked along channels
-        (``encode_prior_noise``): what a diffusion prior over them models. They must share one resolution."""
-        top_shape = self.group_shapes()[0]
-        most = self.top_resolution_groups
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= most:
-            raise ValueError(f"the top {num_groups} latent groups cannot carry one diffusion prior: this hierarchical "
-                             f"VAE has {most} group(s) at its top resolution {top_shape[1]}x{top_shape[2]} "
-                             f"(groups_per_scale={list(self.config.groups_per_scale)}); expected 1 to {most}")
-        return (num_groups * self.config.latent_channels, *top_shape[1:])
+        (``encode_prior_noise``): what a diffusion prior over them models. Groups at the top resolution stack as
+        they are; with groups at several resolutions (LSGM's "all groups on one grid") each is resampled to one
+        grid by an exact rearrangement of its units (space-to-depth, or depth-to-space; ``_prior_noise_grid``),
+        which changes no density: the stacked noise holds every unit of every group once."""
+        grid = self._prior_noise_grid(num_groups)
+        size = self.config.sample_size // 2**grid
+        return (sum(self._prior_noise_channels(num_groups)), size, size)
+
+    def prior_noise_groups(self, shape) -> int:
+        """G, the number of top groups whose stacked prior noise has ``shape`` (channels, height, width): what a
+        diffusion prior of that input shape models. Refused, naming the shapes this model has, if none."""
+        shapes = [self.prior_noise_shape(g) for g in range(1, self.num_groups + 1)]
+        if tuple(shape) not in shapes:
+            raise ValueError(f"no top groups of this hierarchical VAE stack to shape {tuple(shape)}; the top G groups "
+                             f"stack to {', '.join(f'G={g}: {s}' for g, s in enumerate(shapes, 1))}")
+        return shapes.index(tuple(shape)) + 1
+
+    def stack_prior_noise(self, noise: list[torch.Tensor]) -> torch.Tensor:
+        """The prior noise of the top ``len(noise)`` groups (one ``(batch, *group_shapes()[i])`` tensor each, top
+        first) on one grid, stacked along channels: ``split_prior_noise``'s inverse."""
+        grid = self._prior_noise_grid(len(noise))
+        folded = []
+        for eps, scale in zip(noise, self.group_scale):
+            if scale < grid:
+                eps = nn.functional.pixel_unshuffle(eps, 2 ** (grid - scale))
+            elif scale > grid:
+                eps = nn.functional.pixel_shuffle(eps, 2 ** (scale - grid))
+            folded.append(eps)
+        return torch.cat(folded, dim=1)
 
     def split_prior_noise(self, prior_noise: torch.Tensor) -> list[torch.Tensor]:
-        """Stacked prior noise ``(batch, num_groups * latent_channels, h, w)`` as one tensor per group, top first."""
-        channels = self.config.latent_channels
-        if prior_noise.ndim != 4 or prior_noise.shape[1] % channels:
-            raise ValueError(f"prior_noise must have shape (batch, num_groups * {channels}, h, w) (latent_channels="
-                             f"{channels}), got {tuple(prior_noise.shape)}")
-        expected = self.prior_noise_shape(prior_noise.shape[1] // channels)
-        if tuple(prior_noise.shape[1:]) != expected:
-            raise ValueError(f"prior_noise must have shape (batch, *{expected}), got {tuple(prior_noise.shape)}")
-        return list(prior_noise.split(channels, dim=1))
+        """Stacked prior noise ``(batch, *prior_noise_shape(G))`` as one tensor per group at its own resolution,
+        top first."""
+        if prior_noise.ndim != 4:
+            raise ValueError(f"prior_noise must have shape (batch, channels, h, w), got {tuple(prior_noise.shape)}")
+        num_groups = self.prior_noise_groups(prior_noise.shape[1:])
+        grid = self._prior_noise_grid(num_groups)
+        noise = []
+        for eps, scale in zip(prior_noise.split(self._prior_noise_channels(num_groups), dim=1), self.group_scale):
+            if scale < grid:
+                eps = nn.functional.pixel_shuffle(eps, 2 ** (grid - scale))
+            elif scale > grid:
+                eps = nn.functional.pixel_unshuffle(eps, 2 ** (scale - grid))
+            noise.append(eps)
+        return noise
 
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
         """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded) at the
@@ -703,7 +754,7 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
                           class_labels: torch.Tensor | None = None) -> HierarchicalVAEPriorNoiseOutput:
         """``encode_prior_noise`` with gradients: every output is differentiable in the model's parameters through
         the reparameterised sample."""
-        shape = self.prior_noise_shape(num_groups)
+        self.prior_noise_shape(num_groups)  # refuses a G the model does not have, by name
         batch = self.pixel_likelihood.prepare(self.to_uint8(sample), generator)
         x = batch.model_input.to(self.dtype)
         emb = self._class_embedding(class_labels, x.shape[0], x.device)
@@ -711,14 +762,14 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         params, stats = self._top_down(x.shape[0], self.bottom_up(x, emb), generator, record=record,
                                        class_embedding=emb, num_groups_to_run=None if bound_terms else num_groups)
         top = record[:num_groups]
-        noise = torch.cat([(z - prior_mean) * torch.exp(-prior_log_scale) for z, _, _, prior_mean, prior_log_scale
-                           in top], dim=1)
+        noise = self.stack_prior_noise([(z - prior_mean) * torch.exp(-prior_log_scale)
+                                        for z, _, _, prior_mean, prior_log_scale in top])
         lower_kl = reconstruction_nll = None
         if bound_terms:
             lower_kl = sum((s.kl for s in stats[num_groups:]), torch.zeros(x.shape[0], device=x.device))
             reconstruction_nll = -self.log_prob(params, batch.target)
         return HierarchicalVAEPriorNoiseOutput(
-            prior_noise=noise.reshape(x.shape[0], *shape),
+            prior_noise=noise,
             log_prior_scale=sum(r[4].flatten(1).sum(1) for r in top),
             posterior_log_density=sum(_gaussian_log_density(z, mean, log_scale) for z, mean, log_scale, _, _ in top),
             prior_log_density=sum(_gaussian_log_density(z, m, s) for z, _, _, m, s in top),
