@@ -3,8 +3,9 @@
 It owns: processes and devices, mixed precision, gradient accumulation, the learning-rate warm-up and decay,
 gradient clipping, skipping (and counting) updates whose loss or gradient is not finite, EMA weights, logging to
 Accelerate's trackers and a progress bar, test-set bits/dim and sample grids every N steps, crash-safe
-checkpoints and resume, a wall-clock budget, and the final pipeline folder with ``metrics.json``,
-``samples.png`` and a model card. The family (``hfgen.families``) owns the model and its objective.
+checkpoints and resume, and a wall-clock budget. Beside it: ``batches`` (which images form each micro-batch, the
+splits), ``checkpoints``, ``output_dir`` and ``final_folder`` (the pipeline folder with ``metrics.json``,
+``samples.png`` and a model card). The family (``hfgen.families``) owns the model and its objective.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,15 +25,16 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, broadcast, set_seed
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
-from ..progress import progress_bar
 
-from ..data import DataError, class_labels, images_and_source_shape, load_image_dataset, public_dataset_name
-from ..devices import device_description
-from ..evaluation import GIVEN_LABEL, evaluate_likelihood, given_label_figures, split_label
+from ..data import public_dataset_name
+from ..evaluation import GIVEN_LABEL, evaluate_likelihood
 from ..families.base import ModelFamily
 from ..files import write_json_atomically
+from ..progress import progress_bar
 from .arguments import check_mixed_precision, resolve_config
+from .batches import BatchSchedule, check_same_classes, load_split
 from .checkpoints import load_checkpoint, resolve_resume_path, save_checkpoint
+from .final_folder import write_final_folder
 from .output_dir import check_output_dir, clear_output_dir, remove_failed_run
 
 logger = logging.getLogger("hfgen.training")
@@ -109,74 +110,6 @@ def _flatten_for_logs(prefix: str, values: dict) -> dict[str, float]:
     return flat
 
 
-class BatchSchedule:
-    """Which training images form micro-batch ``i``: a function of (seed, i) alone, so a resumed run sees
-    exactly the batches an uninterrupted one would. Each epoch is a fresh permutation; process ``r`` of ``n``
-    takes every n-th image of it; incomplete batches at the end of an epoch are dropped."""
-
-    def __init__(self, num_images: int, batch_size: int, seed: int, process_index: int, num_processes: int):
-        self.num_images, self.batch_size, self.seed = num_images, batch_size, seed
-        self.process_index, self.num_processes = process_index, num_processes
-        self.batches_per_epoch = (num_images // num_processes) // batch_size
-        if self.batches_per_epoch < 1:
-            raise ValueError(
-                f"{num_images} training images are too few for {num_processes} process(es) x batch size "
-                f"{batch_size}; expected at least {num_processes * batch_size}"
-            )
-        self._epoch, self._shard = -1, None
-
-    def indices(self, micro_batch: int) -> torch.Tensor:
-        epoch, offset = divmod(micro_batch, self.batches_per_epoch)
-        if epoch != self._epoch:
-            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            perm = torch.randperm(self.num_images, generator=gen)
-            self._shard = perm[self.process_index :: self.num_processes]
-            self._epoch = epoch
-        return self._shard[offset * self.batch_size : (offset + 1) * self.batch_size]
-
-
-@dataclass
-class LoadedSplit:
-    """One split as the loop uses it: uint8 images (the first ``max_samples``), their ``SourceShape``, the split's
-    size, and with ``--class_conditional`` the images' class indices (int64) and the data's class names."""
-
-    images: torch.Tensor
-    source_shape: object
-    split_size: int
-    labels: torch.Tensor | None = None
-    class_names: list[str] | None = None
-
-
-def _load_split(cfg, split: str, channels: int | None, max_samples: int | None, accelerator: Accelerator) -> LoadedSplit:
-    with accelerator.main_process_first():
-        # The hold-outs (validation, and test of a train-only source) use the data layer's fixed rules, as
-        # `hfgen evaluate` does, so that they never overlap the training images whatever --seed is.
-        dataset = load_image_dataset(cfg.dataset, split, config_name=cfg.dataset_config_name,
-                                     image_column=cfg.image_column)
-    images, source_shape = images_and_source_shape(
-        dataset, sample_size=cfg.sample_size, channels=channels, resize_mode=cfg.resize_mode,
-        convert_channels=cfg.convert_channels, max_samples=max_samples,
-        show_progress=accelerator.is_local_main_process, description=f"{split} images",
-    )
-    loaded = LoadedSplit(images, source_shape, len(dataset))
-    if getattr(cfg, "class_conditional", False):
-        try:
-            loaded.labels, loaded.class_names = class_labels(dataset, cfg.label_column, max_samples=max_samples)
-        except DataError as err:
-            raise DataError(f"--class_conditional needs class labels in the {split!r} split of "
-                            f"{public_dataset_name(cfg.dataset)!r}: {err}") from err
-        if len(loaded.class_names) < 2:
-            raise DataError(f"--class_conditional needs at least 2 classes; the {split!r} split of "
-                            f"{public_dataset_name(cfg.dataset)!r} declares {len(loaded.class_names)}")
-    return loaded
-
-
-def _check_same_classes(first: list[str], second: list[str], first_split: str, second_split: str) -> None:
-    if first != second:
-        raise DataError(f"the {first_split!r} split declares the classes {first} but the {second_split!r} split "
-                        f"{second}; expected the same classes in the same order")
-
-
 def _no_accelerator_present() -> bool:
     """True on a machine with no GPU: Accelerate then runs several processes on the CPU (gloo) when launched
     with ``accelerate launch --multi_gpu --num_processes N`` or ``torchrun --nproc_per_node N``."""
@@ -189,20 +122,6 @@ def _no_accelerator_present() -> bool:
             "several processes were asked for, but `accelerate launch --cpu` starts only one; on a CPU-only "
             "machine use `accelerate launch --multi_gpu --num_processes N` (hfgen then runs N CPU processes)")
     return True
-
-
-def _save_pipeline_folder(pipeline, output_dir: Path) -> None:
-    """``save_pretrained`` into a temporary folder, then move each entry into ``output_dir``: a crash leaves
-    either the previous entry or the new one, never a half-written weight file."""
-    staging = output_dir / ".pipeline.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    pipeline.save_pretrained(staging, safe_serialization=True)
-    for entry in staging.iterdir():
-        target = output_dir / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        os.replace(entry, target)
-    staging.rmdir()
 
 
 def build_optimizer_and_ema(model: torch.nn.Module, cfg, device: torch.device) -> tuple[torch.optim.Optimizer,
@@ -346,10 +265,10 @@ class TrainingRun:
         with ``source_size`` when the data layer zero-padded the images (what the family does with it: see
         ``ModelFamily.build_model``)."""
         cfg, accelerator = self.cfg, self.accelerator
-        train = _load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples, accelerator)
+        train = load_split(cfg, cfg.train_split, cfg.channels, cfg.max_train_samples, accelerator)
         self.train_images, self.train_labels, source_shape = train.images, train.labels, train.source_shape
         self.channels = self.train_images.shape[1]
-        evaluation = _load_split(cfg, cfg.eval_split, self.channels, cfg.eval_max_samples or None, accelerator)
+        evaluation = load_split(cfg, cfg.eval_split, self.channels, cfg.eval_max_samples or None, accelerator)
         self.eval_images, self.eval_labels, self.eval_source_shape = (evaluation.images, evaluation.labels,
                                                                       evaluation.source_shape)
         self.device = accelerator.device
@@ -359,7 +278,7 @@ class TrainingRun:
                 self.train_labels = self.train_labels.to(self.device)
         if cfg.class_conditional:
             # the class count and names come from the data; every split must declare the same classes
-            _check_same_classes(train.class_names, evaluation.class_names, cfg.train_split, cfg.eval_split)
+            check_same_classes(train.class_names, evaluation.class_names, cfg.train_split, cfg.eval_split)
             cfg.num_classes, cfg.class_names = len(train.class_names), train.class_names
             model_config = {**model_config, "num_classes": cfg.num_classes, "class_names": cfg.class_names}
         self.batches = BatchSchedule(self.train_images.shape[0], cfg.train_batch_size, cfg.seed,
@@ -634,80 +553,3 @@ def pushed_repo_id(folder: Path) -> str | None:
     path = folder / "training_config.json"
     config = json.loads(path.read_text()) if path.is_file() else {}
     return config.get("hub_model_id") if config.get("push_to_hub") else None
-
-
-def write_final_folder(run: TrainingRun, last_validation: dict) -> dict:
-    """EMA weights into the model, the final bounds on ``--final_eval_split``, and the folder: pipeline,
-    ``metrics.json``, ``samples.png``, model card (and the Hub upload with ``--push_to_hub``)."""
-    cfg, accelerator, family, state, output_dir = run.cfg, run.accelerator, run.family, run.state, run.output_dir
-    accelerator.wait_for_everyone()
-    run.model.eval()
-    if run.ema is not None:
-        run.ema.copy_to(run.unwrapped.parameters())
-    # config values measured on the training images with the final weights (the VAE's latent scaling_factor)
-    fitted = family.fit_to_training_data(run.unwrapped, run.train_images,
-                                         torch.Generator(device=run.device).manual_seed(cfg.seed))
-    final = _load_split(cfg, cfg.final_eval_split, run.channels, cfg.final_eval_max_samples or None, accelerator)
-    final_images, final_split_size = final.images, final.split_size
-    # bounds on -log p(x) under the plain keys (a class-conditional model: its null class), and for a
-    # class-conditional model bounds on -log p(x | y) given the true labels, named so (bits_per_dim_elbo_given_label)
-    if cfg.class_conditional:
-        _check_same_classes(final.class_names, cfg.class_names, cfg.final_eval_split, cfg.train_split)
-    metrics = run.evaluate(final_images, final.source_shape, cfg.final_importance_samples)
-    if cfg.class_conditional:
-        metrics.update(given_label_figures(
-            run.evaluate(final_images, final.source_shape, cfg.final_importance_samples, final.labels)))
-        metrics["class_names"] = cfg.class_names
-    if accelerator.is_main_process:
-        _save_pipeline_folder(family.make_pipeline(run.unwrapped), output_dir)
-        run.sample_grid(output_dir / "samples.png", state.step)
-        device = run.device
-        metrics.update({
-            "family": family.name,
-            "preset": cfg.preset,
-            "dataset": public_dataset_name(cfg.dataset),
-            "split": split_label(cfg.final_eval_split, metrics["num_samples"], final_split_size),
-            "split_size": final_split_size,
-            **last_validation,
-            "channels": run.channels,
-            "sample_size": cfg.sample_size,
-            "train_steps": state.step,
-            "skipped_steps": state.skipped_steps,
-            "train_seconds": state.train_seconds,
-            "train_img_per_s": state.images_seen / max(state.train_seconds, 1e-9),
-            "images_seen": state.images_seen,
-            "num_parameters": run.num_parameters,
-            "device": device_description(device),
-            "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "ema": run.ema is not None,
-            "grad_norm_mean": state.grad_norm_mean,
-            **fitted,
-        })
-        # what the grid and the plain sample-quality keys show (draws, or a VAE's mean of p(x | z)): the card says it
-        metrics["grid_images"] = family.sample_kind(dict(run.unwrapped.config), {})
-        if cfg.fd_steps:
-            metrics.update({"fd_fmnist": run.sample_fd(), "fd_num_samples": cfg.fd_num_samples,
-                            "fd_split": cfg.eval_split, "sampled_images": metrics["grid_images"]})
-        # the family's own end-of-training figures (e.g. KL and active units per latent group), EMA weights
-        metrics.update(family.diagnostics(run.unwrapped, final_images, final.labels))
-        write_json_atomically(output_dir / "metrics.json", metrics)
-        from ..hub import write_model_card
-
-        write_model_card(output_dir, family, metrics, run.training_config(),
-                         repo_id=cfg.hub_model_id if getattr(cfg, "push_to_hub", False) else None)
-        accelerator.print(json.dumps({k: metrics[k] for k in (
-            "bits_per_dim_elbo", "bits_per_dim_iw", "bits_per_dim_elbo_given_label", "split", "num_samples",
-            "num_dims", "importance_samples", "vlb_timesteps", "estimator", "train_steps", "skipped_steps",
-            "train_seconds", "train_img_per_s") if k in metrics}))
-        if getattr(cfg, "push_to_hub", False):
-            from ..hub import publish
-
-            commit = publish(output_dir, cfg.hub_model_id, private=cfg.hub_private_repo, revision=cfg.hub_revision,
-                             commit_message=f"hfgen {family.name} ({cfg.preset}): {state.step} steps, "
-                                            f"{metrics['bits_per_dim_elbo']:.4f} bits/dim (ELBO)",
-                             refresh_card=False)
-            accelerator.print(f"published to {getattr(commit, 'commit_url', cfg.hub_model_id)}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return metrics
