@@ -340,6 +340,57 @@ def test_end_to_end_resume_after_a_crash_is_exact(hvae_folder, end_to_end_folder
         end_to_end_folder.parent / "end-to-end-crashed")
 
 
+# Launched as 2 CPU processes: trains the join, then (before the folder is written) gathers a checksum of each
+# network's weights from every process into the run's folder.
+_TWO_PROCESS_LAUNCHER = textwrap.dedent("""
+    import json, sys
+    import torch, torch.distributed as dist
+    import hfgen.training.loop as loop
+    from hfgen.families import LatentDiffusionFamily
+    from hfgen.training import build_parser, train
+
+    write_final_folder = loop.write_final_folder
+
+    def checked(run, last_validation):
+        unet = [p for n, p in run.unwrapped.named_parameters() if not n.startswith("first_stage.")]
+        first_stage = run.family.vae  # frozen, or a submodule of the UNet trained with it
+        sums = torch.stack([sum(p.double().sum() for p in unet), sum(p.double().sum() for p in first_stage.parameters())])
+        gathered = [torch.zeros_like(sums) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, sums)
+        if dist.get_rank() == 0:
+            (run.output_dir / "weight_sums.json").write_text(json.dumps([g.tolist() for g in gathered]))
+        return write_final_folder(run, last_validation)
+
+    loop.write_final_folder = checked
+    family = LatentDiffusionFamily()
+    train(family, build_parser(family).parse_args(sys.argv[1:]))
+""")
+
+
+@requires_fashion_mnist
+@pytest.mark.parametrize("end_to_end", [False, True])
+def test_two_process_runs_keep_both_networks_in_step(hvae_folder, tmp_path, run_env, end_to_end):
+    """Two CPU processes (gloo) train the joined model, the prior alone or end to end: each sees its own images, and
+    the first stage, which runs outside the UNet's forward, must still have its gradients averaged across processes,
+    so both networks' weights are the same on every process at the end; the folder is written and loads."""
+    launcher, out = tmp_path / "launch.py", tmp_path / "ddp"
+    launcher.write_text(_TWO_PROCESS_LAUNCHER)
+    cmd = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(launcher), "--vae", str(hvae_folder),
+           "--output_dir", str(out), *TINY, *(["--train_first_stage"] if end_to_end else []), "--max_train_steps", "4"]
+    result = subprocess.run(cmd, env=run_env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    batch_size = json.loads((out / "training_config.json").read_text())["train_batch_size"]
+    assert metrics["num_processes"] == 2 and metrics["images_seen"] == 4 * 2 * batch_size
+    rank0, rank1 = json.loads((out / "weight_sums.json").read_text())
+    assert rank0 == rank1
+    before = load_pipeline(str(hvae_folder))[0].vae
+    trained = load_pipeline(str(out))[0].vae
+    changed = any(not torch.equal(a, b) for a, b in zip(before.parameters(), trained.parameters()))
+    assert changed == end_to_end  # trained with the prior, or frozen
+
+
 @requires_fashion_mnist
 def test_bad_first_stages_are_refused_and_nothing_is_written(hvae_folder, joined_folder, tmp_path):
     family = LatentDiffusionFamily()

@@ -45,6 +45,15 @@ def add_pixel_passes_arguments(group) -> None:
                        help="residual 3x3 convolutions the passes add before the output layer (default 0)")
 
 
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DistributedDataParallel (or ``torch.compile``) wrapper. A family's objective runs the
+    wrapper it is given (its forward keeps the processes' gradients in step) and reads the config and helpers of
+    the model inside."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
 @dataclass
 class Preset:
     """A named configuration: model config values and training defaults (flags left unset take these)."""

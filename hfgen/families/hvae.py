@@ -24,7 +24,7 @@ from ..models.blocks import CELL_TYPES
 from ..models.hvae import POSTERIORS, HierarchicalVAEModel
 from ..models.likelihoods import LIKELIHOODS
 from ..pipelines import HierarchicalVAEPipeline
-from .base import Bounds, ModelFamily, PixelPassSampling, Preset, add_pixel_passes_arguments
+from .base import Bounds, ModelFamily, PixelPassSampling, Preset, add_pixel_passes_arguments, unwrap_model
 
 HVAE_PRESETS = {
     "tiny": Preset(
@@ -78,13 +78,6 @@ HVAE_PRESETS = {
         ),
     ),
 }
-
-
-def _unwrap(model: torch.nn.Module) -> HierarchicalVAEModel:
-    """The model inside a DistributedDataParallel (or compiled) wrapper."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 def kl_objective(kl_per_group: torch.Tensor, kl_weight: float, balancing: bool, free_nats: float) -> torch.Tensor:
@@ -159,7 +152,7 @@ class HVAEFamily(PixelPassSampling, ModelFamily):
         warmup = config.kl_warmup_steps or 0
         kl_weight = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
         out = model(images, class_labels=class_labels, generator=generator, kl_weight=kl_weight)
-        num_dims = _unwrap(model).num_dims
+        num_dims = unwrap_model(model).num_dims
         kl = kl_objective(out.kl_per_group, kl_weight, bool(getattr(config, "kl_balancing", False)),
                           float(getattr(config, "free_nats_per_group", 0.0) or 0.0))
         loss = (out.reconstruction_nll.mean() + kl) / num_dims
@@ -170,7 +163,7 @@ class HVAEFamily(PixelPassSampling, ModelFamily):
             "kl": out.kl.mean().detach(),
         }
         if spectral > 0:
-            penalty = _unwrap(model).spectral_penalty()
+            penalty = unwrap_model(model).spectral_penalty()
             loss = loss + spectral * penalty
             logs["spectral_penalty"] = penalty.detach()
         kl_groups = out.kl_per_group.mean(0).detach()
@@ -186,7 +179,7 @@ class HVAEFamily(PixelPassSampling, ModelFamily):
         """KL per group (mean nats per image), active units per group (mean KL(q || p) of the unit > 0.01 nats) and
         units per group, over at most 1000 of the images, groups top first. A class-conditional model is given the
         images' own classes (q(z|x,y) against p(z|y)), as in training."""
-        model = _unwrap(model)
+        model = unwrap_model(model)
         generator = torch.Generator(device=model.device).manual_seed(0)
         if class_labels is not None:
             class_labels = class_labels[:1000].to(model.device)

@@ -60,7 +60,7 @@ from ..models.hvae import HierarchicalVAEModel
 from ..models.vae import VAEModel, standard_normal_log_density
 from ..pipelines import HierarchicalVAEPipeline, LatentDiffusionPipeline, VAEPipeline
 from ..pipelines.pipeline_ldm import check_first_stage, diffused_groups, diffused_latent_shape, is_hierarchical
-from .base import Bounds, ModelFamily, Preset
+from .base import Bounds, ModelFamily, Preset, unwrap_model
 from .ddpm import DDPMFamily, sampler_settings
 
 LDM_PRESETS = {
@@ -315,8 +315,8 @@ class LatentDiffusionFamily(DDPMFamily):
         if is_hierarchical(vae):
             labels = class_labels if vae.config.num_classes else None
             # with gradients where the caller allows them (end_to_end_loss); loss and bounds call it without
-            out = vae.prior_noise_terms(images, diffused_groups(vae, model), generator, bound_terms=bound_terms,
-                                        class_labels=labels)
+            out = vae.prior_noise_terms(images, diffused_groups(vae, unwrap_model(model)), generator,
+                                        bound_terms=bound_terms, class_labels=labels)
             return FirstStageDraw(out.prior_noise, -out.log_prior_scale, out.posterior_log_density,
                                   -out.prior_log_density, out.reconstruction_nll, out.lower_kl)
         batch = vae.pixel_likelihood.prepare(vae.to_uint8(images), generator)
@@ -366,7 +366,7 @@ class LatentDiffusionFamily(DDPMFamily):
             rest = (few.reconstruction_nll + few.lower_kl).mean()
             bound = rest + (prior - draw.posterior_log_density).mean()
             logs["latent_prior_nats_per_dim"] = prior.mean() / latent_dims
-            logs["bits_per_dim"] = bound / (self.num_dims(model) * math.log(2.0))
+            logs["bits_per_dim"] = bound / (self.num_dims(unwrap_model(model)) * math.log(2.0))
         return loss, logs
 
     def end_to_end_loss(self, model, images, generator, class_labels=None):
@@ -387,7 +387,7 @@ class LatentDiffusionFamily(DDPMFamily):
         # -log p(z_d) <= L_vlb(u) - log |du/dz_d|
         latent_prior = prior_nats(tables, u) + decoder_nll + (steps - 1) * kl_term - draw.log_jacobian
         bound = draw.reconstruction_nll + draw.lower_kl + draw.posterior_log_density + latent_prior
-        num_dims = self.num_dims(model)
+        num_dims = self.num_dims(unwrap_model(model))
         logs = {"bits_per_dim": bound.mean().detach() / (num_dims * math.log(2.0)),
                 "reconstruction_nll": draw.reconstruction_nll.mean().detach(),
                 "lower_groups_kl": draw.lower_kl.mean().detach(),
