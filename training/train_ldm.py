@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Train a latent diffusion prior (diffusers UNet2DModel + DDPMScheduler) over a frozen VAE's latents with Accelerate.
+"""Train a latent diffusion prior (diffusers UNet2DModel + DDPMScheduler) over a first stage's latents with Accelerate.
 
-    hfgen train vae --preset small-spatial --output_dir runs/vae-spatial            # first stage
+    hfgen train vae --preset small-spatial --output_dir runs/vae-spatial            # a VAE first stage, or
+    hfgen train hvae --preset small --output_dir runs/hvae                          # a hierarchical one (LSGM's join)
     accelerate launch training/train_ldm.py --vae runs/vae-spatial --output_dir runs/ldm [--class_conditional]
+    accelerate launch training/train_ldm.py --vae runs/hvae --diffused_groups 2 [--train_first_stage] --output_dir runs/join
 
-Writes a LatentDiffusionPipeline folder (the VAE, the EMA UNet, the scheduler, and their code) with metrics.json
-(the bound on -log p(x) in bits/dim beside the VAE's own N(0, I)-prior ELBO), samples.png and a model card.
+Writes a LatentDiffusionPipeline folder (the first stage, the EMA UNet, the scheduler, and their code) with
+metrics.json (the bound on -log p(x) in bits/dim beside the first stage's own ELBO), samples.png and a model card.
 """
 
 from hfgen.families import LatentDiffusionFamily
