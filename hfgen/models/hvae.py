@@ -147,6 +147,17 @@ def _gaussian_kl(mean_q, log_scale_q, mean_p, log_scale_p):
     return _gaussian_kl_per_unit(mean_q, log_scale_q, mean_p, log_scale_p).flatten(1).sum(1)
 
 
+def _regrid(units: torch.Tensor, scale: int, to_scale: int) -> torch.Tensor:
+    """``(batch, c, h, w)`` units at scale index ``scale`` (resolution ``sample_size / 2**scale``) rearranged onto
+    the grid of ``to_scale``: space-to-depth onto a coarser grid (``c * 4**k`` channels), depth-to-space onto a finer
+    one (``c / 4**k``). Every unit kept once, so a density is unchanged."""
+    if scale < to_scale:
+        return nn.functional.pixel_unshuffle(units, 2 ** (to_scale - scale))
+    if scale > to_scale:
+        return nn.functional.pixel_shuffle(units, 2 ** (scale - to_scale))
+    return units
+
+
 def _as_list(value, length: int, name: str) -> list[int]:
     values = list(value) if isinstance(value, (list, tuple)) else [value] * length
     if len(values) != length or any(int(v) < 0 for v in values):
@@ -407,14 +418,7 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
         """The prior noise of the top ``len(noise)`` groups (one ``(batch, *group_shapes()[i])`` tensor each, top
         first) on one grid, stacked along channels: ``split_prior_noise``'s inverse."""
         grid = self._prior_noise_grid(len(noise))
-        folded = []
-        for eps, scale in zip(noise, self.group_scale):
-            if scale < grid:
-                eps = nn.functional.pixel_unshuffle(eps, 2 ** (grid - scale))
-            elif scale > grid:
-                eps = nn.functional.pixel_shuffle(eps, 2 ** (scale - grid))
-            folded.append(eps)
-        return torch.cat(folded, dim=1)
+        return torch.cat([_regrid(eps, scale, grid) for eps, scale in zip(noise, self.group_scale)], dim=1)
 
     def split_prior_noise(self, prior_noise: torch.Tensor) -> list[torch.Tensor]:
         """Stacked prior noise ``(batch, *prior_noise_shape(G))`` as one tensor per group at its own resolution,
@@ -423,14 +427,8 @@ class HierarchicalVAEModel(CheckedModelMixin, ConfigMixin, ClassLabelsMixin):
             raise ValueError(f"prior_noise must have shape (batch, channels, h, w), got {tuple(prior_noise.shape)}")
         num_groups = self.prior_noise_groups(prior_noise.shape[1:])
         grid = self._prior_noise_grid(num_groups)
-        noise = []
-        for eps, scale in zip(prior_noise.split(self._prior_noise_channels(num_groups), dim=1), self.group_scale):
-            if scale < grid:
-                eps = nn.functional.pixel_shuffle(eps, 2 ** (grid - scale))
-            elif scale > grid:
-                eps = nn.functional.pixel_unshuffle(eps, 2 ** (scale - grid))
-            noise.append(eps)
-        return noise
+        return [_regrid(eps, grid, scale) for eps, scale
+                in zip(prior_noise.split(self._prior_noise_channels(num_groups), dim=1), self.group_scale)]
 
     def to_uint8(self, sample: torch.Tensor) -> torch.Tensor:
         """Check an image batch's shape; return it as 8-bit data (``uint8`` as is, floats in [-1, 1] rounded) at the
