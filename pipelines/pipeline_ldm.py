@@ -80,8 +80,7 @@ def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int,
     not the first stage's latent: a VAE's latent, or the prior noise of a hierarchical VAE's top G groups stacked
     along channels on one grid (``prior_noise_shape(G)``; G is the one whose shape the UNet takes)."""
     check_first_stage(vae)
-    size = unet.config.sample_size
-    unet_shape = (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
+    unet_shape = _unet_input_shape(unet)
     if is_hierarchical(vae):
         num_classes = int(vae.config.num_classes or 0)
         embeddings = unet.config.num_class_embeds or 0
@@ -90,10 +89,11 @@ def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int,
                              f"num_class_embeds={unet.config.num_class_embeds}; expected a class-conditional prior "
                              f"with the same classes ({num_classes + 1} embeddings, the last the null class)")
         try:
-            return vae.prior_noise_shape(vae.prior_noise_groups(unet_shape))
+            vae.prior_noise_groups(unet_shape)
         except ValueError as error:
             raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size), which is not a "
                              f"prior trained on this hierarchical VAE's top groups: {error}") from None
+        return unet_shape
     latent_shape = tuple(vae.latent_shape)
     if unet_shape != latent_shape:
         raise ValueError(f"the UNet takes inputs of shape {unet_shape} (in_channels, sample_size) but the VAE's latent "
@@ -104,9 +104,13 @@ def diffused_latent_shape(vae: ModelMixin, unet: UNet2DModel) -> tuple[int, int,
 def diffused_groups(vae: ModelMixin, unet: UNet2DModel) -> int:
     """G, the hierarchical VAE's top groups the UNet models (those whose stacked prior noise has the UNet's input
     shape; 0: a VAE first stage)."""
-    if not is_hierarchical(vae):
-        return 0
-    return vae.prior_noise_groups((unet.config.in_channels, unet.config.sample_size, unet.config.sample_size))
+    return vae.prior_noise_groups(_unet_input_shape(unet)) if is_hierarchical(vae) else 0
+
+
+def _unet_input_shape(unet: UNet2DModel) -> tuple[int, int, int]:
+    """(in_channels, height, width) of one input of the UNet (``sample_size`` an int or a pair)."""
+    size = unet.config.sample_size
+    return (unet.config.in_channels, *((size, size) if isinstance(size, int) else size))
 
 
 def _per_image(function, generator, *tensors):
